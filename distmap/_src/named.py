@@ -1,0 +1,529 @@
+"""NamedArray: a JAX array whose dimensions carry names.
+
+The array data is the pytree's only leaf; the axes (names and sizes) are static
+metadata. Flattening returns the array and the axes tuple as they are, and
+unflattening skips validation, so a NamedArray costs one Python call each way on
+every ``jax.jit`` dispatch and passes through ``jax.grad``, ``jax.vmap`` and
+``jax.tree_util`` untouched. (Under a raw ``jax.vmap`` the leaf inside the mapped
+function is the per-example array, which no longer matches the stored axes; map by
+name with :func:`distmap.vmap` instead.)
+"""
+
+from __future__ import annotations
+
+import numbers
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distmap import errors
+from distmap._src.axis import Axis, AxisSelection, AxisSelector, axis_name, parse_selection, to_axes
+
+
+class NamedArray:
+    """An immutable JAX array with named axes.
+
+    Construct one with :func:`distmap.named` (which accepts names or ``Axis``
+    objects) or ``NamedArray(array, axes)`` with a sequence of ``Axis``. Arithmetic
+    and comparison operators broadcast by name: the result's axes are the left
+    operand's axes, in its order, followed by the right operand's other axes in
+    theirs.
+
+    Example:
+        >>> import distmap, jax.numpy as jnp
+        >>> x = distmap.named(jnp.arange(6).reshape(2, 3), ("batch", "feature"))
+        >>> x.shape
+        {'batch': 2, 'feature': 3}
+        >>> x.sum("feature").array
+        Array([ 3, 12], dtype=int32)
+        >>> (x["feature", 0] + x["batch", 1]).axis_names
+        ('batch', 'feature')
+    """
+
+    __slots__ = ("array", "axes")
+    __array_priority__ = 1000  # numpy scalars on the left defer to our reflected operators
+    array: jax.Array
+    axes: tuple[Axis, ...]
+
+    def __init__(self, array: Any, axes: Sequence[Axis]):
+        if not hasattr(array, "shape") or not hasattr(array, "dtype"):
+            array = jnp.asarray(array)
+        elif isinstance(array, np.ndarray) or np.isscalar(array):
+            array = jnp.asarray(array)
+        axes = tuple(axes)
+        for ax in axes:
+            if not isinstance(ax, Axis):
+                raise errors.AxisSelectorError(
+                    f"NamedArray(axes=...): expected a sequence of Axis, got {type(ax).__name__} {ax!r}; "
+                    "use distmap.named(array, names) to take sizes from the array."
+                )
+        _check_unique(tuple(a.name for a in axes), "NamedArray")
+        shape = tuple(array.shape)
+        if shape != tuple(a.size for a in axes):
+            raise errors.ShapeMismatchError(
+                f"NamedArray: array of shape {shape} does not match axes "
+                f"{_fmt_axes(axes)} (shape {tuple(a.size for a in axes)})."
+            )
+        object.__setattr__(self, "array", array)
+        object.__setattr__(self, "axes", axes)
+
+    # ----------------------------------------------------------------- basics
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"NamedArray is immutable; cannot set {name!r}.")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"NamedArray is immutable; cannot delete {name!r}.")
+
+    def __repr__(self) -> str:
+        return f"NamedArray({_fmt_axes(self.axes)}, {self.array!r})"
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        """The axis names, in order."""
+        return tuple(a.name for a in self.axes)
+
+    @property
+    def shape(self) -> dict[str, int]:
+        """``{name: size}`` in axis order."""
+        return {a.name: a.size for a in self.axes}
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        return self.array.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.axes)
+
+    @property
+    def size(self) -> int:
+        out = 1
+        for a in self.axes:
+            out *= a.size
+        return out
+
+    __hash__ = None  # type: ignore[assignment]  # == is elementwise, as for jax arrays
+
+    def __bool__(self) -> bool:
+        return bool(self.array)
+
+    def __len__(self) -> int:
+        raise TypeError(
+            f"len() of a NamedArray is ambiguous; use x.axis_size(name) (axes: {self.axis_names})."
+        )
+
+    def __iter__(self):
+        raise TypeError(
+            f"a NamedArray cannot be iterated without naming an axis; use x[name, i] or "
+            f"distmap.unstack (axes: {self.axis_names})."
+        )
+
+    # ------------------------------------------------------------- axis lookup
+    def _index_of(self, sel: AxisSelector) -> int:
+        name = axis_name(sel)
+        for i, a in enumerate(self.axes):
+            if a.name == name:
+                if isinstance(sel, Axis) and sel.size != a.size:
+                    raise errors.AxisSizeError(
+                        f"axis {name!r} has size {a.size} in this array, but {sel!r} was asked for."
+                    )
+                return i
+        raise errors.AxisNotFoundError(f"axis {name!r} is not among this array's axes {self.axis_names}.")
+
+    def has_axis(self, sel: AxisSelection) -> bool:
+        """Whether every axis named by ``sel`` is here (with the same size, where one is given)."""
+        by_name = {a.name: a.size for a in self.axes}
+        for name, size in parse_selection(sel):
+            if name not in by_name or (size is not None and by_name[name] != size):
+                return False
+        return True
+
+    def resolve_axis(self, sel: AxisSelection) -> Axis | tuple[Axis, ...]:
+        """The ``Axis`` (or tuple of them, for a selection) that ``sel`` names here.
+
+        Example:
+            >>> import distmap
+            >>> distmap.zeros({"batch": 2, "feature": 3}).resolve_axis("feature")
+            Axis(name='feature', size=3)
+        """
+        if isinstance(sel, (Axis, str)):
+            return self.axes[self._index_of(sel)]
+        return tuple(self.axes[self._index_of(Axis(n, s) if s is not None else n)] for n, s in parse_selection(sel))
+
+    def axis_size(self, sel: AxisSelection) -> int:
+        """The size of one axis, or the product of the sizes of a selection."""
+        ax = self.resolve_axis(sel)
+        if isinstance(ax, Axis):
+            return ax.size
+        out = 1
+        for a in ax:
+            out *= a.size
+        return out
+
+    def axis_indices(self, sel: AxisSelection) -> int | tuple[int, ...]:
+        """The positional dimension(s) of the named axis or axes."""
+        if isinstance(sel, (Axis, str)):
+            return self._index_of(sel)
+        return tuple(self._index_of(n) for n, _ in parse_selection(sel))
+
+    # ----------------------------------------------------------- restructuring
+    def rearrange(self, order: Sequence[AxisSelector | Any]) -> "NamedArray":
+        """Permute axes to ``order``: every axis once, or with ``...`` standing for the rest.
+
+        Example:
+            >>> import distmap
+            >>> x = distmap.zeros({"a": 1, "b": 2, "c": 3})
+            >>> x.rearrange(("c", ...)).axis_names
+            ('c', 'a', 'b')
+        """
+        if isinstance(order, (str, Axis)):
+            order = (order,)
+        ellipses = [i for i, o in enumerate(order) if o is Ellipsis]
+        if len(ellipses) > 1:
+            raise errors.AxisSelectorError(f"rearrange: at most one '...' in {tuple(order)!r}.")
+        named_part = [o for o in order if o is not Ellipsis]
+        idx = [self._index_of(o) for o in named_part]
+        names = [self.axes[i].name for i in idx]
+        _check_unique(tuple(names), "rearrange")
+        if ellipses:
+            rest = [i for i in range(self.ndim) if i not in set(idx)]
+            e = ellipses[0]
+            perm = idx[:e] + rest + idx[e:]
+        else:
+            if len(idx) != self.ndim:
+                missing = [a.name for i, a in enumerate(self.axes) if i not in set(idx)]
+                raise errors.AxisSelectorError(
+                    f"rearrange: order {tuple(names)} leaves out axes {tuple(missing)}; "
+                    "name every axis or use '...' for the rest."
+                )
+            perm = idx
+        return self._permute(perm)
+
+    def _permute(self, perm: Sequence[int]) -> "NamedArray":
+        perm = tuple(perm)
+        if perm == tuple(range(self.ndim)):
+            return self
+        return _wrap(jnp.transpose(self.array, perm), tuple(self.axes[i] for i in perm))
+
+    def rename(self, mapping: Mapping[AxisSelector, str | Axis]) -> "NamedArray":
+        """Rename axes: ``x.rename({"old": "new"})``; sizes are kept."""
+        if not isinstance(mapping, Mapping):
+            raise errors.AxisSelectorError(
+                f"rename: expected a {{old: new}} mapping, got {type(mapping).__name__} {mapping!r}."
+            )
+        new = list(self.axes)
+        for old, to in mapping.items():
+            i = self._index_of(old)
+            to_name = axis_name(to)
+            if isinstance(to, Axis) and to.size != new[i].size:
+                raise errors.AxisSizeError(
+                    f"rename: axis {new[i].name!r} has size {new[i].size} but was renamed to {to!r}."
+                )
+            new[i] = Axis(to_name, new[i].size)
+        _check_unique(tuple(a.name for a in new), "rename")
+        return _wrap(self.array, tuple(new))
+
+    def astype(self, dtype: Any) -> "NamedArray":
+        return _wrap(self.array.astype(dtype), self.axes)
+
+    def scalar(self) -> jax.Array:
+        """The 0-d JAX array held by an array of size one (any axes of size 1 are dropped)."""
+        if self.size != 1:
+            raise errors.ShapeMismatchError(
+                f"scalar(): array has axes {_fmt_axes(self.axes)} (size {self.size}); reduce or index it to size 1 first."
+            )
+        return jnp.reshape(self.array, ())
+
+    def item(self) -> Any:
+        """The single element as a Python scalar (size-one arrays only; not under tracing)."""
+        return self.scalar().item()
+
+    def __getitem__(self, key: Any) -> "NamedArray":
+        """Index by name: ``x["batch", 0]``, ``x["batch", 1:3, "feature", 2]`` or ``x[{"batch": 0}]``.
+
+        An integer drops the axis; a slice keeps it (resized).
+        """
+        if isinstance(key, Mapping):
+            pairs = list(key.items())
+        elif isinstance(key, tuple) and len(key) % 2 == 0 and len(key) > 0:
+            pairs = [(key[i], key[i + 1]) for i in range(0, len(key), 2)]
+        else:
+            raise errors.AxisSelectorError(
+                f"index a NamedArray by name: x['axis', i], x['a', i, 'b', j:k] or x[{{'axis': i}}]; got {key!r} "
+                f"(axes: {self.axis_names})."
+            )
+        return _index(self, pairs)
+
+    # ------------------------------------------------------------- reductions
+    def sum(self, axis: AxisSelection | None = None, *, where: "NamedArray | None" = None) -> "NamedArray":
+        return _reductions.sum(self, axis, where=where)
+
+    def mean(self, axis: AxisSelection | None = None, *, where: "NamedArray | None" = None) -> "NamedArray":
+        return _reductions.mean(self, axis, where=where)
+
+    def max(self, axis: AxisSelection | None = None, *, where: "NamedArray | None" = None) -> "NamedArray":
+        return _reductions.max(self, axis, where=where)
+
+    def min(self, axis: AxisSelection | None = None, *, where: "NamedArray | None" = None) -> "NamedArray":
+        return _reductions.min(self, axis, where=where)
+
+    def prod(self, axis: AxisSelection | None = None, *, where: "NamedArray | None" = None) -> "NamedArray":
+        return _reductions.prod(self, axis, where=where)
+
+    def std(self, axis: AxisSelection | None = None, *, ddof: int = 0, where: "NamedArray | None" = None) -> "NamedArray":
+        return _reductions.std(self, axis, ddof=ddof, where=where)
+
+    def var(self, axis: AxisSelection | None = None, *, ddof: int = 0, where: "NamedArray | None" = None) -> "NamedArray":
+        return _reductions.var(self, axis, ddof=ddof, where=where)
+
+    def any(self, axis: AxisSelection | None = None, *, where: "NamedArray | None" = None) -> "NamedArray":
+        return _reductions.any(self, axis, where=where)
+
+    def all(self, axis: AxisSelection | None = None, *, where: "NamedArray | None" = None) -> "NamedArray":
+        return _reductions.all(self, axis, where=where)
+
+    def logsumexp(self, axis: AxisSelection | None = None) -> "NamedArray":
+        return _reductions.logsumexp(self, axis)
+
+    def argmax(self, axis: AxisSelector | None = None) -> "NamedArray":
+        return _reductions.argmax(self, axis)
+
+    def argmin(self, axis: AxisSelector | None = None) -> "NamedArray":
+        return _reductions.argmin(self, axis)
+
+    # -------------------------------------------------------------- operators
+    def __neg__(self) -> "NamedArray":
+        return _wrap(-self.array, self.axes)
+
+    def __pos__(self) -> "NamedArray":
+        return self
+
+    def __abs__(self) -> "NamedArray":
+        return _wrap(jnp.abs(self.array), self.axes)
+
+    def __invert__(self) -> "NamedArray":
+        return _wrap(~self.array, self.axes)
+
+
+def _make_binary(op: Callable[[Any, Any], Any], name: str) -> tuple[Callable, Callable]:
+    def forward(self: NamedArray, other: Any) -> NamedArray:
+        return binary_op(op, self, other, name)
+
+    def reverse(self: NamedArray, other: Any) -> NamedArray:
+        return binary_op(op, other, self, name)
+
+    forward.__name__ = f"__{name}__"
+    reverse.__name__ = f"__r{name}__"
+    return forward, reverse
+
+
+for _name, _op in [
+    ("add", operator.add),
+    ("sub", operator.sub),
+    ("mul", operator.mul),
+    ("truediv", operator.truediv),
+    ("floordiv", operator.floordiv),
+    ("mod", operator.mod),
+    ("pow", operator.pow),
+    ("and", operator.and_),
+    ("or", operator.or_),
+    ("xor", operator.xor),
+    ("lshift", operator.lshift),
+    ("rshift", operator.rshift),
+]:
+    _f, _r = _make_binary(_op, _name)
+    setattr(NamedArray, f"__{_name}__", _f)
+    setattr(NamedArray, f"__r{_name}__", _r)
+
+for _name, _op in [
+    ("lt", operator.lt),
+    ("le", operator.le),
+    ("gt", operator.gt),
+    ("ge", operator.ge),
+    ("eq", operator.eq),
+    ("ne", operator.ne),
+]:
+    _f, _ = _make_binary(_op, _name)
+    setattr(NamedArray, f"__{_name}__", _f)
+
+
+# --------------------------------------------------------------------- pytree
+def _flatten(x: NamedArray):
+    return (x.array,), x.axes
+
+
+def _flatten_with_keys(x: NamedArray):
+    return ((_ARRAY_KEY, x.array),), x.axes
+
+
+def _unflatten(axes: tuple[Axis, ...], children: Sequence[Any]) -> NamedArray:
+    out = object.__new__(NamedArray)
+    object.__setattr__(out, "array", children[0])
+    object.__setattr__(out, "axes", axes)
+    return out
+
+
+_ARRAY_KEY = jax.tree_util.GetAttrKey("array")
+jax.tree_util.register_pytree_with_keys(NamedArray, _flatten_with_keys, _unflatten, flatten_func=_flatten)
+
+
+# ------------------------------------------------------------------- helpers
+def _wrap(array: Any, axes: tuple[Axis, ...]) -> NamedArray:
+    """Build a NamedArray without validation, for results whose axes are known to be right."""
+    return _unflatten(axes, (array,))
+
+
+def _fmt_axes(axes: Sequence[Axis]) -> str:
+    return "{" + ", ".join(f"{a.name!r}: {a.size}" for a in axes) + "}"
+
+
+def _check_unique(names: tuple[str, ...], where: str) -> None:
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise errors.DuplicateAxisError(f"{where}: axis name(s) {dup} appear more than once in {names}.")
+
+
+def is_named(x: Any) -> bool:
+    return isinstance(x, NamedArray)
+
+
+def named(array: Any, axes: AxisSelection) -> NamedArray:
+    """Give an array names: ``axes`` is a name, an ``Axis``, or a sequence or mapping of them.
+
+    Names without sizes take theirs from the array; sizes that are given are checked.
+
+    Example:
+        >>> import distmap, jax.numpy as jnp
+        >>> distmap.named(jnp.zeros((2, 3)), ("batch", "feature")).shape
+        {'batch': 2, 'feature': 3}
+    """
+    if isinstance(array, NamedArray):
+        raise errors.AxisSelectorError(
+            f"named(): the array already has axes {array.axis_names}; use .rename or .rearrange."
+        )
+    if not hasattr(array, "shape") or isinstance(array, np.ndarray) or isinstance(array, numbers.Number):
+        array = jnp.asarray(array)
+    parsed = parse_selection(axes, what="named(axes=...)")
+    shape = tuple(array.shape)
+    if len(parsed) != len(shape):
+        raise errors.ShapeMismatchError(
+            f"named(): array of shape {shape} has {len(shape)} dimension(s), but {len(parsed)} axes were given: "
+            f"{tuple(n for n, _ in parsed)}."
+        )
+    out = []
+    for (name, size), dim in zip(parsed, shape):
+        if size is not None and size != dim:
+            raise errors.ShapeMismatchError(
+                f"named(): axis {name!r} was given size {size} but the array has size {dim} there (shape {shape})."
+            )
+        out.append(Axis(name, dim))
+    return _wrap(array, tuple(out))
+
+
+def broadcast_axes(*axes_lists: Sequence[Axis], where: str = "broadcast") -> tuple[Axis, ...]:
+    """The union of several axis tuples, in order of first appearance; sizes must agree."""
+    seen: dict[str, int] = {}
+    out: list[Axis] = []
+    for axes in axes_lists:
+        for a in axes:
+            size = seen.get(a.name)
+            if size is None:
+                seen[a.name] = a.size
+                out.append(a)
+            elif size != a.size:
+                raise errors.AxisSizeError(
+                    f"{where}: axis {a.name!r} has size {size} in one operand and {a.size} in another; "
+                    "arrays broadcast by name must agree on each shared axis."
+                )
+    return tuple(out)
+
+
+def align(x: NamedArray, axes: tuple[Axis, ...]) -> jax.Array:
+    """``x.array`` transposed and reshaped so it broadcasts against ``axes`` (missing axes become size 1).
+
+    Every axis of ``x`` must be in ``axes``.
+    """
+    if x.axes == axes:
+        return x.array
+    pos = {a.name: i for i, a in enumerate(axes)}
+    try:
+        order = sorted(range(x.ndim), key=lambda i: pos[x.axes[i].name])
+    except KeyError as e:
+        raise errors.AxisNotFoundError(
+            f"axis {e.args[0]!r} of the operand is not among the target axes {tuple(a.name for a in axes)}."
+        ) from None
+    arr = x.array
+    if order != list(range(x.ndim)):
+        arr = jnp.transpose(arr, order)
+    if x.ndim != len(axes):
+        present = {x.axes[i].name for i in order}
+        arr = jnp.reshape(arr, tuple(a.size if a.name in present else 1 for a in axes))
+    return arr
+
+
+def _as_operand(x: Any, name: str) -> Any:
+    if isinstance(x, (numbers.Number, np.generic)):
+        return x
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        if tuple(x.shape) == ():
+            return x
+        raise errors.ShapeMismatchError(
+            f"operator {name!r}: a NamedArray combines with NamedArrays, scalars and arrays of shape (), "
+            f"not an unnamed array of shape {tuple(x.shape)}; name its axes with distmap.named first."
+        )
+    raise TypeError(f"operator {name!r}: unsupported operand type {type(x).__name__}.")
+
+
+def binary_op(op: Callable[[Any, Any], Any], a: Any, b: Any, name: str = "op") -> NamedArray:
+    """Apply an elementwise ``op`` to two operands, at least one named, broadcasting by name."""
+    a_named = isinstance(a, NamedArray)
+    b_named = isinstance(b, NamedArray)
+    if a_named and b_named:
+        if a.axes == b.axes:
+            return _wrap(op(a.array, b.array), a.axes)
+        axes = broadcast_axes(a.axes, b.axes, where=f"operator {name!r}")
+        return _wrap(op(align(a, axes), align(b, axes)), axes)
+    if a_named:
+        return _wrap(op(a.array, _as_operand(b, name)), a.axes)
+    return _wrap(op(_as_operand(a, name), b.array), b.axes)
+
+
+def _index(x: NamedArray, pairs: list[tuple[Any, Any]]) -> NamedArray:
+    idx: list[Any] = [slice(None)] * x.ndim
+    new_axes: list[Axis | None] = list(x.axes)
+    seen = set()
+    for sel, ix in pairs:
+        i = x._index_of(sel)
+        ax = x.axes[i]
+        if ax.name in seen:
+            raise errors.DuplicateAxisError(f"indexing: axis {ax.name!r} indexed more than once.")
+        seen.add(ax.name)
+        if isinstance(ix, slice):
+            start, stop, step = ix.indices(ax.size)
+            idx[i] = ix
+            new_axes[i] = Axis(ax.name, len(range(start, stop, step)))
+        elif isinstance(ix, (bool, np.bool_)):
+            raise errors.AxisSelectorError(f"indexing axis {ax.name!r}: a bool is not an index.")
+        elif isinstance(ix, (numbers.Integral, np.integer)):
+            ix = int(ix)
+            if not -ax.size <= ix < ax.size:
+                raise IndexError(f"index {ix} is out of range for axis {ax.name!r} of size {ax.size}.")
+            idx[i] = ix % ax.size
+            new_axes[i] = None
+        elif hasattr(ix, "shape") and tuple(ix.shape) == () and jnp.issubdtype(ix.dtype, jnp.integer):
+            idx[i] = ix
+            new_axes[i] = None
+        else:
+            raise errors.AxisSelectorError(
+                f"indexing axis {ax.name!r}: expected an int, a slice or a 0-d integer array, got "
+                f"{type(ix).__name__} {ix!r}; use distmap.take for array indices."
+            )
+    return _wrap(x.array[tuple(idx)], tuple(a for a in new_axes if a is not None))
+
+
+# The reduction methods delegate to the functions; imported last to break the cycle.
+from distmap._src import reductions as _reductions  # noqa: E402

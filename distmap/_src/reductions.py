@@ -1,0 +1,104 @@
+"""Reductions over named axes: ``sum(x, "batch")``, ``mean(x)``, ``argmax(x, "feature")`` ...
+
+``axis=None`` reduces every axis (the result has no axes); otherwise ``axis`` is a
+selector or a selection and the result keeps the other axes in their order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from distmap import errors
+from distmap._src.axis import Axis, AxisSelection, AxisSelector, parse_selection
+from distmap._src.named import NamedArray, _wrap, align
+
+
+def _check_named(x: Any, fn: str) -> NamedArray:
+    if not isinstance(x, NamedArray):
+        raise TypeError(f"{fn}: expected a NamedArray, got {type(x).__name__}.")
+    return x
+
+
+def _dims(x: NamedArray, axis: AxisSelection | None) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(x.ndim))
+    if isinstance(axis, (str, Axis)):
+        return (x.axis_indices(axis),)  # type: ignore[return-value]
+    return tuple(x.axis_indices(n) for n, _ in parse_selection(axis))  # type: ignore[misc]
+
+
+def _where(x: NamedArray, where: NamedArray | None, fn: str) -> jax.Array | None:
+    if where is None:
+        return None
+    if not isinstance(where, NamedArray):
+        raise TypeError(f"{fn}(where=...): expected a NamedArray mask, got {type(where).__name__}.")
+    return jnp.broadcast_to(align(where, x.axes), x.array.shape)
+
+
+def _reducer(jfn: Callable[..., jax.Array], name: str, *, takes_where: bool = True, **fixed: Any):
+    def reduce(x: NamedArray, axis: AxisSelection | None = None, **kw: Any) -> NamedArray:
+        x = _check_named(x, name)
+        dims = _dims(x, axis)
+        if takes_where:
+            kw["where"] = _where(x, kw.get("where"), name)
+        kept = tuple(a for i, a in enumerate(x.axes) if i not in dims)
+        return _wrap(jfn(x.array, axis=dims, **fixed, **kw), kept)
+
+    reduce.__name__ = name
+    reduce.__qualname__ = name
+    reduce.__doc__ = (
+        f"``{name}`` over the named ``axis`` (a selector or selection; ``None`` for all axes).\n\n"
+        "    Example:\n"
+        "        >>> import distmap\n"
+        f"        >>> distmap.{name}(distmap.ones({{'batch': 2, 'feature': 3}}), 'feature').axis_names\n"
+        "        ('batch',)\n"
+    )
+    return reduce
+
+
+sum = _reducer(jnp.sum, "sum")
+mean = _reducer(jnp.mean, "mean")
+max = _reducer(jnp.max, "max")
+min = _reducer(jnp.min, "min")
+prod = _reducer(jnp.prod, "prod")
+any = _reducer(jnp.any, "any")
+all = _reducer(jnp.all, "all")
+std = _reducer(jnp.std, "std")
+var = _reducer(jnp.var, "var")
+logsumexp = _reducer(jax.nn.logsumexp, "logsumexp", takes_where=False)
+
+
+def _arg_reducer(jfn: Callable[..., jax.Array], name: str):
+    def reduce(x: NamedArray, axis: AxisSelector | None = None) -> NamedArray:
+        x = _check_named(x, name)
+        if axis is None:
+            return _wrap(jfn(x.array.reshape(-1)), ())
+        if not isinstance(axis, (str, Axis)):
+            raise errors.AxisSelectorError(
+                f"{name}: axis must be one Axis or name (or None for the flattened index), got {axis!r}."
+            )
+        i = x.axis_indices(axis)
+        return _wrap(jfn(x.array, axis=i), tuple(a for j, a in enumerate(x.axes) if j != i))
+
+    reduce.__name__ = name
+    reduce.__qualname__ = name
+    reduce.__doc__ = (
+        f"The index of the {name[3:]} along one named axis (``None``: into the flattened array).\n\n"
+        "    Example:\n"
+        "        >>> import distmap, jax.numpy as jnp\n"
+        f"        >>> distmap.{name}(distmap.named(jnp.array([[1, 5], [7, 2]]), ('a', 'b')), 'b').array.tolist()\n"
+        f"        {[1, 0] if name == 'argmax' else [0, 1]}\n"
+    )
+    return reduce
+
+
+argmax = _arg_reducer(jnp.argmax, "argmax")
+argmin = _arg_reducer(jnp.argmin, "argmin")
+
+__all__ = [
+    "sum", "mean", "max", "min", "prod", "any", "all", "std", "var", "logsumexp", "argmax", "argmin",
+]
