@@ -1,0 +1,151 @@
+"""``Stacked``: N copies of an equinox Module stacked along a named axis.
+
+Build one by vmapping the constructor (``Stacked.init``); apply every copy to the
+same input in parallel (``.vmap``, an ensemble) or one after another (``.fold`` /
+``.scan``, layers). Each is equal to a Python loop over ``.unstacked()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import equinox as eqx
+import jax
+
+from distmap import errors
+from distmap._src.axis import Axis, AxisSpec, to_axes
+from distmap._src.named import NamedArray, _wrap
+from distmap._src import specs
+from distmap._src.vmap import vmap
+
+M = TypeVar("M", bound=eqx.Module)
+
+
+def _is_named(x: Any) -> bool:
+    return isinstance(x, NamedArray)
+
+
+class Stacked(eqx.Module, Generic[M]):
+    """``axis.size`` copies of a Module, stacked along the named ``axis``.
+
+    Array fields of ``stacked`` carry the axis: NamedArrays by name, unnamed arrays at dim 0.
+
+    Example:
+        >>> import distmap, equinox as eqx, jax
+        >>> class Scale(eqx.Module):
+        ...     w: distmap.NamedArray
+        ...     def __init__(self, key):
+        ...         self.w = distmap.random.normal(key, {"feature": 3})
+        ...     def __call__(self, x):
+        ...         return x * self.w
+        >>> Layers = distmap.Axis("layer", 4)
+        >>> net = distmap.Stacked.init(Layers, Scale)(key=jax.random.split(jax.random.key(0), 4))
+        >>> x = distmap.ones({"feature": 3})
+        >>> net.vmap(x).axis_names, net.fold(x).axis_names
+        (('layer', 'feature'), ('feature',))
+    """
+
+    stacked: M
+    axis: Axis = eqx.field(static=True)
+
+    @classmethod
+    def init(cls, axis: AxisSpec, module: Callable[..., M], **vmap_options: Any) -> Callable[..., "Stacked[M]"]:
+        """A constructor that builds ``axis.size`` copies of ``module`` by vmapping ``module(*args, **kwargs)``.
+
+        Arguments follow :func:`distmap.vmap`'s default spec: arrays (such as keys split
+        with ``jax.random.split(key, n)``) are mapped on dim 0, NamedArrays by name,
+        everything else is shared.
+        """
+        (ax,) = to_axes(axis, what="Stacked.init(axis=...)")
+
+        def build(*args: Any, **kwargs: Any) -> Stacked[M]:
+            return cls(vmap(module, ax, **vmap_options)(*args, **kwargs), ax)
+
+        return build
+
+    def _spec(self) -> Any:
+        # The stacked module's unnamed arrays are mapped on dim 0 (NamedArrays go by name).
+        return jax.tree_util.tree_map(lambda leaf: 0 if specs.is_array(leaf) else None, self.stacked, is_leaf=_is_named)
+
+    def vmap(self, *args: Any, **kwargs: Any) -> Any:
+        """Apply every copy to the same inputs, in parallel; outputs carry the stacked axis at the front.
+
+        Inputs are broadcast to every copy (unnamed arrays included); a NamedArray input that
+        carries the stacked axis is mapped along it, one slice per copy.
+        """
+        def apply(m: M, a: tuple, k: dict) -> Any:
+            return m(*a, **k)
+
+        return vmap(apply, self.axis, default=None, args=(self._spec(),))(self.stacked, args, kwargs)
+
+    def _layers(self) -> tuple[list[Any], list[Any], Any]:
+        """Per-leaf arrays with the stacked axis at dim 0, how to rebuild one layer, and the treedef."""
+        leaves, treedef = jax.tree_util.tree_flatten(self.stacked, is_leaf=_is_named)
+        xs, kinds = [], []
+        for leaf in leaves:
+            if isinstance(leaf, NamedArray):
+                i = leaf.axis_indices(self.axis.name)
+                xs.append(jax.numpy.moveaxis(leaf.array, i, 0))
+                kinds.append(leaf.axes[:i] + leaf.axes[i + 1 :])
+            elif specs.is_array(leaf):
+                if leaf.ndim == 0 or leaf.shape[0] != self.axis.size:
+                    raise errors.AxisSizeError(
+                        f"Stacked over {self.axis.name!r}: an unnamed array field has shape {leaf.shape}; "
+                        f"its dim 0 should be the stacked axis (size {self.axis.size})."
+                    )
+                xs.append(leaf)
+                kinds.append(True)
+            else:
+                kinds.append(_Keep(leaf))
+        return xs, kinds, treedef
+
+    @staticmethod
+    def _one(xs: list[Any], kinds: list[Any], treedef: Any) -> Any:
+        it = iter(xs)
+        leaves = [k.value if isinstance(k, _Keep) else (next(it) if k is True else _wrap(next(it), k)) for k in kinds]
+        return jax.tree_util.tree_unflatten(treedef, leaves)
+
+    def fold(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        """``x = layer(x, *args, **kwargs)`` for each copy in order; returns the final ``x``.
+
+        Runs as one ``jax.lax.scan``, so it traces the layer once.
+        """
+        xs, kinds, treedef = self._layers()
+
+        def step(carry: Any, layer_arrays: list[Any]) -> tuple[Any, None]:
+            return self._one(layer_arrays, kinds, treedef)(carry, *args, **kwargs), None
+
+        out, _ = jax.lax.scan(step, x, xs)
+        return out
+
+    def scan(self, x: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        """Like :meth:`fold`, for layers that return ``(carry, y)``; returns ``(carry, ys)``.
+
+        ``ys`` carry the stacked axis at the front: NamedArrays by name, unnamed arrays at dim 0.
+        """
+        xs, kinds, treedef = self._layers()
+        y_axes: list[Any] = []
+
+        def step(carry: Any, layer_arrays: list[Any]) -> tuple[Any, Any]:
+            carry, y = self._one(layer_arrays, kinds, treedef)(carry, *args, **kwargs)
+            y_leaves, y_tree = jax.tree_util.tree_flatten(y, is_leaf=_is_named)
+            y_axes[:] = [y_tree, [leaf.axes if isinstance(leaf, NamedArray) else None for leaf in y_leaves]]
+            return carry, [leaf.array if isinstance(leaf, NamedArray) else leaf for leaf in y_leaves]
+
+        carry, ys = jax.lax.scan(step, x, xs)
+        y_tree, axes = y_axes
+        out = [y if a is None else _wrap(y, (self.axis,) + a) for y, a in zip(ys, axes)]
+        return carry, jax.tree_util.tree_unflatten(y_tree, out)
+
+    def unstacked(self) -> list[M]:
+        """The copies as a list of separate Modules."""
+        xs, kinds, treedef = self._layers()
+        return [self._one([x[i] for x in xs], kinds, treedef) for i in range(self.axis.size)]
+
+
+class _Keep:
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
