@@ -15,4 +15,12 @@ from distmap._src.reductions import all, any, argmax, argmin, logsumexp, max, me
 # -- constructors and shape operations (distmap/_src/ops.py)
 from distmap._src.ops import arange, full, ones, zeros
 
+# -- named maps and collectives (distmap/_src/vmap.py, collectives.py)
+from distmap._src.vmap import vmap
+from distmap._src.collectives import all_gather, axis_index, axis_size, pmax, pmean, pmin, psum
+from distmap._src.stacked import Stacked
+
+# -- meshes and axis mappings (distmap/_src/mesh.py, sharded.py)
+from distmap._src.mesh import AxisMapping, axis_mapping, current_axis_mapping, make_mesh, pspec_for, shard
+
 __version__ = "0.1.0"

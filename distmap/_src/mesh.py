@@ -1,0 +1,267 @@
+"""Axis mappings and meshes: which mesh axes each named axis is split over.
+
+An axis mapping sends a named axis to one mesh axis or a tuple of them
+(``{"batch": ("replica", "data")}``), or is an ordered list of rules
+``[("batch", "data"), ("batch", "replica"), ...]`` where, per array, the first rule
+whose mesh axes are still free wins. ``distmap.axis_mapping(...)`` makes one current.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Union
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from distmap import errors
+from distmap._src.named import NamedArray
+
+MeshAxes = Union[str, Sequence[str], None]
+AxisMappingLike = Union[Mapping[str, MeshAxes], Sequence[tuple[str, MeshAxes]]]
+
+
+class AxisMapping:
+    """A checked axis mapping: ``rules`` in order, each ``(name, mesh axes)``; ``ordered`` for rule lists.
+
+    Build one with :func:`as_axis_mapping`; every function that takes a mapping accepts the raw forms too.
+    """
+
+    __slots__ = ("rules", "ordered")
+
+    def __init__(self, rules: tuple[tuple[str, tuple[str, ...]], ...], ordered: bool):
+        self.rules = rules
+        self.ordered = ordered
+
+    def __repr__(self) -> str:
+        return f"AxisMapping({list(self.rules) if self.ordered else dict(self.rules)})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AxisMapping) and (self.rules, self.ordered) == (other.rules, other.ordered)
+
+    def __hash__(self) -> int:
+        return hash((self.rules, self.ordered))
+
+    def resolve(self, names: Sequence[str], mesh: Any = None, *, what: str = "array") -> dict[str, tuple[str, ...]]:
+        """The mesh axes each of ``names`` (the axes of one array, or of one map) is split over.
+
+        Names the mapping does not mention are absent from the result. Raises ``MeshError`` for
+        a mesh axis the mesh lacks or one claimed by two names.
+        """
+        wanted = set(names)
+        out: dict[str, tuple[str, ...]] = {}
+        owner: dict[str, str] = {}
+        for name, axes in self.rules:
+            if name not in wanted or name in out:
+                continue
+            if mesh is not None:
+                for a in axes:
+                    if a not in mesh.axis_names:
+                        raise errors.MeshError(
+                            f"axis mapping sends {name!r} to mesh axis {a!r}, but the mesh has axes "
+                            f"{tuple(mesh.axis_names)} (shape {dict(mesh.shape)})."
+                        )
+            taken = [a for a in axes if a in owner]
+            if taken:
+                if self.ordered:
+                    continue  # Flax's meaning: try the next rule for this name
+                raise errors.MeshError(
+                    f"axis mapping: named axes {owner[taken[0]]!r} and {name!r} of one {what} both claim mesh "
+                    f"axis {taken[0]!r}; a mesh axis can split only one axis of an array."
+                )
+            out[name] = axes
+            for a in axes:
+                owner[a] = name
+        return {n: out[n] for n in names if n in out}
+
+
+def _mesh_axes(value: MeshAxes, name: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
+        if len(set(value)) != len(value):
+            raise errors.MeshError(f"axis mapping for {name!r}: mesh axes {tuple(value)} repeat.")
+        return tuple(value)
+    raise errors.MeshError(
+        f"axis mapping for {name!r}: expected a mesh axis name, a tuple of them or None, got {value!r}."
+    )
+
+
+def as_axis_mapping(mapping: AxisMappingLike | AxisMapping) -> AxisMapping:
+    """Check and normalise a mapping given as a dict or as an ordered list of ``(name, mesh axes)`` rules.
+
+    Example:
+        >>> as_axis_mapping({"batch": ("replica", "data"), "ensemble": "model"})
+        AxisMapping({'batch': ('replica', 'data'), 'ensemble': ('model',)})
+    """
+    if isinstance(mapping, AxisMapping):
+        return mapping
+    if isinstance(mapping, Mapping):
+        rules = []
+        for name, value in mapping.items():
+            if not isinstance(name, str) or not name:
+                raise errors.MeshError(f"axis mapping: keys must be axis names (str), got {name!r}.")
+            rules.append((name, _mesh_axes(value, name)))
+        # Two names may share a mesh axis as long as no one array carries both: checked per array.
+        return AxisMapping(tuple(rules), ordered=False)
+    if isinstance(mapping, Sequence) and not isinstance(mapping, str):
+        rules = []
+        for item in mapping:
+            if not (isinstance(item, Sequence) and not isinstance(item, str) and len(item) == 2):
+                raise errors.MeshError(f"axis mapping rules: expected (name, mesh axes) pairs, got {item!r}.")
+            name, value = item
+            if not isinstance(name, str) or not name:
+                raise errors.MeshError(f"axis mapping rules: expected an axis name (str), got {name!r}.")
+            rules.append((name, _mesh_axes(value, name)))
+        return AxisMapping(tuple(rules), ordered=True)
+    raise errors.MeshError(
+        f"axis mapping: expected a {{name: mesh axes}} dict or a list of (name, mesh axes) rules, got {mapping!r}."
+    )
+
+
+_CURRENT: contextvars.ContextVar[AxisMapping | None] = contextvars.ContextVar("distmap_axis_mapping", default=None)
+
+
+@contextlib.contextmanager
+def axis_mapping(mapping: AxisMappingLike | AxisMapping) -> Iterator[AxisMapping]:
+    """Make ``mapping`` the current axis mapping inside a ``with`` block.
+
+    Example:
+        >>> import distmap
+        >>> with distmap.axis_mapping({"batch": "data"}):
+        ...     distmap.current_axis_mapping()
+        AxisMapping({'batch': ('data',)})
+    """
+    token = _CURRENT.set(as_axis_mapping(mapping))
+    try:
+        yield _CURRENT.get()
+    finally:
+        _CURRENT.reset(token)
+
+
+def current_axis_mapping() -> AxisMapping | None:
+    """The mapping set by the innermost :func:`axis_mapping` block, or None."""
+    return _CURRENT.get()
+
+
+def current_mesh() -> Mesh | None:
+    """The concrete mesh set by ``jax.set_mesh``, or None."""
+    mesh = jax.sharding.get_mesh()
+    if mesh is None or getattr(mesh, "empty", False) or not mesh.axis_names:
+        return None
+    return mesh
+
+
+def make_mesh(
+    shape: Mapping[str, int], devices: Sequence[Any] | None = None, *, axis_types: Any = None
+) -> Mesh:
+    """A mesh with named axes of the given sizes; dict order is axis order and one size may be -1 (the rest).
+
+    Axes are ``AxisType.Explicit`` by default, as in ``jax.make_mesh``; ``distmap.vmap`` works
+    with Explicit and Auto meshes alike.
+
+    Example:
+        >>> import distmap, jax
+        >>> mesh = distmap.make_mesh({"data": -1}, devices=jax.devices()[:1])
+        >>> dict(mesh.shape)
+        {'data': 1}
+    """
+    if not isinstance(shape, Mapping) or not shape:
+        raise errors.MeshError(f"make_mesh: expected a non-empty {{axis name: size}} dict, got {shape!r}.")
+    devs = list(jax.devices() if devices is None else devices)
+    names = list(shape)
+    sizes = []
+    for name, size in shape.items():
+        if not isinstance(name, str) or not name:
+            raise errors.MeshError(f"make_mesh: axis names must be non-empty str, got {name!r}.")
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or (size < 1 and size != -1):
+            raise errors.MeshError(f"make_mesh: mesh axis {name!r} has size {size!r}; expected a positive int or -1.")
+        sizes.append(int(size))
+    if sizes.count(-1) > 1:
+        raise errors.MeshError(f"make_mesh: at most one axis may have size -1, got {dict(shape)}.")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if len(devs) % known:
+            raise errors.MeshError(
+                f"make_mesh: {len(devs)} devices cannot be split into {dict(shape)} (the fixed axes take {known})."
+            )
+        sizes[sizes.index(-1)] = len(devs) // known
+    if math.prod(sizes) != len(devs):
+        raise errors.MeshError(
+            f"make_mesh: mesh {dict(zip(names, sizes))} needs {math.prod(sizes)} devices, but {len(devs)} were given."
+        )
+    if axis_types is None:
+        axis_types = (jax.sharding.AxisType.Explicit,) * len(names)
+    elif not isinstance(axis_types, (tuple, list)):
+        axis_types = (axis_types,) * len(names)
+    return jax.make_mesh(tuple(sizes), tuple(names), axis_types=tuple(axis_types), devices=devs)
+
+
+def _resolve_mapping(axis_mapping: AxisMappingLike | AxisMapping | None, fn: str) -> AxisMapping:
+    mapping = current_axis_mapping() if axis_mapping is None else as_axis_mapping(axis_mapping)
+    if mapping is None:
+        raise errors.MeshError(f"{fn}: no axis mapping given and none is current (use distmap.axis_mapping(...)).")
+    return mapping
+
+
+def _pspec(x: NamedArray, mapping: AxisMapping, mesh: Any) -> PartitionSpec:
+    found = mapping.resolve(x.axis_names, mesh)
+    parts = []
+    for ax in x.axes:
+        axes = found.get(ax.name, ())
+        if mesh is not None and axes and ax.size % math.prod(mesh.shape[a] for a in axes):
+            axes = ()  # an uneven split cannot be held by a jax.Array: keep this dimension whole
+        parts.append(None if not axes else (axes[0] if len(axes) == 1 else axes))
+    return PartitionSpec(*parts)
+
+
+def pspec_for(x: Any, axis_mapping: AxisMappingLike | AxisMapping | None = None, mesh: Mesh | None = None) -> Any:
+    """The ``PartitionSpec`` of each NamedArray in the pytree ``x`` under the mapping.
+
+    Given a mesh, a dimension whose size its mesh axes do not divide is left whole.
+
+    Example:
+        >>> import distmap
+        >>> distmap.pspec_for(distmap.zeros({"batch": 8, "feature": 3}), {"batch": "data"})
+        PartitionSpec('data', None)
+    """
+    mapping = _resolve_mapping(axis_mapping, "pspec_for")
+    return jax.tree_util.tree_map(
+        lambda leaf: _pspec(leaf, mapping, mesh) if isinstance(leaf, NamedArray) else PartitionSpec(),
+        x,
+        is_leaf=lambda v: isinstance(v, NamedArray),
+    )
+
+
+def shard(x: Any, mesh: Mesh | None = None, axis_mapping: AxisMappingLike | AxisMapping | None = None) -> Any:
+    """Place (outside ``jit``) or constrain (inside) every NamedArray of ``x`` by its axis names.
+
+    Example:
+        >>> import distmap, jax
+        >>> mesh = distmap.make_mesh({"data": 1}, devices=jax.devices()[:1])
+        >>> y = distmap.shard(distmap.zeros({"batch": 4}), mesh, {"batch": "data"})
+        >>> y.array.sharding.spec
+        PartitionSpec('data',)
+    """
+    mesh = mesh if mesh is not None else current_mesh()
+    if mesh is None:
+        raise errors.MeshError("shard: no mesh given and none set with jax.set_mesh.")
+    mapping = _resolve_mapping(axis_mapping, "shard")
+
+    def one(leaf: Any) -> Any:
+        if not isinstance(leaf, NamedArray):
+            return leaf
+        sharding = NamedSharding(mesh, _pspec(leaf, mapping, mesh))
+        if isinstance(leaf.array, jax.core.Tracer):
+            arr = jax.lax.with_sharding_constraint(leaf.array, sharding)
+        else:
+            arr = jax.device_put(leaf.array, sharding)
+        return NamedArray(arr, leaf.axes)
+
+    return jax.tree_util.tree_map(one, x, is_leaf=lambda v: isinstance(v, NamedArray))
