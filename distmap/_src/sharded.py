@@ -5,12 +5,14 @@ is split along it over those mesh axes (``in_specs``), and each device vmaps its
 with the one-device code (:func:`distmap._src.vmap.map_axes`). The vmap axis name stands
 for the local part and the mesh axes for the rest, so the named collectives combine both.
 
-Uneven sizes: an axis of size ``n`` over ``k`` devices is padded to ``ceil(n / k) * k``
-by repeating its last element (so the padding never produces NaNs or errors the real
-data would not), mapped, and cut back to ``n``. Collectives mask the padding. A
-``jax.Array`` cannot be split unevenly, so a cut-back output is one XLA must re-lay;
-inside a jitted program the slice fuses with its consumer, and the benchmark counts
-what it costs (at most one all-gather of that output).
+Uneven sizes: an axis of size ``n`` over ``k`` devices is mapped as ``ceil(n / k) * k``
+elements. A ``jax.Array`` cannot be split unevenly, so such inputs arrive whole along
+that axis and each device takes its own slice, the indices past ``n`` repeating the
+last element (padding that never makes NaNs or infs the real data would not, in
+gradients too). Collectives mask the padding. The output is cut back to ``n``, which
+an evenly split array cannot hold: on an Explicit mesh it is gathered first (one
+all-gather of that output, counted by ``benchmarks/bench_mesh.py``); on an Auto mesh
+XLA picks the layout, and the cut fuses with a consumer inside the same ``jit``.
 """
 
 from __future__ import annotations
@@ -176,12 +178,15 @@ def _place(plan, lowering: Lowering, args: tuple, kwargs: dict) -> tuple[tuple, 
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def _pad(arr: jax.Array, dim: int, size: int, target: int) -> jax.Array:
-    if target == size:
-        return arr
-    widths = [(0, 0)] * arr.ndim
-    widths[dim] = (0, target - size)
-    return jnp.pad(arr, widths, mode="edge")
+def _take_local(block: jax.Array, dim: int, size: int, local: int, mesh_axes: tuple[str, ...]) -> jax.Array:
+    """This device's ``local`` elements of a dimension held whole, the indices past ``size`` clamped to its end.
+
+    The padding thus repeats the last real element, so it never produces values (NaN, inf)
+    that the real data would not, not even in gradients.
+    """
+    start = jax.lax.axis_index(mesh_axes) * local
+    idx = jnp.minimum(start + jnp.arange(local), size - 1)
+    return jnp.take(block, idx, axis=dim)
 
 
 def _run(fn, plan, lowering: Lowering, args: tuple, kwargs: dict) -> Any:
@@ -196,15 +201,16 @@ def _run(fn, plan, lowering: Lowering, args: tuple, kwargs: dict) -> Any:
     padded = {n: -(-sizes[n] // shards[n]) * shards[n] for n in mesh_axes}
     local = {n: (padded[n] // shards[n] if n in mesh_axes else sizes[n]) for n in names}
 
-    dyn, dyn_specs, kinds = [], [], []
+    # Evenly split axes go through in_specs; an uneven one is held whole along its dimension (a
+    # jax.Array cannot be split unevenly anyway) and each device takes its slice in the body.
+    even_axes = {n: a for n, a in mesh_axes.items() if padded[n] == sizes[n]}
+    dyn, dyn_specs, kinds, takes = [], [], [], []
     for leaf, row in zip(leaves, dims):
         if isinstance(leaf, NamedArray) or specs.is_array(leaf):
             arr = leaf.array if isinstance(leaf, NamedArray) else jnp.asarray(leaf)
-            for n, d in zip(names, row):
-                if d is not None and n in mesh_axes:
-                    arr = _pad(arr, d, sizes[n], padded[n])
             dyn.append(arr)
-            dyn_specs.append(_spec_for(row, arr.ndim, names, mesh_axes))
+            dyn_specs.append(_spec_for(row, arr.ndim, names, even_axes))
+            takes.append([(d, n) for n, d in zip(names, row) if d is not None and n in mesh_axes and n not in even_axes])
             if isinstance(leaf, NamedArray):
                 kinds.append(tuple(Axis(a.name, local[a.name]) if a.name in mesh_axes else a for a in leaf.axes))
             else:
@@ -224,6 +230,10 @@ def _run(fn, plan, lowering: Lowering, args: tuple, kwargs: dict) -> Any:
     out_info: list[Any] = []
 
     def body(*blocks: Any) -> tuple[Any, ...]:
+        blocks = list(blocks)
+        for i, todo in enumerate(takes):
+            for d, n in todo:
+                blocks[i] = _take_local(blocks[i], d, sizes[n], local[n], mesh_axes[n])
         it = iter(blocks)
         rebuilt = [
             k.value if isinstance(k, _Keep) else (next(it) if k is True else _wrap(next(it), k)) for k in kinds
