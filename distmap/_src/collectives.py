@@ -8,6 +8,7 @@ of an uneven split. Code written for one device needs no change.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -128,16 +129,36 @@ def _extreme(dtype: Any, high: bool) -> Any:
     return info.max if high else info.min
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _pextreme(x: jax.Array, names: tuple[str, ...], high: bool) -> jax.Array:
+    return jax.lax.pmax(x, names) if high else jax.lax.pmin(x, names)
+
+
+@_pextreme.defjvp
+def _pextreme_jvp(names, high, primals, tangents):
+    # jax.lax.pmax has no derivative; like jnp.max, share the tangent among the elements that tie.
+    (x,), (t,) = primals, tangents
+    out = _pextreme(x, names, high)
+    hit = (x == out).astype(t.dtype)
+    return out, jax.lax.psum(t * hit, names) / jax.lax.psum(hit, names)
+
+
+def _extreme_of(a: jax.Array, names: tuple[str, ...], high: bool) -> jax.Array:
+    if jnp.issubdtype(a.dtype, jnp.inexact):
+        return _pextreme(a, names, high)
+    return jax.lax.pmax(a, names) if high else jax.lax.pmin(a, names)
+
+
 def pmax(x: Any, axis: AxisNames) -> Any:
-    """Maximum of ``x`` over every element of the named map(s)."""
+    """Maximum of ``x`` over every element of the named map(s); differentiable (ties share the gradient)."""
     fs = _frames(axis, "pmax")
-    return _map_leaves(lambda a: jax.lax.pmax(a, _jax_names(fs)), _masked(fs, x, lambda d: _extreme(d, False)))
+    return _map_leaves(lambda a: _extreme_of(a, _jax_names(fs), True), _masked(fs, x, lambda d: _extreme(d, False)))
 
 
 def pmin(x: Any, axis: AxisNames) -> Any:
-    """Minimum of ``x`` over every element of the named map(s)."""
+    """Minimum of ``x`` over every element of the named map(s); differentiable (ties share the gradient)."""
     fs = _frames(axis, "pmin")
-    return _map_leaves(lambda a: jax.lax.pmin(a, _jax_names(fs)), _masked(fs, x, lambda d: _extreme(d, True)))
+    return _map_leaves(lambda a: _extreme_of(a, _jax_names(fs), False), _masked(fs, x, lambda d: _extreme(d, True)))
 
 
 def axis_index(axis: AxisSelector) -> jax.Array:

@@ -150,9 +150,12 @@ def current_axis_mapping() -> AxisMapping | None:
     return _CURRENT.get()
 
 
-def current_mesh() -> Mesh | None:
-    """The concrete mesh set by ``jax.set_mesh``, or None."""
-    mesh = jax.sharding.get_mesh()
+def current_mesh() -> Mesh | jax.sharding.AbstractMesh | None:
+    """The mesh set by ``jax.set_mesh``, or None: the concrete mesh, or inside ``jax.jit`` the abstract one."""
+    try:
+        mesh = jax.sharding.get_mesh()
+    except ValueError:  # inside jax.jit, where only the abstract mesh may be read
+        mesh = jax.sharding.get_abstract_mesh()
     if mesh is None or getattr(mesh, "empty", False) or not mesh.axis_names:
         return None
     return mesh

@@ -55,7 +55,7 @@ class Lowering:
 
 def resolve(parsed_axes: Sequence[tuple[str, int | None]], mesh: Any, axis_mapping: Any) -> Lowering | None:
     """The mesh lowering for a map over ``parsed_axes``, or None when it runs on one device."""
-    if mesh is not None and not isinstance(mesh, Mesh):
+    if mesh is not None and not isinstance(mesh, (Mesh, jax.sharding.AbstractMesh)):
         raise errors.MeshError(f"vmap(mesh=...): expected a jax.sharding.Mesh, got {type(mesh).__name__}.")
     mapping: AxisMapping | None = as_axis_mapping(axis_mapping) if axis_mapping is not None else current_axis_mapping()
     names = [n for n, _ in parsed_axes]
@@ -277,7 +277,7 @@ def _cut_back(arr, names, mesh_axes, sizes, padded, mesh: Mesh) -> jax.Array:
     if _is_explicit(mesh):
         # An Explicit-typed array cannot hold an uneven split: gather those dims first (one all-gather).
         parts = [None if lvl in uneven else _one_spec(mesh_axes.get(n)) for lvl, n in enumerate(names)]
-        arr = jax.sharding.reshard(arr, NamedSharding(mesh, PartitionSpec(*parts)))
+        arr = jax.sharding.reshard(arr, _sharding(mesh, PartitionSpec(*parts)))
     for lvl in uneven:
         arr = jax.lax.slice_in_dim(arr, 0, sizes[names[lvl]], axis=lvl)
     return arr
@@ -298,7 +298,12 @@ def _reshard_inputs(dyn: list[jax.Array], dyn_specs: list[PartitionSpec], mesh: 
     """On a mesh with Explicit axes, ``shard_map``'s in_specs assert rather than reshard: reshard first."""
     if not _is_explicit(mesh):
         return dyn
-    return [jax.sharding.reshard(x, NamedSharding(mesh, s)) for x, s in zip(dyn, dyn_specs)]
+    return [jax.sharding.reshard(x, _sharding(mesh, s)) for x, s in zip(dyn, dyn_specs)]
+
+
+def _sharding(mesh: Any, spec: PartitionSpec) -> Any:
+    # Inside jax.jit under jax.set_mesh only the abstract mesh is known: a bare spec refers to it.
+    return NamedSharding(mesh, spec) if isinstance(mesh, Mesh) else spec
 
 
 class _Keep:
