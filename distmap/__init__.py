@@ -18,9 +18,22 @@ from distmap._src.ops import arange, full, ones, zeros
 # -- named maps and collectives (distmap/_src/vmap.py, collectives.py)
 from distmap._src.vmap import vmap
 from distmap._src.collectives import all_gather, axis_index, axis_size, pmax, pmean, pmin, psum
-from distmap._src.stacked import Stacked
 
 # -- meshes and axis mappings (distmap/_src/mesh.py, sharded.py)
 from distmap._src.mesh import AxisMapping, axis_mapping, current_axis_mapping, make_mesh, pspec_for, shard
 
 __version__ = "0.1.0"
+
+# Names whose modules import equinox (about 0.2 s) load on first use, so `import distmap` stays light.
+_LAZY = {"Stacked": "distmap._src.stacked", "distributed": None}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module = _LAZY[name]
+        value = importlib.import_module(f"distmap.{name}") if module is None else getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'distmap' has no attribute {name!r}")

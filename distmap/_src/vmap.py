@@ -229,7 +229,7 @@ def _map_one(fn, name: str, given: int | None, plan: _Plan, args, kwargs, frame_
         out_info[:] = [out_tree, info]
         return tuple(arrays)
 
-    dyn_in = [leaf.array if kind is not True and kind is not False else leaf for leaf, kind in zip(leaves, kinds) if kind is not False]
+    dyn_in = [leaf if kind is True else leaf.array for leaf, kind in zip(leaves, kinds) if kind is not False]
     dyn_axes = [ax for ax, kind in zip(in_axes, kinds) if kind is not False]
     if chunked:
         out_arrays = _chunked_call(body, dyn_in, dyn_axes, size, plan.chunk_size)
