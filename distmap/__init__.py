@@ -13,7 +13,67 @@ from distmap._src.named import NamedArray, named
 from distmap._src.reductions import all, any, argmax, argmin, logsumexp, max, mean, min, prod, std, sum, var
 
 # -- constructors and shape operations (distmap/_src/ops.py)
-from distmap._src.ops import arange, full, ones, zeros
+from distmap._src.ops import (
+    arange,
+    broadcast_axis,
+    broadcast_to,
+    concatenate,
+    flatten_axes,
+    full,
+    full_like,
+    ones,
+    ones_like,
+    rearrange,
+    rename,
+    split,
+    stack,
+    take,
+    unflatten_axis,
+    unstack,
+    where,
+    zeros,
+    zeros_like,
+)
+
+# -- contractions (distmap/_src/linalg.py)
+from distmap._src.linalg import dot, einsum
+
+# -- elementwise math and softmax (distmap/_src/math.py)
+from distmap._src.math import (
+    abs,
+    ceil,
+    clip,
+    cos,
+    exp,
+    expm1,
+    floor,
+    gelu,
+    isfinite,
+    isnan,
+    log,
+    log1p,
+    log_softmax,
+    logical_not,
+    maximum,
+    minimum,
+    negative,
+    reciprocal,
+    relu,
+    round,
+    rsqrt,
+    sigmoid,
+    sign,
+    silu,
+    sin,
+    softmax,
+    softplus,
+    sqrt,
+    square,
+    tanh,
+)
+
+# -- random sampling by axes (distmap/random.py)
+from distmap import random
 
 # -- named maps and collectives (distmap/_src/vmap.py, collectives.py)
 from distmap._src.vmap import vmap

@@ -52,6 +52,11 @@ class Axis(_AxisFields):
             raise errors.AxisSizeError(f"axis {name!r}: size must be >= 0, got {size}.")
         return tuple.__new__(cls, (name, size))
 
+    @classmethod
+    def _make(cls, iterable) -> "Axis":  # type: ignore[override]
+        # NamedTuple's _make (and so _replace) would skip the checks in __new__.
+        return cls(*iterable)
+
     def resize(self, size: int) -> "Axis":
         """The same name with another size."""
         return Axis(self.name, size)

@@ -224,6 +224,28 @@ def _pspec(x: NamedArray, mapping: AxisMapping, mesh: Any) -> PartitionSpec:
     return PartitionSpec(*parts)
 
 
+def has_explicit_axes(mesh: Any) -> bool:
+    """Whether any axis of ``mesh`` has ``AxisType.Explicit`` (then shardings are part of array types)."""
+    explicit = jax.sharding.AxisType.Explicit
+    return any(t == explicit for t in getattr(mesh, "axis_types", ()))
+
+
+def typed_part(spec: PartitionSpec, mesh: Any, *, explicit: bool) -> PartitionSpec:
+    """``spec`` keeping only the mesh axes of ``mesh`` that are Explicit (or, with ``explicit=False``, the others).
+
+    ``reshard`` takes only Explicit axes and ``with_sharding_constraint`` only the others, so a
+    mesh that mixes both kinds needs the two parts applied one after the other.
+    """
+    kinds = dict(zip(mesh.axis_names, getattr(mesh, "axis_types", ())))
+    is_explicit = lambda a: kinds.get(a) == jax.sharding.AxisType.Explicit  # noqa: E731
+    parts = []
+    for p in spec:
+        axes = () if p is None else ((p,) if isinstance(p, str) else tuple(p))
+        kept = tuple(a for a in axes if is_explicit(a) == explicit)
+        parts.append(None if not kept else (kept[0] if len(kept) == 1 else kept))
+    return PartitionSpec(*parts)
+
+
 def pspec_for(x: Any, axis_mapping: AxisMappingLike | AxisMapping | None = None, mesh: Mesh | None = None) -> Any:
     """The ``PartitionSpec`` of each NamedArray in the pytree ``x`` under the mapping.
 
@@ -231,8 +253,8 @@ def pspec_for(x: Any, axis_mapping: AxisMappingLike | AxisMapping | None = None,
 
     Example:
         >>> import distmap
-        >>> distmap.pspec_for(distmap.zeros({"batch": 8, "feature": 3}), {"batch": "data"})
-        PartitionSpec('data', None)
+        >>> tuple(distmap.pspec_for(distmap.zeros({"batch": 8, "feature": 3}), {"batch": "data"}))
+        ('data', None)
     """
     mapping = _resolve_mapping(axis_mapping, "pspec_for")
     return jax.tree_util.tree_map(
@@ -249,8 +271,8 @@ def shard(x: Any, mesh: Mesh | None = None, axis_mapping: AxisMappingLike | Axis
         >>> import distmap, jax
         >>> mesh = distmap.make_mesh({"data": 1}, devices=jax.devices()[:1])
         >>> y = distmap.shard(distmap.zeros({"batch": 4}), mesh, {"batch": "data"})
-        >>> y.array.sharding.spec
-        PartitionSpec('data',)
+        >>> tuple(y.array.sharding.spec)
+        ('data',)
     """
     mesh = mesh if mesh is not None else current_mesh()
     if mesh is None:
@@ -260,9 +282,17 @@ def shard(x: Any, mesh: Mesh | None = None, axis_mapping: AxisMappingLike | Axis
     def one(leaf: Any) -> Any:
         if not isinstance(leaf, NamedArray):
             return leaf
-        sharding = NamedSharding(mesh, _pspec(leaf, mapping, mesh))
+        spec = _pspec(leaf, mapping, mesh)
+        sharding = NamedSharding(mesh, spec)
         if isinstance(leaf.array, jax.core.Tracer):
-            arr = jax.lax.with_sharding_constraint(leaf.array, sharding)
+            # Inside jit, Explicit mesh axes are part of the array's type and change with reshard
+            # (with_sharding_constraint refuses them); Auto axes take a sharding constraint.
+            arr = leaf.array
+            if has_explicit_axes(mesh):
+                arr = jax.sharding.reshard(arr, NamedSharding(mesh, typed_part(spec, mesh, explicit=True)))
+            auto = typed_part(spec, mesh, explicit=False)
+            if any(p is not None for p in auto):
+                arr = jax.lax.with_sharding_constraint(arr, NamedSharding(mesh, auto))
         else:
             arr = jax.device_put(leaf.array, sharding)
         return NamedArray(arr, leaf.axes)

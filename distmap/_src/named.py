@@ -1,9 +1,9 @@
 """NamedArray: a JAX array whose dimensions carry names.
 
 The array data is the pytree's only leaf; the axes (names and sizes) are static
-metadata. Flattening returns the array and the axes tuple as they are, and
-unflattening skips validation, so a NamedArray costs one Python call each way on
-every ``jax.jit`` dispatch and passes through ``jax.grad``, ``jax.vmap`` and
+metadata. Each NamedArray keeps its flattened form ready, so flattening is a C-level
+attribute read, and unflattening skips validation: a NamedArray costs no Python
+frame going into a ``jax.jit`` dispatch and one coming out, and it passes through ``jax.grad``, ``jax.vmap`` and
 ``jax.tree_util`` untouched. (Under a raw ``jax.vmap`` the leaf inside the mapped
 function is the per-example array, which no longer matches the stored axes; map by
 name with :func:`distmap.vmap` instead.)
@@ -44,7 +44,7 @@ class NamedArray:
         ('batch', 'feature')
     """
 
-    __slots__ = ("array", "axes")
+    __slots__ = ("array", "axes", "_tree")
     __array_priority__ = 1000  # numpy scalars on the left defer to our reflected operators
     array: jax.Array
     axes: tuple[Axis, ...]
@@ -70,6 +70,7 @@ class NamedArray:
             )
         object.__setattr__(self, "array", array)
         object.__setattr__(self, "axes", axes)
+        object.__setattr__(self, "_tree", ((array,), axes))  # the pytree flattening; see _unflatten
 
     # ----------------------------------------------------------------- basics
     def __setattr__(self, name: str, value: Any) -> None:
@@ -80,6 +81,10 @@ class NamedArray:
 
     def __repr__(self) -> str:
         return f"NamedArray({_fmt_axes(self.axes)}, {self.array!r})"
+
+    def __reduce__(self):
+        # copy, deepcopy and pickle rebuild through _wrap (the slots are read-only to setattr).
+        return _wrap, (self.array, self.axes)
 
     @property
     def axis_names(self) -> tuple[str, ...]:
@@ -168,7 +173,7 @@ class NamedArray:
         """The positional dimension(s) of the named axis or axes."""
         if isinstance(sel, (Axis, str)):
             return self._index_of(sel)
-        return tuple(self._index_of(n) for n, _ in parse_selection(sel))
+        return tuple(self._index_of(n if s is None else Axis(n, s)) for n, s in parse_selection(sel))
 
     # ----------------------------------------------------------- restructuring
     def rearrange(self, order: Sequence[AxisSelector | Any]) -> "NamedArray":
@@ -182,6 +187,11 @@ class NamedArray:
         """
         if isinstance(order, (str, Axis)):
             order = (order,)
+        elif not isinstance(order, Sequence):
+            raise errors.AxisSelectorError(
+                f"rearrange: expected a sequence of axis names (with at most one '...'), got {type(order).__name__} "
+                f"{order!r}."
+            )
         ellipses = [i for i, o in enumerate(order) if o is Ellipsis]
         if len(ellipses) > 1:
             raise errors.AxisSelectorError(f"rearrange: at most one '...' in {tuple(order)!r}.")
@@ -352,8 +362,15 @@ for _name, _op in [
 
 
 # --------------------------------------------------------------------- pytree
-def _flatten(x: NamedArray):
-    return (x.array,), x.axes
+# Every jit dispatch flattens each NamedArray argument and unflattens each NamedArray
+# result, so both are kept to a minimum. Each instance stores its own flattened form,
+# ``((array,), axes)``, in the ``_tree`` slot: the registered flatten function is then
+# ``operator.attrgetter("_tree")``, which JAX calls from C++ without entering a Python
+# frame. Unflattening sets the three slots through their descriptors.
+_new = object.__new__
+_set_array = NamedArray.__dict__["array"].__set__
+_set_axes = NamedArray.__dict__["axes"].__set__
+_set_tree = NamedArray.__dict__["_tree"].__set__
 
 
 def _flatten_with_keys(x: NamedArray):
@@ -361,20 +378,29 @@ def _flatten_with_keys(x: NamedArray):
 
 
 def _unflatten(axes: tuple[Axis, ...], children: Sequence[Any]) -> NamedArray:
-    out = object.__new__(NamedArray)
-    object.__setattr__(out, "array", children[0])
-    object.__setattr__(out, "axes", axes)
+    if type(children) is not tuple:
+        children = tuple(children)
+    out = _new(NamedArray)
+    _set_array(out, children[0])
+    _set_axes(out, axes)
+    _set_tree(out, (children, axes))
     return out
 
 
 _ARRAY_KEY = jax.tree_util.GetAttrKey("array")
-jax.tree_util.register_pytree_with_keys(NamedArray, _flatten_with_keys, _unflatten, flatten_func=_flatten)
+jax.tree_util.register_pytree_with_keys(
+    NamedArray, _flatten_with_keys, _unflatten, flatten_func=operator.attrgetter("_tree")
+)
 
 
 # ------------------------------------------------------------------- helpers
 def _wrap(array: Any, axes: tuple[Axis, ...]) -> NamedArray:
     """Build a NamedArray without validation, for results whose axes are known to be right."""
-    return _unflatten(axes, (array,))
+    out = _new(NamedArray)
+    _set_array(out, array)
+    _set_axes(out, axes)
+    _set_tree(out, ((array,), axes))
+    return out
 
 
 def _fmt_axes(axes: Sequence[Axis]) -> str:
@@ -503,7 +529,13 @@ def _index(x: NamedArray, pairs: list[tuple[Any, Any]]) -> NamedArray:
             raise errors.DuplicateAxisError(f"indexing: axis {ax.name!r} indexed more than once.")
         seen.add(ax.name)
         if isinstance(ix, slice):
-            start, stop, step = ix.indices(ax.size)
+            try:
+                start, stop, step = ix.indices(ax.size)
+            except (TypeError, ValueError) as e:
+                raise errors.AxisSelectorError(
+                    f"indexing axis {ax.name!r}: bad slice {ix!r} ({e}); slice bounds must be ints "
+                    "(for a traced start use jax.lax.dynamic_slice_in_dim on x.array)."
+                ) from None
             idx[i] = ix
             new_axes[i] = Axis(ax.name, len(range(start, stop, step)))
         elif isinstance(ix, (bool, np.bool_)):

@@ -2,6 +2,9 @@
 
 ``axis=None`` reduces every axis (the result has no axes); otherwise ``axis`` is a
 selector or a selection and the result keeps the other axes in their order.
+``where=`` takes a NamedArray mask, broadcast by name; with a mask, ``max`` and
+``min`` give the dtype's lowest (highest) value, ``-inf`` (``inf``) for floats, where
+every entry is masked out, unless ``initial=`` says otherwise.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from distmap import errors
-from distmap._src.axis import Axis, AxisSelection, AxisSelector, parse_selection
+from distmap._src.axis import Axis, AxisSelection, AxisSelector
 from distmap._src.named import NamedArray, _wrap, align
 
 
@@ -28,7 +31,7 @@ def _dims(x: NamedArray, axis: AxisSelection | None) -> tuple[int, ...]:
         return tuple(range(x.ndim))
     if isinstance(axis, (str, Axis)):
         return (x.axis_indices(axis),)  # type: ignore[return-value]
-    return tuple(x.axis_indices(n) for n, _ in parse_selection(axis))  # type: ignore[misc]
+    return x.axis_indices(axis)  # type: ignore[return-value]  # checks sizes given with the names
 
 
 def _where(x: NamedArray, where: NamedArray | None, fn: str) -> jax.Array | None:
@@ -39,12 +42,27 @@ def _where(x: NamedArray, where: NamedArray | None, fn: str) -> jax.Array | None
     return jnp.broadcast_to(align(where, x.axes), x.array.shape)
 
 
-def _reducer(jfn: Callable[..., jax.Array], name: str, *, takes_where: bool = True, **fixed: Any):
+def _extreme(dtype: Any, lowest: bool) -> Any:
+    """The identity of max (``lowest``) or min for ``dtype``: what a fully masked slice gives."""
+    if jnp.issubdtype(dtype, jnp.bool_):
+        return not lowest
+    if jnp.issubdtype(dtype, jnp.integer):
+        info = jnp.iinfo(dtype)
+        return info.min if lowest else info.max
+    return -jnp.inf if lowest else jnp.inf
+
+
+def _reducer(
+    jfn: Callable[..., jax.Array], name: str, *, takes_where: bool = True, lowest: bool | None = None, **fixed: Any
+):
     def reduce(x: NamedArray, axis: AxisSelection | None = None, **kw: Any) -> NamedArray:
         x = _check_named(x, name)
         dims = _dims(x, axis)
         if takes_where:
             kw["where"] = _where(x, kw.get("where"), name)
+            # max and min have no identity, so jnp asks for ``initial`` with a mask; supply the dtype's extreme.
+            if lowest is not None and kw["where"] is not None and kw.get("initial") is None:
+                kw["initial"] = _extreme(x.dtype, lowest)
         kept = tuple(a for i, a in enumerate(x.axes) if i not in dims)
         return _wrap(jfn(x.array, axis=dims, **fixed, **kw), kept)
 
@@ -62,8 +80,8 @@ def _reducer(jfn: Callable[..., jax.Array], name: str, *, takes_where: bool = Tr
 
 sum = _reducer(jnp.sum, "sum")
 mean = _reducer(jnp.mean, "mean")
-max = _reducer(jnp.max, "max")
-min = _reducer(jnp.min, "min")
+max = _reducer(jnp.max, "max", lowest=True)
+min = _reducer(jnp.min, "min", lowest=False)
 prod = _reducer(jnp.prod, "prod")
 any = _reducer(jnp.any, "any")
 all = _reducer(jnp.all, "all")

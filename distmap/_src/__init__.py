@@ -1,0 +1,1 @@
+"""distmap's implementation; import the public names from ``distmap`` instead."""
