@@ -161,8 +161,11 @@ def pmin(x: Any, axis: AxisNames) -> Any:
     return _map_leaves(lambda a: _extreme_of(a, _jax_names(fs), False), _masked(fs, x, lambda d: _extreme(d, True)))
 
 
-def axis_index(axis: AxisSelector) -> jax.Array:
+def axis_index(axis: AxisNames) -> jax.Array:
     """This element's index along the named mapped axis (the true global index on a mesh).
+
+    For several names, the index into their flattened product, the first name major
+    (as ``jax.lax.axis_index`` does for a tuple of names).
 
     Example:
         >>> import distmap
@@ -170,8 +173,10 @@ def axis_index(axis: AxisSelector) -> jax.Array:
         >>> distmap.vmap(lambda: distmap.axis_index("batch"), B)().tolist()
         [0, 1, 2]
     """
-    (f,) = _frames(axis_name(axis) if isinstance(axis, (str, Axis)) else axis, "axis_index")
-    return _global_index(f)
+    fs = _frames(axis, "axis_index")
+    if len(fs) == 1:
+        return _global_index(fs[0])
+    return _flat_index(fs)[0]
 
 
 def axis_size(axis: AxisNames) -> int:
@@ -179,11 +184,12 @@ def axis_size(axis: AxisNames) -> int:
     return int(np.prod([f.size for f in _frames(axis, "axis_size")]))
 
 
-def all_gather(x: Any, axis: AxisSelector) -> Any:
+def all_gather(x: Any, axis: AxisNames) -> Any:
     """Gather ``x`` from every element of the map over ``axis``: NamedArrays get the axis back, at the front.
 
     Unnamed arrays get it at dim 0. Padding of an uneven mesh split is dropped, so the
-    gathered axis always has the true size.
+    gathered axis always has the true size. For several names, the gathered axes come
+    first in the order given.
 
     Example:
         >>> import distmap
@@ -192,11 +198,9 @@ def all_gather(x: Any, axis: AxisSelector) -> Any:
         >>> g.array.tolist()
         [3, 3, 3]
     """
-    if not isinstance(axis, (str, Axis)):
-        raise errors.AxisSelectorError(f"all_gather: expected one axis name, got {axis!r}.")
-    (f,) = _frames(axis, "all_gather")
+    fs = _frames(axis, "all_gather")
 
-    def gather(a: jax.Array) -> jax.Array:
+    def gather(a: jax.Array, f: frames.MapFrame) -> jax.Array:
         out = a
         # innermost first: the vmap axis, then each mesh axis from the innermost out
         out = jax.lax.all_gather(out, f.vmap_name, axis=0, tiled=False)
@@ -208,11 +212,19 @@ def all_gather(x: Any, axis: AxisSelector) -> Any:
 
     def one(leaf):
         if isinstance(leaf, NamedArray):
-            if any(ax.name == f.name for ax in leaf.axes):
-                raise errors.MappingError(
-                    f"all_gather over {f.name!r}: the array already has an axis named {f.name!r} ({leaf.axis_names})."
-                )
-            return _wrap(gather(leaf.array), (Axis(f.name, f.size),) + leaf.axes)
-        return gather(jnp.asarray(leaf))
+            for f in fs:
+                if any(ax.name == f.name for ax in leaf.axes):
+                    raise errors.MappingError(
+                        f"all_gather over {f.name!r}: the array already has an axis named {f.name!r} "
+                        f"({leaf.axis_names})."
+                    )
+            out = leaf.array
+            for f in reversed(fs):  # the last name gathered first, so the first ends up in front
+                out = gather(out, f)
+            return _wrap(out, tuple(Axis(f.name, f.size) for f in fs) + leaf.axes)
+        out = jnp.asarray(leaf)
+        for f in reversed(fs):
+            out = gather(out, f)
+        return out
 
     return jax.tree_util.tree_map(one, x, is_leaf=lambda v: isinstance(v, NamedArray))

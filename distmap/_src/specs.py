@@ -7,6 +7,7 @@ per positional argument, ``kwargs`` per keyword.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Union
 
@@ -26,7 +27,7 @@ def is_array(x: Any) -> bool:
 
 def default_spec(leaf: Any) -> int | None:
     """The default: arrays of rank >= 1 are mapped on dim 0; rank-0 arrays (PRNG keys too) and non-arrays are not."""
-    if is_array(leaf) and np.ndim(leaf) > 0:
+    if is_array(leaf) and leaf.ndim > 0:
         return 0
     return None
 
@@ -35,8 +36,15 @@ def _is_named(x: Any) -> bool:
     return isinstance(x, NamedArray)
 
 
+# Plain functions are never pytree nodes, so they need no registry look-up (the common callable spec).
+_FUNCTION_TYPES = (types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+
+
 def is_spec_leaf(s: Any) -> bool:
-    if s is None or isinstance(s, (int, np.integer)):
+    t = type(s)
+    if s is None or t is int or t in _FUNCTION_TYPES:  # fast paths for the common specs
+        return True
+    if isinstance(s, (int, np.integer)):
         return not isinstance(s, bool)
     return callable(s) and jax.tree_util.all_leaves([s])
 
@@ -52,6 +60,8 @@ class _Specs:
 
 def check_spec(spec: Any, where: str) -> None:
     """Reject a spec whose leaves are not ints, None or callables, before any call."""
+    if is_spec_leaf(spec):
+        return
     for leaf in jax.tree_util.tree_leaves(spec, is_leaf=is_spec_leaf):
         if not is_spec_leaf(leaf):
             raise errors.MappingError(
@@ -63,6 +73,8 @@ def check_spec(spec: Any, where: str) -> None:
 def _per_leaf(spec: Any, subtree: Any, where: str) -> list[Any]:
     """The spec of every leaf of ``subtree`` (NamedArrays are leaves), in flatten order."""
     if is_spec_leaf(spec):
+        if type(subtree) is NamedArray or is_array(subtree):  # one leaf: no need to flatten
+            return [spec]
         n = len(jax.tree_util.tree_leaves(subtree, is_leaf=_is_named))
         return [spec] * n
     try:

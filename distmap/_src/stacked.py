@@ -65,8 +65,9 @@ class Stacked(eqx.Module, Generic[M]):
         return build
 
     def _spec(self) -> Any:
-        # The stacked module's unnamed arrays are mapped on dim 0 (NamedArrays go by name).
-        return jax.tree_util.tree_map(lambda leaf: 0 if specs.is_array(leaf) else None, self.stacked, is_leaf=_is_named)
+        # The stacked module's unnamed arrays are mapped on dim 0 (NamedArrays go by name). Rank-0
+        # arrays cannot carry the axis: they are shared values (a float field traced by jax.jit).
+        return jax.tree_util.tree_map(specs.default_spec, self.stacked, is_leaf=_is_named)
 
     def vmap(self, *args: Any, **kwargs: Any) -> Any:
         """Apply every copy to the same inputs, in parallel; outputs carry the stacked axis at the front.
@@ -88,8 +89,8 @@ class Stacked(eqx.Module, Generic[M]):
                 i = leaf.axis_indices(self.axis.name)
                 xs.append(jax.numpy.moveaxis(leaf.array, i, 0))
                 kinds.append(leaf.axes[:i] + leaf.axes[i + 1 :])
-            elif specs.is_array(leaf):
-                if leaf.ndim == 0 or leaf.shape[0] != self.axis.size:
+            elif specs.is_array(leaf) and leaf.ndim > 0:  # rank 0: shared, kept as it is (see _spec)
+                if leaf.shape[0] != self.axis.size:
                     raise errors.AxisSizeError(
                         f"Stacked over {self.axis.name!r}: an unnamed array field has shape {leaf.shape}; "
                         f"its dim 0 should be the stacked axis (size {self.axis.size})."

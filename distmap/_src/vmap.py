@@ -91,6 +91,10 @@ def vmap(
         raise errors.MappingError(
             f"vmap(args=...): expected a tuple with one spec per positional argument, got {type(args).__name__}."
         )
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise errors.MappingError(
+            f"vmap(kwargs=...): expected a dict with one spec per keyword, got {type(kwargs).__name__}."
+        )
     kwargs = {} if kwargs is None else dict(kwargs)
     specs.check_spec(default, "default")
     specs.check_spec(tuple(args), "args")
