@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from distmap import errors
 from distmap._src import frames, specs
 from distmap._src.axis import Axis
-from distmap._src.mesh import AxisMapping, as_axis_mapping, current_axis_mapping, current_mesh
+from distmap._src.mesh import AxisMapping, as_axis_mapping, current_axis_mapping, current_mesh, typed_part
 from distmap._src.named import NamedArray, _wrap
 
 
@@ -95,13 +95,23 @@ def _is_tracer(x: Any) -> bool:
 
 
 def call(fn, plan, lowering: Lowering, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
-    """Run the sharded map; jitted (and cached) when called eagerly, inline when already traced."""
+    """Run the sharded map, always as a jitted (and cached) call; placed on the mesh first when called eagerly.
+
+    Already traced (inside ``jit``, or under an eager ``vmap``/``grad``), the call nests: a
+    ``reshard`` (Explicit meshes) evaluated eagerly under ``vmap`` would fail inside JAX.
+    """
     leaves = jax.tree_util.tree_leaves((args, kwargs), is_leaf=_is_named)
     traced = any(_is_tracer(x.array if isinstance(x, NamedArray) else x) for x in leaves)
     if traced:
-        return _run(fn, plan, lowering, tuple(args), dict(kwargs))
+        return _jitted_run(fn, plan, lowering, tuple(args), dict(kwargs))
     args, kwargs = _place(plan, lowering, tuple(args), dict(kwargs))
-    with jax.set_mesh(lowering.mesh):
+    try:
+        context = jax.set_mesh(lowering.mesh)
+    except ValueError:
+        # Under a transformation whose tracers fn closes over (grad with respect to captured
+        # parameters, say) no mesh context can be entered; the call nests in that trace as above.
+        return _jitted_run(fn, plan, lowering, args, kwargs)
+    with context:
         return _jitted_run(fn, plan, lowering, args, kwargs)
 
 
@@ -159,9 +169,22 @@ def _spec_for(row: Sequence[int | None], ndim: int, names: Sequence[str], mesh_a
 
 
 def _place(plan, lowering: Lowering, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """Put host (numpy) arrays on the mesh in the layout the map wants, where it divides evenly."""
+    """Put arrays that are not yet on the mesh on it, in the layout the map wants (where it divides evenly).
+
+    Host (numpy) arrays and ``jax.Array``s held elsewhere (one device, another mesh) are placed;
+    a ``jit`` would refuse committed arrays on other devices. Arrays already on this mesh are
+    left as they are: in the map's layout they are used without a copy, in any other layout
+    the map's ``jit`` reshards them once.
+    """
     leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=_is_named)
-    if not any(not isinstance(x, jax.Array) and specs.is_array(x) or (isinstance(x, NamedArray) and not isinstance(x.array, jax.Array)) for x in leaves):
+
+    def elsewhere(arr: Any) -> bool:
+        if not specs.is_array(arr):
+            return False
+        sharding = getattr(arr, "sharding", None)
+        return not (isinstance(sharding, NamedSharding) and sharding.mesh == lowering.mesh)
+
+    if not any(elsewhere(x.array if isinstance(x, NamedArray) else x) for x in leaves):
         return args, kwargs
     dims, sizes = _leaf_dims(plan, leaves, args, kwargs)
     names = [n for n, _ in plan.axes]
@@ -169,7 +192,7 @@ def _place(plan, lowering: Lowering, args: tuple, kwargs: dict) -> tuple[tuple, 
     out = []
     for leaf, row in zip(leaves, dims):
         arr = leaf.array if isinstance(leaf, NamedArray) else leaf
-        if specs.is_array(arr) and not isinstance(arr, jax.Array):
+        if elsewhere(arr):
             even = all(sizes[n] % lowering.shards(n) == 0 for n, d in zip(names, row) if d is not None and n in mesh_axes)
             spec = _spec_for(row, jnp.ndim(arr), names, mesh_axes) if even else PartitionSpec()
             arr = jax.device_put(arr, NamedSharding(lowering.mesh, spec))
@@ -277,7 +300,7 @@ def _cut_back(arr, names, mesh_axes, sizes, padded, mesh: Mesh) -> jax.Array:
     if _is_explicit(mesh):
         # An Explicit-typed array cannot hold an uneven split: gather those dims first (one all-gather).
         parts = [None if lvl in uneven else _one_spec(mesh_axes.get(n)) for lvl, n in enumerate(names)]
-        arr = jax.sharding.reshard(arr, _sharding(mesh, PartitionSpec(*parts)))
+        arr = jax.sharding.reshard(arr, _sharding(mesh, typed_part(PartitionSpec(*parts), mesh, explicit=True)))
     for lvl in uneven:
         arr = jax.lax.slice_in_dim(arr, 0, sizes[names[lvl]], axis=lvl)
     return arr
@@ -298,7 +321,10 @@ def _reshard_inputs(dyn: list[jax.Array], dyn_specs: list[PartitionSpec], mesh: 
     """On a mesh with Explicit axes, ``shard_map``'s in_specs assert rather than reshard: reshard first."""
     if not _is_explicit(mesh):
         return dyn
-    return [jax.sharding.reshard(x, _sharding(mesh, s)) for x, s in zip(dyn, dyn_specs)]
+    # Only the Explicit axes are resharded here; shard_map reshards Auto axes (of a mixed mesh) itself.
+    return [
+        jax.sharding.reshard(x, _sharding(mesh, typed_part(s, mesh, explicit=True))) for x, s in zip(dyn, dyn_specs)
+    ]
 
 
 def _sharding(mesh: Any, spec: PartitionSpec) -> Any:

@@ -1,0 +1,344 @@
+"""Meshes and axis mappings: ``distmap.make_mesh``, ``distmap.axis_mapping``, ``pspec_for`` and ``shard``.
+
+Expected PartitionSpecs are written out by hand; placements are checked through the
+``jax.Array``'s own ``.sharding`` and values against the numpy input.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import distmap
+from distmap import errors
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def mesh42(devices):
+    return distmap.make_mesh({"data": 4, "model": 2})
+
+
+@pytest.fixture(scope="module")
+def auto42(devices):
+    return distmap.make_mesh({"data": 4, "model": 2}, axis_types=AxisType.Auto)
+
+
+def _x(*names_sizes, dtype=np.float32):
+    names = tuple(n for n, _ in names_sizes)
+    shape = tuple(s for _, s in names_sizes)
+    return distmap.named(np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape), names)
+
+
+# ------------------------------------------------------------------------------ make_mesh
+
+
+def test_make_mesh_dict_order_is_axis_order(devices):
+    mesh = distmap.make_mesh({"model": 2, "data": 4})
+    assert mesh.axis_names == ("model", "data")
+    assert dict(mesh.shape) == {"model": 2, "data": 4}
+    assert mesh.devices.shape == (2, 4)
+    assert set(mesh.devices.flat) == set(devices)
+
+
+@pytest.mark.parametrize(
+    "shape, expected",
+    [
+        ({"data": -1}, {"data": 8}),
+        ({"data": -1, "model": 2}, {"data": 4, "model": 2}),
+        ({"replica": 2, "data": -1, "model": 2}, {"replica": 2, "data": 2, "model": 2}),
+        ({"data": 8, "model": -1}, {"data": 8, "model": 1}),
+    ],
+)
+def test_make_mesh_minus_one_takes_the_rest(shape, expected):
+    mesh = distmap.make_mesh(shape)
+    assert dict(mesh.shape) == expected
+    assert tuple(mesh.axis_names) == tuple(shape)
+
+
+def test_make_mesh_on_given_devices(devices):
+    mesh = distmap.make_mesh({"data": -1}, devices=devices[2:6])
+    assert dict(mesh.shape) == {"data": 4}
+    assert list(mesh.devices.flat) == list(devices[2:6])
+
+
+def test_make_mesh_axis_types_default_explicit_and_overrides():
+    assert distmap.make_mesh({"data": 4, "model": 2}).axis_types == (AxisType.Explicit,) * 2
+    assert distmap.make_mesh({"data": 4, "model": 2}, axis_types=AxisType.Auto).axis_types == (AxisType.Auto,) * 2
+    mixed = distmap.make_mesh({"data": 4, "model": 2}, axis_types=(AxisType.Explicit, AxisType.Auto))
+    assert mixed.axis_types == (AxisType.Explicit, AxisType.Auto)
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ({"data": 3}, r"mesh \{'data': 3\} needs 3 devices, but 8 were given"),
+        ({"data": 4, "model": 4}, r"needs 16 devices, but 8 were given"),
+        ({"data": -1, "model": -1}, r"at most one axis may have size -1"),
+        ({"data": -1, "model": 3}, r"8 devices cannot be split into \{'data': -1, 'model': 3\}"),
+        ({"data": 0}, r"mesh axis 'data' has size 0"),
+        ({"data": -2}, r"mesh axis 'data' has size -2"),
+        ({"data": 2.0}, r"mesh axis 'data' has size 2.0"),
+        ({"data": True}, r"mesh axis 'data' has size True"),
+        ({"": 8}, r"axis names must be non-empty str"),
+        ({}, r"expected a non-empty \{axis name: size\} dict"),
+        ([("data", 8)], r"expected a non-empty \{axis name: size\} dict"),
+    ],
+)
+def test_make_mesh_errors(shape, match):
+    with pytest.raises(errors.MeshError, match=match):
+        distmap.make_mesh(shape)
+
+
+def test_mesh_error_is_a_value_error():
+    with pytest.raises(ValueError):
+        distmap.make_mesh({"data": 3})
+
+
+# ------------------------------------------------------------------------------ axis mappings
+
+
+def test_axis_mapping_context_nests_and_restores():
+    assert distmap.current_axis_mapping() is None
+    with distmap.axis_mapping({"batch": "data"}) as outer:
+        assert distmap.current_axis_mapping() == outer == distmap.AxisMapping((("batch", ("data",)),), ordered=False)
+        with distmap.axis_mapping({"batch": "model"}):
+            assert distmap.pspec_for(_x(("batch", 8))) == P("model")
+        assert distmap.current_axis_mapping() is outer
+        assert distmap.pspec_for(_x(("batch", 8))) == P("data")
+    assert distmap.current_axis_mapping() is None
+
+
+def test_axis_mapping_context_restored_after_an_exception():
+    with pytest.raises(RuntimeError):
+        with distmap.axis_mapping({"batch": "data"}):
+            raise RuntimeError("boom")
+    assert distmap.current_axis_mapping() is None
+
+
+def test_explicit_keyword_overrides_the_context(mesh42):
+    x = _x(("batch", 8), ("embed", 6))
+    with distmap.axis_mapping({"batch": "data", "embed": "model"}):
+        assert distmap.pspec_for(x) == P("data", "model")
+        assert distmap.pspec_for(x, {"batch": "model"}) == P("model", None)
+        y = distmap.shard(x, mesh42, {"batch": "model"})
+        assert y.array.sharding.spec == P("model", None)
+        # an explicit empty mapping replicates, rather than falling back to the context
+        assert distmap.pspec_for(x, {}) == P(None, None)
+
+
+def test_no_mapping_anywhere_raises(mesh42):
+    x = _x(("batch", 8))
+    with pytest.raises(errors.MeshError, match=r"pspec_for: no axis mapping given and none is current"):
+        distmap.pspec_for(x)
+    with pytest.raises(errors.MeshError, match=r"shard: no axis mapping given"):
+        distmap.shard(x, mesh42)
+
+
+def test_dict_mapping_with_tuple_of_mesh_axes(mesh42):
+    x = _x(("batch", 16), ("embed", 3))
+    assert distmap.pspec_for(x, {"batch": ("data", "model")}) == P(("data", "model"), None)
+    assert distmap.pspec_for(x, {"batch": ["model", "data"]}) == P(("model", "data"), None)
+    assert distmap.pspec_for(x, {"batch": ("data",)}) == P("data", None)
+    assert distmap.pspec_for(x, {"batch": None, "embed": "model"}) == P(None, "model")
+    assert distmap.pspec_for(x, {"batch": ()}) == P(None, None)
+    y = distmap.shard(x, mesh42, {"batch": ("data", "model")})
+    assert y.array.sharding.spec == P(("data", "model"), None)
+    np.testing.assert_array_equal(np.asarray(y.array), np.asarray(x.array))
+
+
+def test_as_axis_mapping_normalises_and_checks():
+    m = distmap.AxisMapping
+    from distmap._src.mesh import as_axis_mapping
+
+    assert as_axis_mapping({"b": "d", "e": ("m", "d"), "f": None}) == m(
+        (("b", ("d",)), ("e", ("m", "d")), ("f", ())), ordered=False
+    )
+    assert as_axis_mapping([("b", "d"), ("b", "m")]) == m((("b", ("d",)), ("b", ("m",))), ordered=True)
+    with pytest.raises(errors.MeshError, match=r"mapping for 'b': mesh axes \('d', 'd'\) repeat"):
+        as_axis_mapping({"b": ("d", "d")})
+    with pytest.raises(errors.MeshError, match=r"for 'b': expected a mesh axis name, a tuple of them or None, got 3"):
+        as_axis_mapping({"b": 3})
+    with pytest.raises(errors.MeshError, match=r"keys must be axis names"):
+        as_axis_mapping({1: "d"})
+    with pytest.raises(errors.MeshError, match=r"expected \(name, mesh axes\) pairs, got 'bd'"):
+        as_axis_mapping(["bd"])
+    with pytest.raises(errors.MeshError, match=r"expected a \{name: mesh axes\} dict or a list"):
+        as_axis_mapping(3)
+
+
+def test_ordered_rules_first_free_rule_wins():
+    # Flax's meaning: rules are tried in order; a rule whose mesh axes another axis of the
+    # same array already took is skipped, so the next rule for that name gets its chance.
+    rules = [("batch", "data"), ("embed", "data"), ("embed", "model"), ("heads", "model")]
+    x = _x(("embed", 4), ("batch", 8), ("heads", 2))
+    # batch comes first in the rules, so it takes 'data' even though embed is the array's first dim
+    assert distmap.pspec_for(x, rules) == P("model", "data", None)
+    # without batch, embed gets 'data' and heads gets 'model'
+    assert distmap.pspec_for(_x(("embed", 4), ("heads", 2)), rules) == P("data", "model")
+    # a name's later rules are ignored once it has one (batch never moves to model)
+    assert distmap.pspec_for(_x(("batch", 8)), [("batch", "data"), ("batch", "model")]) == P("data")
+    # a (name, None) rule settles the name as replicated: later rules for it are not tried
+    assert distmap.pspec_for(_x(("batch", 8)), [("batch", None), ("batch", "data")]) == P(None)
+
+
+def test_ordered_rules_with_tuples_need_every_mesh_axis_free():
+    rules = [("batch", ("data", "model")), ("embed", "model"), ("embed", "data"), ("batch", "data")]
+    assert distmap.pspec_for(_x(("batch", 8), ("embed", 4)), rules) == P(("data", "model"), None)
+    assert distmap.pspec_for(_x(("embed", 4)), rules) == P("model")
+    # the tuple rule is not tried piecemeal: it needs both, only 'data' is free, the later rule wins
+    rules2 = [("embed", "model"), ("batch", ("data", "model")), ("batch", "data")]
+    assert distmap.pspec_for(_x(("batch", 8), ("embed", 4)), rules2) == P("data", "model")
+
+
+def test_same_mesh_axis_for_two_names_is_fine_across_arrays():
+    # {'batch': 'data', 'embed': 'data'} is allowed while no single array carries both.
+    tree = {"a": _x(("batch", 8)), "b": _x(("embed", 4), ("k", 2))}
+    mapping = {"batch": "data", "embed": "data"}
+    assert distmap.pspec_for(tree, mapping) == {"a": P("data"), "b": P("data", None)}
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [{"batch": "data", "embed": "data"}, {"batch": ("data", "model"), "embed": "model"}],
+)
+def test_conflict_in_one_array_raises(mapping, mesh42):
+    x = _x(("batch", 8), ("embed", 4))
+    pattern = r"named axes 'batch' and 'embed' of one array both claim mesh axis '(data|model)'"
+    with pytest.raises(errors.MeshError, match=pattern):
+        distmap.pspec_for(x, mapping)
+    with pytest.raises(errors.MeshError, match=pattern):
+        distmap.shard(x, mesh42, mapping)
+
+
+def test_unknown_mesh_axis_names_axis_and_mesh(mesh42):
+    x = _x(("batch", 8))
+    with pytest.raises(errors.MeshError) as info:
+        distmap.shard(x, mesh42, {"batch": "dta"})
+    msg = str(info.value)
+    assert "'batch'" in msg and "'dta'" in msg and "('data', 'model')" in msg and "{'data': 4, 'model': 2}" in msg
+    with pytest.raises(errors.MeshError, match=r"sends 'batch' to mesh axis 'dta'"):
+        distmap.pspec_for(x, {"batch": ("data", "dta")}, mesh=mesh42)
+    # without a mesh there is nothing to check the name against
+    assert distmap.pspec_for(x, {"batch": "dta"}) == P("dta")
+
+
+# ------------------------------------------------------------------------------ pspec_for
+
+
+def test_pspec_for_pytree():
+    tree = {
+        "x": _x(("batch", 8), ("embed", 6)),
+        "w": [_x(("embed", 6), ("hidden", 4)), _x(("hidden", 4))],
+        "raw": np.ones((8, 3)),
+        "step": 3,
+        "none": None,
+    }
+    mapping = {"batch": "data", "hidden": "model"}
+    specs = distmap.pspec_for(tree, mapping)
+    assert specs == {
+        "x": P("data", None),
+        "w": [P(None, "model"), P("model")],
+        "raw": P(),
+        "step": P(),
+        "none": None,
+    }
+    assert distmap.pspec_for(_x(("batch", 8)), mapping) == P("data")
+    assert distmap.pspec_for(distmap.named(jnp.float32(1.0), ()), mapping) == P()
+
+
+def test_pspec_for_leaves_uneven_dims_whole_given_a_mesh(mesh42):
+    tree = [_x(("batch", 6), ("embed", 4)), _x(("batch", 8), ("embed", 3)), _x(("batch", 12), ("embed", 2))]
+    mapping = {"batch": "data", "embed": "model"}
+    assert distmap.pspec_for(tree, mapping, mesh=mesh42) == [P(None, "model"), P("data", None), P("data", "model")]
+    # over a tuple, the product must divide: 12 % 8 != 0
+    assert distmap.pspec_for(tree[2], {"batch": ("data", "model")}, mesh=mesh42) == P(None, None)
+    # without a mesh sizes cannot be checked, so the mapping is applied as written
+    assert distmap.pspec_for(tree, mapping)[0] == P("data", "model")
+
+
+# ------------------------------------------------------------------------------ shard
+
+
+@pytest.mark.parametrize("kind", ["explicit", "auto"])
+def test_shard_places_a_pytree_outside_jit(kind, mesh42, auto42):
+    mesh = mesh42 if kind == "explicit" else auto42
+    x = _x(("batch", 8), ("embed", 6))
+    w = _x(("embed", 6), ("hidden", 4), dtype=np.int32)
+    tree = {"x": x, "w": w, "step": 7, "raw": np.ones(3)}
+    out = distmap.shard(tree, mesh, {"batch": "data", "hidden": "model"})
+    assert out["x"].array.sharding == NamedSharding(mesh, P("data", None))
+    assert out["w"].array.sharding == NamedSharding(mesh, P(None, "model"))
+    assert out["x"].axes == x.axes and out["w"].axes == w.axes
+    np.testing.assert_array_equal(np.asarray(out["x"].array), np.asarray(x.array))
+    np.testing.assert_array_equal(np.asarray(out["w"].array), np.asarray(w.array))
+    assert out["step"] == 7 and out["raw"] is tree["raw"]  # non-NamedArray leaves are left alone
+    # each device holds 1/4 of x's rows
+    assert {s.data.shape for s in out["x"].array.addressable_shards} == {(2, 6)}
+
+
+@pytest.mark.parametrize("kind", ["explicit", "auto"])
+def test_shard_inside_jit_constrains(kind, mesh42, auto42):
+    mesh = mesh42 if kind == "explicit" else auto42
+    x = distmap.shard(_x(("batch", 8), ("embed", 6)), mesh, {})  # on the mesh, replicated
+    assert x.array.sharding.spec == P(None, None)
+
+    @jax.jit
+    def f(v):
+        return distmap.shard(v * 2.0, mesh, {"batch": "data", "embed": "model"})
+
+    out = f(x)
+    assert out.array.sharding.is_equivalent_to(NamedSharding(mesh, P("data", "model")), 2)
+    np.testing.assert_array_equal(np.asarray(out.array), 2 * np.asarray(x.array))
+    assert {s.data.shape for s in out.array.addressable_shards} == {(2, 3)}
+
+
+@pytest.mark.parametrize("kind", ["explicit", "auto"])
+def test_shard_takes_the_mesh_from_set_mesh_in_and_out_of_jit(kind, mesh42, auto42):
+    mesh = mesh42 if kind == "explicit" else auto42
+    x = _x(("batch", 8), ("embed", 6))
+    with distmap.axis_mapping({"batch": "data"}), jax.set_mesh(mesh):
+        eager = distmap.shard(x)
+        jitted = jax.jit(lambda v: distmap.shard(v + 1.0))(x)
+    assert eager.array.sharding == NamedSharding(mesh, P("data", None))
+    assert jitted.array.sharding.is_equivalent_to(NamedSharding(mesh, P("data", None)), 2)
+    np.testing.assert_array_equal(np.asarray(jitted.array), np.asarray(x.array) + 1)
+
+
+def test_shard_on_a_mesh_mixing_explicit_and_auto_axes_inside_jit(devices):
+    mixed = distmap.make_mesh({"data": 4, "model": 2}, axis_types=(AxisType.Explicit, AxisType.Auto))
+    x = _x(("batch", 8), ("embed", 6))
+    with jax.set_mesh(mixed):
+        out = jax.jit(lambda v: distmap.shard(v, axis_mapping={"batch": "data", "embed": "model"}))(x)
+    assert out.array.sharding.is_equivalent_to(NamedSharding(mixed, P("data", "model")), 2)
+    np.testing.assert_array_equal(np.asarray(out.array), np.asarray(x.array))
+
+
+@pytest.mark.parametrize("kind", ["explicit", "auto"])
+def test_shard_leaves_uneven_dims_whole(kind, mesh42, auto42):
+    mesh = mesh42 if kind == "explicit" else auto42
+    x = _x(("batch", 5), ("embed", 6))
+    out = distmap.shard(x, mesh, {"batch": "data", "embed": "model"})
+    assert out.array.sharding.spec == P(None, "model")
+    with jax.set_mesh(mesh):
+        inside = jax.jit(lambda v: distmap.shard(v, mesh, {"batch": "data", "embed": "model"}))(x)
+    assert inside.array.sharding.is_equivalent_to(NamedSharding(mesh, P(None, "model")), 2)
+    np.testing.assert_array_equal(np.asarray(out.array), np.asarray(x.array))
+    np.testing.assert_array_equal(np.asarray(inside.array), np.asarray(x.array))
+
+
+def test_shard_moves_an_array_already_sharded_otherwise(mesh42):
+    x = distmap.shard(_x(("batch", 8), ("embed", 6)), mesh42, {"batch": "model"})
+    y = distmap.shard(x, mesh42, {"batch": "data", "embed": "model"})
+    assert y.array.sharding.spec == P("data", "model")
+    np.testing.assert_array_equal(np.asarray(y.array), np.asarray(x.array))
+
+
+def test_shard_without_a_mesh_raises():
+    with pytest.raises(errors.MeshError, match=r"shard: no mesh given and none set with jax.set_mesh"):
+        distmap.shard(_x(("batch", 8)), axis_mapping={"batch": "data"})
