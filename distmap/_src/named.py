@@ -491,17 +491,18 @@ def align(x: NamedArray, axes: tuple[Axis, ...]) -> jax.Array:
     return arr
 
 
-def _as_operand(x: Any, name: str) -> Any:
+def scalar_operand(x: Any, where: str) -> Any:
+    """A Python/numpy scalar or a 0-d array, returned as is; anything else raises, naming ``where``."""
     if isinstance(x, (numbers.Number, np.generic)):
         return x
     if hasattr(x, "shape") and hasattr(x, "dtype"):
         if tuple(x.shape) == ():
             return x
         raise errors.ShapeMismatchError(
-            f"operator {name!r}: a NamedArray combines with NamedArrays, scalars and arrays of shape (), "
-            f"not an unnamed array of shape {tuple(x.shape)}; name its axes with distmap.named first."
+            f"{where} is an unnamed array of shape {tuple(x.shape)}; a NamedArray combines with NamedArrays, "
+            "scalars and arrays of shape () only. Name its axes with distmap.named first."
         )
-    raise TypeError(f"operator {name!r}: unsupported operand type {type(x).__name__}.")
+    raise TypeError(f"{where} must be a NamedArray or a scalar, got {type(x).__name__} {x!r}.")
 
 
 def binary_op(op: Callable[[Any, Any], Any], a: Any, b: Any, name: str = "op") -> NamedArray:
@@ -514,8 +515,8 @@ def binary_op(op: Callable[[Any, Any], Any], a: Any, b: Any, name: str = "op") -
         axes = broadcast_axes(a.axes, b.axes, where=f"operator {name!r}")
         return _wrap(op(align(a, axes), align(b, axes)), axes)
     if a_named:
-        return _wrap(op(a.array, _as_operand(b, name)), a.axes)
-    return _wrap(op(_as_operand(a, name), b.array), b.axes)
+        return _wrap(op(a.array, scalar_operand(b, f"operator {name!r}: the right operand")), a.axes)
+    return _wrap(op(scalar_operand(a, f"operator {name!r}: the left operand"), b.array), b.axes)
 
 
 def _index(x: NamedArray, pairs: list[tuple[Any, Any]]) -> NamedArray:

@@ -26,7 +26,7 @@ from distmap._src.axis import (
     parse_selection,
     to_axes,
 )
-from distmap._src.named import NamedArray, _fmt_axes, _wrap, align
+from distmap._src.named import NamedArray, _fmt_axes, _wrap, align, scalar_operand
 
 
 # --------------------------------------------------------------- constructors
@@ -577,16 +577,7 @@ def _check_subset(x: NamedArray, axes: tuple[Axis, ...], fn: str, what: str) -> 
 
 def _scalar_operand(x: Any, fn: str, what: str) -> Any:
     """A Python/numpy scalar or a 0-d array, returned as is; anything else raises."""
-    if isinstance(x, (numbers.Number, np.generic)):
-        return x
-    if hasattr(x, "shape") and hasattr(x, "dtype"):
-        if tuple(x.shape) == ():
-            return x
-        raise errors.ShapeMismatchError(
-            f"{fn}: {what} is an unnamed array of shape {tuple(x.shape)}; only scalars, 0-d arrays and "
-            "NamedArrays can be combined by name. Name its axes with distmap.named first."
-        )
-    raise TypeError(f"{fn}: {what} must be a NamedArray or a scalar, got {type(x).__name__} {x!r}.")
+    return scalar_operand(x, f"{fn}: {what}")
 
 
 def _as_named(x: Any, fn: str, what: str = "x") -> NamedArray:

@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from distmap import errors
 from distmap._src import frames, specs
+from distmap._src import leaves as leaves_lib
 from distmap._src.axis import Axis
 from distmap._src.mesh import AxisMapping, as_axis_mapping, current_axis_mapping, current_mesh, typed_part
 from distmap._src.named import NamedArray, _wrap
@@ -86,10 +87,6 @@ def resolve(parsed_axes: Sequence[tuple[str, int | None]], mesh: Any, axis_mappi
     return Lowering(the_mesh, tuple((n, found[n]) for n in names if n in found))
 
 
-def _is_named(x: Any) -> bool:
-    return isinstance(x, NamedArray)
-
-
 def _is_tracer(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
@@ -100,7 +97,7 @@ def call(fn, plan, lowering: Lowering, args: Sequence[Any], kwargs: Mapping[str,
     Already traced (inside ``jit``, or under an eager ``vmap``/``grad``), the call nests: a
     ``reshard`` (Explicit meshes) evaluated eagerly under ``vmap`` would fail inside JAX.
     """
-    leaves = jax.tree_util.tree_leaves((args, kwargs), is_leaf=_is_named)
+    leaves = jax.tree_util.tree_leaves((args, kwargs), is_leaf=leaves_lib.is_named)
     traced = any(_is_tracer(x.array if isinstance(x, NamedArray) else x) for x in leaves)
     if traced:
         return _jitted_run(fn, plan, lowering, tuple(args), dict(kwargs))
@@ -135,18 +132,12 @@ def _leaf_dims(plan, leaves, args, kwargs) -> tuple[list[list[int | None]], dict
             row = []
             view: Any = leaf
             for n in names:
-                spec = leaf_specs[i]
-                if callable(spec):
-                    spec = spec(view)
-                if spec is None or not remaining:
+                shape = tuple(leaf.shape[r] for r in remaining)
+                k = specs.resolve(leaf_specs[i], view, shape, lambda: f"vmap over {n!r}: " + specs.leaf_paths(args, kwargs)[i])
+                if k is None:
                     row.append(None)
                     continue
-                if not -len(remaining) <= spec < len(remaining):
-                    raise errors.MappingError(
-                        f"vmap over {n!r}: {specs.leaf_paths(args, kwargs)[i]} has no dim {spec} left to map "
-                        f"(shape {tuple(leaf.shape)})."
-                    )
-                d = remaining.pop(spec % len(remaining))
+                d = remaining.pop(k)
                 row.append(d)
                 sizes[n].append((leaf.shape[d], i))
                 view = jax.ShapeDtypeStruct(tuple(leaf.shape[r] for r in remaining), leaf.dtype)
@@ -176,7 +167,7 @@ def _place(plan, lowering: Lowering, args: tuple, kwargs: dict) -> tuple[tuple, 
     left as they are: in the map's layout they are used without a copy, in any other layout
     the map's ``jit`` reshards them once.
     """
-    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=_is_named)
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=leaves_lib.is_named)
 
     def elsewhere(arr: Any) -> bool:
         if not specs.is_array(arr):
@@ -218,7 +209,7 @@ def _run(fn, plan, lowering: Lowering, args: tuple, kwargs: dict) -> Any:
     mesh = lowering.mesh
     mesh_axes = dict(lowering.mesh_axes)
     names = [n for n, _ in plan.axes]
-    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=_is_named)
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=leaves_lib.is_named)
     dims, sizes = _leaf_dims(plan, leaves, args, kwargs)
     shards = {n: lowering.shards(n) for n in mesh_axes}
     padded = {n: -(-sizes[n] // shards[n]) * shards[n] for n in mesh_axes}
@@ -239,7 +230,7 @@ def _run(fn, plan, lowering: Lowering, args: tuple, kwargs: dict) -> Any:
             else:
                 kinds.append(True)
         else:
-            kinds.append(_Keep(leaf))
+            kinds.append(leaves_lib.Static(leaf))
 
     local_plan = _Plan(tuple((n, local[n]) for n in names), plan.default, plan.args, plan.kwargs, plan.chunk_size)
     vmap_names = {n: (n if n not in mesh.axis_names else f"{n}:local") for n in names}
@@ -257,39 +248,19 @@ def _run(fn, plan, lowering: Lowering, args: tuple, kwargs: dict) -> Any:
         for i, todo in enumerate(takes):
             for d, n in todo:
                 blocks[i] = _take_local(blocks[i], d, sizes[n], local[n], mesh_axes[n])
-        it = iter(blocks)
-        rebuilt = [
-            k.value if isinstance(k, _Keep) else (next(it) if k is True else _wrap(next(it), k)) for k in kinds
-        ]
-        a, k = jax.tree_util.tree_unflatten(treedef, rebuilt)
+        a, k = leaves_lib.join(treedef, kinds, blocks)
         out = map_axes(fn, local_plan, a, k, frame_for=frame_for)
-        out_leaves, out_tree = jax.tree_util.tree_flatten(out, is_leaf=_is_named)
-        info, arrays = [], []
-        for leaf in out_leaves:
-            if isinstance(leaf, NamedArray):
-                info.append(leaf.axes[len(names) :])
-                arrays.append(leaf.array)
-            elif specs.is_array(leaf):
-                info.append(True)
-                arrays.append(leaf)
-            else:
-                info.append(_Keep(leaf))
-        out_info[:] = [out_tree, info]
+        out_tree, out_kinds, arrays = leaves_lib.split(out)
+        # Every output carries the mapped axes in front; keep only the rest, put back below with global sizes.
+        out_info[:] = [out_tree, [k[len(names) :] if type(k) is tuple else k for k in out_kinds]]
         return tuple(arrays)
 
     out_spec = PartitionSpec(*[_one_spec(mesh_axes.get(n)) for n in names])
     mapped = jax.shard_map(body, mesh=mesh, in_specs=tuple(dyn_specs), out_specs=out_spec, check_vma=False)
     out_arrays = mapped(*_reshard_inputs(dyn, dyn_specs, mesh))
-    out_tree, info = out_info
-    front = tuple(Axis(n, sizes[n]) for n in names)
-    result, it = [], iter(out_arrays)
-    for item in info:
-        if isinstance(item, _Keep):
-            result.append(item.value)
-            continue
-        arr = _cut_back(next(it), names, mesh_axes, sizes, padded, mesh)
-        result.append(arr if item is True else _wrap(arr, front + item))
-    return jax.tree_util.tree_unflatten(out_tree, result)
+    out_tree, out_kinds = out_info
+    out_arrays = [_cut_back(arr, names, mesh_axes, sizes, padded, mesh) for arr in out_arrays]
+    return leaves_lib.join(out_tree, out_kinds, out_arrays, front=tuple(Axis(n, sizes[n]) for n in names))
 
 
 def _cut_back(arr, names, mesh_axes, sizes, padded, mesh: Mesh) -> jax.Array:
@@ -330,19 +301,6 @@ def _reshard_inputs(dyn: list[jax.Array], dyn_specs: list[PartitionSpec], mesh: 
 def _sharding(mesh: Any, spec: PartitionSpec) -> Any:
     # Inside jax.jit under jax.set_mesh only the abstract mesh is known: a bare spec refers to it.
     return NamedSharding(mesh, spec) if isinstance(mesh, Mesh) else spec
-
-
-class _Keep:
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any):
-        self.value = value
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Keep) and self.value is other.value
-
-    def __hash__(self) -> int:
-        return id(self.value)
 
 
 _jitted_run = eqx.filter_jit(_run)

@@ -107,6 +107,23 @@ def leaf_specs(
     return out
 
 
+def resolve(spec: Any, leaf: Any, shape: Sequence[int], where: Callable[[], str]) -> int | None:
+    """The dimension of ``shape`` that ``spec`` maps (normalised to >= 0), or None; ``where()`` names the leaf in errors."""
+    if callable(spec):
+        spec = spec(leaf)
+        if spec is not None and (isinstance(spec, bool) or not isinstance(spec, (int, np.integer))):
+            raise errors.MappingError(f"{where()}: a spec callable returned {spec!r}; it must return an int or None.")
+    if spec is None:
+        return None
+    ndim = len(shape)
+    if not -ndim <= spec < ndim:
+        raise errors.MappingError(
+            f"{where()} has rank {ndim} here (shape {tuple(shape)}), so it cannot be mapped on dim {spec}; "
+            "give it spec None to broadcast it."
+        )
+    return int(spec) % ndim
+
+
 def path_str(path: Sequence[Any]) -> str:
     """``args[0]`` / ``kwargs['params'].weight`` for a key path into ``(args, kwargs)``."""
     if not path:

@@ -15,15 +15,12 @@ import jax
 
 from distmap import errors
 from distmap._src.axis import Axis, AxisSpec, to_axes
-from distmap._src.named import NamedArray, _wrap
+from distmap._src.named import NamedArray
+from distmap._src import leaves as leaves_lib
 from distmap._src import specs
 from distmap._src.vmap import vmap
 
 M = TypeVar("M", bound=eqx.Module)
-
-
-def _is_named(x: Any) -> bool:
-    return isinstance(x, NamedArray)
 
 
 class Stacked(eqx.Module, Generic[M]):
@@ -67,7 +64,7 @@ class Stacked(eqx.Module, Generic[M]):
     def _spec(self) -> Any:
         # The stacked module's unnamed arrays are mapped on dim 0 (NamedArrays go by name). Rank-0
         # arrays cannot carry the axis: they are shared values (a float field traced by jax.jit).
-        return jax.tree_util.tree_map(specs.default_spec, self.stacked, is_leaf=_is_named)
+        return jax.tree_util.tree_map(specs.default_spec, self.stacked, is_leaf=leaves_lib.is_named)
 
     def vmap(self, *args: Any, **kwargs: Any) -> Any:
         """Apply every copy to the same inputs, in parallel; outputs carry the stacked axis at the front.
@@ -82,7 +79,7 @@ class Stacked(eqx.Module, Generic[M]):
 
     def _layers(self) -> tuple[list[Any], list[Any], Any]:
         """Per-leaf arrays with the stacked axis at dim 0, how to rebuild one layer, and the treedef."""
-        leaves, treedef = jax.tree_util.tree_flatten(self.stacked, is_leaf=_is_named)
+        leaves, treedef = jax.tree_util.tree_flatten(self.stacked, is_leaf=leaves_lib.is_named)
         xs, kinds = [], []
         for leaf in leaves:
             if isinstance(leaf, NamedArray):
@@ -98,14 +95,12 @@ class Stacked(eqx.Module, Generic[M]):
                 xs.append(leaf)
                 kinds.append(True)
             else:
-                kinds.append(_Keep(leaf))
+                kinds.append(leaves_lib.Static(leaf))
         return xs, kinds, treedef
 
     @staticmethod
     def _one(xs: list[Any], kinds: list[Any], treedef: Any) -> Any:
-        it = iter(xs)
-        leaves = [k.value if isinstance(k, _Keep) else (next(it) if k is True else _wrap(next(it), k)) for k in kinds]
-        return jax.tree_util.tree_unflatten(treedef, leaves)
+        return leaves_lib.join(treedef, kinds, xs)
 
     def fold(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         """``x = layer(x, *args, **kwargs)`` for each copy in order; returns the final ``x``.
@@ -126,27 +121,19 @@ class Stacked(eqx.Module, Generic[M]):
         ``ys`` carry the stacked axis at the front: NamedArrays by name, unnamed arrays at dim 0.
         """
         xs, kinds, treedef = self._layers()
-        y_axes: list[Any] = []
+        y_info: list[Any] = []
 
         def step(carry: Any, layer_arrays: list[Any]) -> tuple[Any, Any]:
             carry, y = self._one(layer_arrays, kinds, treedef)(carry, *args, **kwargs)
-            y_leaves, y_tree = jax.tree_util.tree_flatten(y, is_leaf=_is_named)
-            y_axes[:] = [y_tree, [leaf.axes if isinstance(leaf, NamedArray) else None for leaf in y_leaves]]
-            return carry, [leaf.array if isinstance(leaf, NamedArray) else leaf for leaf in y_leaves]
+            y_tree, y_kinds, y_arrays = leaves_lib.split(y)
+            y_info[:] = [y_tree, y_kinds]
+            return carry, y_arrays
 
         carry, ys = jax.lax.scan(step, x, xs)
-        y_tree, axes = y_axes
-        out = [y if a is None else _wrap(y, (self.axis,) + a) for y, a in zip(ys, axes)]
-        return carry, jax.tree_util.tree_unflatten(y_tree, out)
+        y_tree, y_kinds = y_info
+        return carry, leaves_lib.join(y_tree, y_kinds, ys, front=(self.axis,))
 
     def unstacked(self) -> list[M]:
         """The copies as a list of separate Modules."""
         xs, kinds, treedef = self._layers()
         return [self._one([x[i] for x in xs], kinds, treedef) for i in range(self.axis.size)]
-
-
-class _Keep:
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any):
-        self.value = value

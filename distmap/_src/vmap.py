@@ -9,7 +9,6 @@ sends a mapped axis to mesh axes, the same call is lowered through ``jax.shard_m
 from __future__ import annotations
 
 import functools
-import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -18,8 +17,9 @@ import numpy as np
 
 from distmap import errors
 from distmap._src import frames, specs
+from distmap._src import leaves as leaves_lib
 from distmap._src.axis import Axis, AxisSelection, parse_selection
-from distmap._src.named import NamedArray, _wrap
+from distmap._src.named import NamedArray
 
 _DEFAULT = specs.default_spec
 
@@ -155,11 +155,11 @@ def _map_level(fn, plan: _Plan, level: int, args, kwargs, frame_for) -> Any:
 
 def _map_one(fn, name: str, given: int | None, plan: _Plan, args, kwargs, frame_for) -> Any:
     args = tuple(args)
-    leaves, treedef = jax.tree_util.tree_flatten((args, dict(kwargs)), is_leaf=_is_named)
+    leaves, treedef = jax.tree_util.tree_flatten((args, dict(kwargs)), is_leaf=leaves_lib.is_named)
     leaf_specs = None  # computed only if an unnamed array is present
     n = len(leaves)
     in_axes: list[int | None] = [None] * n
-    kinds: list[Any] = [None] * n  # inner axes for NamedArrays, True for unnamed arrays, False for static
+    kinds: list[Any] = [None] * n  # inner axes for NamedArrays, True for unnamed arrays, Static for the rest
     sizes: list[tuple[int, int]] = []  # (size, leaf index)
     for i, leaf in enumerate(leaves):
         if type(leaf) is NamedArray:
@@ -176,26 +176,12 @@ def _map_one(fn, name: str, given: int | None, plan: _Plan, args, kwargs, frame_
             kinds[i] = True
             if leaf_specs is None:
                 leaf_specs = specs.leaf_specs(args, kwargs, plan.default, plan.args, plan.kwargs)
-            spec = leaf_specs[i]
-            if callable(spec):
-                spec = spec(leaf)
-                if spec is not None and (isinstance(spec, bool) or not isinstance(spec, (int, np.integer))):
-                    raise errors.MappingError(
-                        f"vmap over {name!r}: a spec callable returned {spec!r} for "
-                        f"{specs.leaf_paths(args, kwargs)[i]}; it must return an int or None."
-                    )
-            if spec is not None:
-                ndim = np.ndim(leaf)
-                if not -ndim <= spec < ndim:
-                    raise errors.MappingError(
-                        f"vmap over {name!r}: {specs.leaf_paths(args, kwargs)[i]} has rank {ndim}, so it cannot be "
-                        f"mapped on dim {spec}; give it spec None to broadcast it."
-                    )
-                spec = operator.index(spec) % ndim
-                in_axes[i] = spec
-                sizes.append((leaf.shape[spec], i))
+            d = specs.resolve(leaf_specs[i], leaf, leaf.shape, lambda: f"vmap over {name!r}: " + specs.leaf_paths(args, kwargs)[i])
+            if d is not None:
+                in_axes[i] = d
+                sizes.append((leaf.shape[d], i))
         else:
-            kinds[i] = False
+            kinds[i] = leaves_lib.Static(leaf)
     size = _agree(name, given, sizes, args, kwargs)
 
     chunked = plan.chunk_size is not None and plan.chunk_size < size
@@ -205,63 +191,28 @@ def _map_one(fn, name: str, given: int | None, plan: _Plan, args, kwargs, frame_
     out_info: list[Any] = []
 
     def body(*dyn: Any) -> tuple[Any, ...]:
-        it = iter(dyn)
-        rebuilt = [
-            leaf if kind is False else (next(it) if kind is True else _wrap(next(it), kind))
-            for leaf, kind in zip(leaves, kinds)
-        ]
-        a, k = jax.tree_util.tree_unflatten(treedef, rebuilt)
+        a, k = leaves_lib.join(treedef, kinds, dyn)
         with frames.pushed(frame):
             out = fn(*a, **k)
-        out_leaves, out_tree = jax.tree_util.tree_flatten(out, is_leaf=_is_named)
-        info: list[Any] = []
-        arrays = []
-        for leaf in out_leaves:
-            if type(leaf) is NamedArray:
-                if any(ax.name == name for ax in leaf.axes):
-                    raise errors.MappingError(
-                        f"vmap over {name!r}: fn returned a NamedArray that already has axis {name!r} "
-                        f"(axes {leaf.axis_names}); rename it, since the map adds {name!r} to every output."
-                    )
-                info.append(leaf.axes)
-                arrays.append(leaf.array)
-            elif specs.is_array(leaf):
-                info.append(True)
-                arrays.append(leaf)
-            else:
-                info.append(_Static(leaf))
-        out_info[:] = [out_tree, info]
+        out_tree, out_kinds, arrays = leaves_lib.split(out)
+        for kind in out_kinds:
+            if type(kind) is tuple and any(ax.name == name for ax in kind):
+                raise errors.MappingError(
+                    f"vmap over {name!r}: fn returned a NamedArray that already has axis {name!r} "
+                    f"(axes {tuple(ax.name for ax in kind)}); rename it, since the map adds {name!r} to every output."
+                )
+        out_info[:] = [out_tree, out_kinds]
         return tuple(arrays)
 
-    dyn_in = [leaf if kind is True else leaf.array for leaf, kind in zip(leaves, kinds) if kind is not False]
-    dyn_axes = [ax for ax, kind in zip(in_axes, kinds) if kind is not False]
+    mapped = [not isinstance(kind, leaves_lib.Static) for kind in kinds]
+    dyn_in = [leaf if kind is True else leaf.array for leaf, kind, m in zip(leaves, kinds, mapped) if m]
+    dyn_axes = [ax for ax, m in zip(in_axes, mapped) if m]
     if chunked:
         out_arrays = _chunked_call(body, dyn_in, dyn_axes, size, plan.chunk_size)
     else:
         out_arrays = jax.vmap(body, in_axes=tuple(dyn_axes), axis_name=frame.vmap_name, axis_size=size)(*dyn_in)
-    out_tree, info = out_info
-    it = iter(out_arrays)
-    new_axis = Axis(name, size)
-    result = []
-    for item in info:
-        if isinstance(item, _Static):
-            result.append(item.value)
-        elif item is True:
-            result.append(next(it))
-        else:
-            result.append(_wrap(next(it), (new_axis,) + item))
-    return jax.tree_util.tree_unflatten(out_tree, result)
-
-
-class _Static:
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any):
-        self.value = value
-
-
-def _is_named(x: Any) -> bool:
-    return isinstance(x, NamedArray)
+    out_tree, out_kinds = out_info
+    return leaves_lib.join(out_tree, out_kinds, out_arrays, front=(Axis(name, size),))
 
 
 def _agree(name: str, given: int | None, sizes: list[tuple[int, int]], args, kwargs) -> int:

@@ -1,0 +1,66 @@
+"""Take a pytree apart into its arrays and put it back: the plumbing of every transformation here.
+
+``vmap``, the mesh lowering and ``Stacked`` all pass only arrays through JAX's transformations
+and carry the rest alongside: the axes of each NamedArray, and non-array leaves as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+from distmap._src import specs
+from distmap._src.axis import Axis
+from distmap._src.named import NamedArray, _wrap
+
+Kind = Any  # tuple[Axis, ...] for a NamedArray, True for an unnamed array, a Static for anything else
+
+
+class Static:
+    """A non-array leaf, carried past a transformation as it is (compared by identity)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Static) and self.value is other.value
+
+    def __hash__(self) -> int:
+        return id(self.value)
+
+
+def is_named(x: Any) -> bool:
+    return isinstance(x, NamedArray)
+
+
+def kind_of(leaf: Any) -> Kind:
+    if type(leaf) is NamedArray:
+        return leaf.axes
+    if specs.is_array(leaf):
+        return True
+    return Static(leaf)
+
+
+def split(tree: Any) -> tuple[Any, list[Kind], list[Any]]:
+    """``(treedef, kinds, arrays)``: NamedArrays count as leaves; ``arrays`` holds the array of each array leaf."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=is_named)
+    kinds = [kind_of(leaf) for leaf in leaves]
+    arrays = [leaf.array if type(k) is tuple else leaf for leaf, k in zip(leaves, kinds) if not isinstance(k, Static)]
+    return treedef, kinds, arrays
+
+
+def rebuild(kinds: Sequence[Kind], arrays: Sequence[Any], front: tuple[Axis, ...] = ()) -> list[Any]:
+    """The leaves back from their kinds and arrays; NamedArrays get the axes ``front`` before their own."""
+    it = iter(arrays)
+    return [
+        k.value if isinstance(k, Static) else (next(it) if k is True else _wrap(next(it), front + k)) for k in kinds
+    ]
+
+
+def join(treedef: Any, kinds: Sequence[Kind], arrays: Sequence[Any], front: tuple[Axis, ...] = ()) -> Any:
+    """The inverse of :func:`split` (with ``front`` axes added to every NamedArray)."""
+    return jax.tree_util.tree_unflatten(treedef, rebuild(kinds, arrays, front))
