@@ -1,0 +1,170 @@
+"""The policy of ``launch/local.py``: N ranks on this machine, coordinator on 127.0.0.1.
+
+Each attempt gets a free loopback port, and each rank an environment from the contract
+(:func:`~distmap._src.launch.contract.child_env`): CPU runs get ``JAX_PLATFORMS=cpu`` and
+their device count, GPU runs their share of ``gpu_ids`` through ``CUDA_VISIBLE_DEVICES``.
+The supervisor does the rest.
+
+Example:
+    >>> import sys, tempfile
+    >>> from distmap._src.launch.supervisor import SupervisorOptions
+    >>> prog = [sys.executable, "-c", "import os; print(os.environ['DISTMAP_PROCESS_ID'])"]
+    >>> run_local(prog, num_processes=2, devices_per_process=1,
+    ...           options=SupervisorOptions(log_dir=tempfile.mkdtemp(), announce=False)).exit_code  # doctest: +SKIP
+    [rank 0] 0
+    [rank 1] 1
+    0
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from typing import IO
+
+from distmap import errors
+from distmap._src.launch import contract
+from distmap._src.launch.supervisor import AttemptResult, LaunchResult, SupervisorOptions, Worker, new_run_id, supervise
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that is free on ``host`` right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = LOOPBACK) -> bool:
+    """Whether something listens on ``host:port`` (binding it fails)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return e.errno == errno.EADDRINUSE
+    return False
+
+
+def split_gpu_ids(gpu_ids: Sequence[int], num_processes: int) -> list[list[int]]:
+    """Give each rank an equal, contiguous share of ``gpu_ids``.
+
+    Example:
+        >>> split_gpu_ids([0, 1, 2, 3], 2)
+        [[0, 1], [2, 3]]
+    """
+    ids = [int(i) for i in gpu_ids]
+    if len(set(ids)) != len(ids):
+        raise errors.DistributedError(f"--gpu_ids {ids} repeats an id.")
+    if not ids or len(ids) % num_processes:
+        raise errors.DistributedError(
+            f"--gpu_ids has {len(ids)} id(s), which do not split evenly among {num_processes} processes."
+        )
+    per = len(ids) // num_processes
+    return [ids[r * per : (r + 1) * per] for r in range(num_processes)]
+
+
+def local_workers(
+    program: Sequence[str],
+    *,
+    num_processes: int,
+    port: int,
+    run_id: str,
+    attempt: int = 0,
+    devices_per_process: int | None = 1,
+    gpu_ids: Sequence[int] | None = None,
+    init_timeout: float | None = None,
+    run_dir: str | None = None,
+    base_env: Mapping[str, str] | None = None,
+) -> list[Worker]:
+    """The ranks of one attempt: the same argument list, each with its own environment."""
+    shares = split_gpu_ids(gpu_ids, num_processes) if gpu_ids else None
+    workers = []
+    for rank in range(num_processes):
+        spec = contract.RankSpec(
+            coordinator=f"{LOOPBACK}:{port}",
+            num_processes=num_processes,
+            process_id=rank,
+            run_id=run_id,
+            attempt=attempt,
+            cpu_devices=None if shares else devices_per_process,
+            visible_devices=shares[rank] if shares else None,
+            local_device_ids=list(range(len(shares[rank]))) if shares else None,
+            init_timeout=init_timeout,
+            run_dir=run_dir,
+        )
+        workers.append(Worker(rank, tuple(program), contract.child_env(spec, base_env)))
+    return workers
+
+
+def run_local(
+    program: Sequence[str],
+    *,
+    num_processes: int,
+    devices_per_process: int | None = 1,
+    gpu_ids: Sequence[int] | None = None,
+    coordinator_port: int | None = None,
+    init_timeout: float | None = None,
+    options: SupervisorOptions | None = None,
+    env: Mapping[str, str] | None = None,
+    out: IO[str] | None = None,
+    err: IO[str] | None = None,
+) -> LaunchResult:
+    """Run ``program`` as ``num_processes`` ranks on this machine, supervised.
+
+    Args:
+        program: the command, as an argument list (``["python", "train.py", "--lr=0.1"]``).
+        num_processes: ranks to start.
+        devices_per_process: simulated CPU devices per rank (CPU runs).
+        gpu_ids: GPUs to use instead, split evenly among the ranks.
+        coordinator_port: force this port (default: a free one per attempt; a forced port that
+            is taken fails the launch before anything starts).
+        init_timeout: seconds each rank waits for all to join.
+        options: supervisor options (timeout, restarts, logs).
+        env: the base environment (default ``os.environ``).
+        out: where prefixed rank output goes; ``err``: the launcher's messages.
+
+    Returns:
+        The :class:`LaunchResult`; its ``exit_code`` is what the launcher exits with.
+    """
+    if not program:
+        raise errors.DistributedError("run_local: no program to run.")
+    if num_processes < 1:
+        raise errors.DistributedError(f"run_local: num_processes must be >= 1, got {num_processes}.")
+    if gpu_ids:
+        split_gpu_ids(gpu_ids, num_processes)  # fail before anything starts
+    if coordinator_port is not None and port_in_use(coordinator_port):
+        raise errors.DistributedError(
+            f"{contract.PORT_IN_USE_MARKER}: --coordinator_port={coordinator_port} is taken on {LOOPBACK}; "
+            "choose another, or leave it unset to pick a free port for each start."
+        )
+    options = options or SupervisorOptions()
+    if options.run_id is None:
+        import dataclasses
+
+        options = dataclasses.replace(options, run_id=new_run_id())
+    run_id = options.run_id
+    assert run_id is not None
+    run_dir = os.path.abspath(os.path.join(options.log_dir, run_id))
+
+    def make_workers(attempt: int) -> list[Worker]:
+        port = coordinator_port if coordinator_port is not None else free_port()
+        return local_workers(
+            program, num_processes=num_processes, port=port, run_id=run_id, attempt=attempt,
+            devices_per_process=devices_per_process, gpu_ids=gpu_ids, init_timeout=init_timeout,
+            run_dir=run_dir, base_env=env,
+        )
+
+    def port_was_taken(result: AttemptResult) -> bool:
+        # A port picked free can be taken before rank 0 binds it: start again on another.
+        return coordinator_port is None and result.failed is not None and result.failed.rank == 0 and any(
+            contract.PORT_IN_USE_MARKER in line for line in result.tail
+        )
+
+    return supervise(make_workers, options, out=out, err=err, retry_for_free=port_was_taken)
+
+
+__all__ = ["LOOPBACK", "free_port", "local_workers", "port_in_use", "run_local", "split_gpu_ids"]

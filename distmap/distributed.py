@@ -1,0 +1,51 @@
+"""Multi-process runs: join the run, check that every process agrees, global data, hybrid meshes.
+
+Call :func:`initialize` first thing in ``main``; under a distmap launcher, a SLURM job, a
+TPU VM pod or a Kubernetes job it finds its place in the run by itself, and alone it runs
+as one process.
+
+Example:
+    >>> from distmap import distributed
+    >>> distributed.initialize().mode  # no launcher, no cluster: a single process
+    'single'
+    >>> distributed.process_index(), distributed.process_count()
+    (0, 1)
+
+Environment variables read by :func:`initialize` (set by ``launch/local.py`` and the other
+launchers): ``DISTMAP_COORDINATOR``, ``DISTMAP_COORDINATOR_BIND``, ``DISTMAP_NUM_PROCESSES``,
+``DISTMAP_PROCESS_ID``, ``DISTMAP_LOCAL_DEVICE_IDS``, ``DISTMAP_CPU_DEVICES``,
+``DISTMAP_INIT_TIMEOUT``, ``DISTMAP_RUN_ID``, ``DISTMAP_ATTEMPT``.
+"""
+
+from distmap._src.distributed import (
+    DistributedConfig,
+    check_consistency,
+    compare_fingerprints,
+    fingerprint_of,
+    flag_config,
+    initialize,
+    initialize_from_flags,
+    is_initialized,
+    make_hybrid_mesh,
+    process_count,
+    process_index,
+    shutdown,
+)
+from distmap._src.global_data import global_to_host_local, host_local_to_global
+
+__all__ = [
+    "DistributedConfig",
+    "check_consistency",
+    "compare_fingerprints",
+    "fingerprint_of",
+    "flag_config",
+    "global_to_host_local",
+    "host_local_to_global",
+    "initialize",
+    "initialize_from_flags",
+    "is_initialized",
+    "make_hybrid_mesh",
+    "process_count",
+    "process_index",
+    "shutdown",
+]
