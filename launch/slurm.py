@@ -1,0 +1,106 @@
+"""Run a program as a SLURM job: writes an sbatch script that starts it under ``srun``.
+
+    python launch/slurm.py --nodes=2 --tasks_per_node=1 --gpus_per_node=8 --time=2:00:00 \\
+        --partition=gpu -- python examples/ensemble.py --mesh=data=-1,model=8
+    python launch/slurm.py --flagfile=configs/slurm_gpu_2node.flags -- \\
+        python examples/ensemble.py --flagfile=configs/slurm_gpu_2node.flags
+    python launch/slurm.py --flagfile=configs/slurm_gpu_2node.flags --dry_run -- python train.py
+
+Each task calls ``distmap.distributed.initialize()``, which lets JAX's SLURM detection find
+the coordinator (the first node), the process count and the task's rank; the script gives
+each task its share of its node's GPUs (``DISTMAP_LOCAL_DEVICE_IDS``), a coordinator port of
+its own per job and attempt, ``srun --kill-on-bad-exit=1`` so one failing task ends the job
+with its exit status, and one log per task in ``--log_dir/RUN_ID/task_<t>.log``.
+
+``--dry_run`` prints the script. Otherwise it is written to ``--log_dir/RUN_ID/job.sbatch``
+(on a file system the nodes share), submitted with ``sbatch --parsable``, and the job id is
+printed. ``--timeout`` becomes ``--time`` where that is not given; ``--max_restarts`` runs
+``srun`` again inside the allocation. Everything after ``--`` reaches the program unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+import _light  # noqa: E402
+
+_light.use_light_distmap()  # the launcher needs distmap's launch code, not JAX
+
+from distmap import errors  # noqa: E402
+from distmap._src import flags as distmap_flags  # noqa: E402
+from distmap._src.launch import cli, cluster, slurm  # noqa: E402
+
+cli.define_common_flags(init_timeout=300.0)
+cluster.define_cluster_flags()
+distmap_flags.define_mesh_flags(cpu_devices=False)
+_NODES = flags.DEFINE_integer("nodes", 1, "Nodes to allocate.", lower_bound=1)
+_TASKS = flags.DEFINE_integer("tasks_per_node", 1, "Processes per node: 1 (driving all its GPUs) or one per GPU.",
+                              lower_bound=1)
+_GPUS = flags.DEFINE_integer("gpus_per_node", 0, "GPUs per node, split evenly among its tasks.", lower_bound=0)
+_CPUS = flags.DEFINE_integer("cpus_per_task", None, "CPU cores per task (#SBATCH --cpus-per-task).", lower_bound=1)
+_TIME = flags.DEFINE_string("time", None, "Time limit in SLURM's format, e.g. 2:00:00. Default: from --timeout, "
+                            "else the partition's default.")
+_PARTITION = flags.DEFINE_string("partition", None, "SLURM partition.")
+_ACCOUNT = flags.DEFINE_string("account", None, "SLURM account to charge.")
+_JOB_NAME = flags.DEFINE_string("job_name", "distmap", "SLURM job name.")
+_BIND = flags.DEFINE_string("coordinator_bind_host", None,
+                            "Address the coordinator binds on the first node (default: all of its addresses).")
+_SBATCH = flags.DEFINE_multi_string("sbatch_option", [], "More #SBATCH options, e.g. --sbatch_option=--exclusive.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the tasks start (#SBATCH --chdir). Default: this directory.")
+
+
+def main(argv: list[str]) -> None:
+    program = cli.program_from_argv(argv)
+    fv = flags.FLAGS
+    options = cluster.with_run_id(cli.options_from_flags())
+    per_task = _GPUS.value // _TASKS.value if _GPUS.value else fv.devices_per_process
+    cluster.check_mesh_fits(
+        _NODES.value * _TASKS.value * per_task if per_task else None,
+        f"--nodes={_NODES.value} x --tasks_per_node={_TASKS.value} x {per_task} device(s) per task", fv,
+    )
+    job = slurm.SlurmJob(
+        program=program,
+        run_id=options.run_id,
+        run_dir=cluster.run_dir_of(options),
+        workdir=os.path.abspath(_WORKDIR.value or os.getcwd()),
+        nodes=_NODES.value,
+        tasks_per_node=_TASKS.value,
+        gpus_per_node=_GPUS.value,
+        cpus_per_task=_CPUS.value,
+        time=_TIME.value or (slurm.slurm_time(options.timeout) if options.timeout else None),
+        partition=_PARTITION.value,
+        account=_ACCOUNT.value,
+        job_name=_JOB_NAME.value,
+        coordinator_port=fv.coordinator_port,
+        coordinator_bind_host=_BIND.value,
+        devices_per_process=fv.devices_per_process,
+        init_timeout=fv.init_timeout,
+        max_restarts=options.max_restarts,
+        env=cluster.env_from_flags(),
+        sbatch_options=_SBATCH.value,
+    )
+    try:
+        script = slurm.render_sbatch(job)
+    except errors.DistributedError as e:
+        raise app.UsageError(str(e)) from None
+    if fv.dry_run:
+        sys.stdout.write(script)
+        return
+    try:
+        job_id, path = slurm.submit(job)
+    except errors.DistributedError as e:
+        sys.stderr.write(f"distmap slurm: {e}\n")
+        sys.exit(1)
+    print(job_id)
+    sys.stderr.write(
+        f"distmap slurm: submitted job {job_id} ({job.num_tasks} task(s) on {job.nodes} node(s)); script {path}; "
+        f"task logs {job.run_dir}/task_<t>.log\n"
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,92 @@
+"""Run a program on a list of hosts through ssh, supervised like ``launch/local.py``.
+
+    python launch/ssh.py --hosts=node1,node2 -- python examples/ensemble.py --mesh=data=-1
+    python launch/ssh.py --hostfile=hosts.txt --processes_per_host=8 --gpu_ids=0,1,2,3,4,5,6,7 -- \\
+        python examples/ensemble.py --flagfile=configs/slurm_gpu_2node.flags
+
+Rank 0 runs on the first host, which serves the coordinator at a port chosen per start
+(``--coordinator_host`` if the other hosts reach it under another name). Each rank is one
+``ssh HOST COMMAND`` child: output prefixed ``[rank i HOST]``, per-rank logs in
+``--log_dir/RUN_ID/``, fail fast (one failing rank stops the others and the launcher exits
+with its code), ``--timeout``, ``--max_restarts``. On the hosts every program runs in its own
+process group; when a rank fails or the launcher is stopped, the launcher ends those groups
+over ssh, since killing an ``ssh`` client does not kill the remote program.
+
+The program starts in ``--remote_dir`` (default: this directory's path, so a shared file
+system or the same checkout on every host). ``--dry_run`` prints the ssh commands.
+Everything after ``--`` reaches the program unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+import _light  # noqa: E402
+
+_light.use_light_distmap()  # the launcher needs distmap's launch code, not JAX
+
+from distmap import errors  # noqa: E402
+from distmap._src import flags as distmap_flags  # noqa: E402
+from distmap._src.launch import cli, cluster, shell, ssh  # noqa: E402
+
+cli.define_common_flags(init_timeout=120.0)
+cluster.define_cluster_flags()
+distmap_flags.define_mesh_flags(cpu_devices=False)
+_HOSTS = flags.DEFINE_list("hosts", None, "ssh destinations, rank 0 on the first: host1,user@host2,...")
+_HOSTFILE = flags.DEFINE_string("hostfile", None, "A file with one ssh destination a line (# comments).")
+_PER_HOST = flags.DEFINE_integer("processes_per_host", 1, "Processes (ranks) on each host.", lower_bound=1)
+_GPU_IDS = flags.DEFINE_list("gpu_ids", None, "Each host's GPU ids, split evenly among its processes, e.g. 0,1,2,3.")
+_COORDINATOR_HOST = flags.DEFINE_string("coordinator_host", None, "The address the hosts reach the first host at "
+                                        "(default: its name in --hosts).")
+_REMOTE_DIR = flags.DEFINE_string("remote_dir", None, "Where the program starts on every host (default: this "
+                                  "directory's path).")
+_SSH_OPTION = flags.DEFINE_multi_string("ssh_option", list(ssh.DEFAULT_SSH_OPTIONS), "ssh -o options.")
+
+
+def main(argv: list[str]) -> None:
+    program = cli.program_from_argv(argv)
+    fv = flags.FLAGS
+    options = cluster.with_run_id(cli.options_from_flags())
+    try:
+        hosts = list(_HOSTS.value or [])
+        if _HOSTFILE.value:
+            with open(_HOSTFILE.value) as f:
+                hosts += ssh.parse_hostfile(f.read())
+        hosts = ssh.check_hosts(hosts)
+    except (OSError, errors.DistributedError) as e:
+        raise app.UsageError(str(e)) from None
+    gpu_ids = [int(i) for i in _GPU_IDS.value] if _GPU_IDS.value else None
+    per_process = len(gpu_ids) // _PER_HOST.value if gpu_ids else fv.devices_per_process
+    cluster.check_mesh_fits(
+        len(hosts) * _PER_HOST.value * per_process if per_process else None,
+        f"{len(hosts)} host(s) x --processes_per_host={_PER_HOST.value} x {per_process} device(s) per process", fv,
+    )
+    kwargs = dict(
+        processes_per_host=_PER_HOST.value, coordinator_host=_COORDINATOR_HOST.value,
+        devices_per_process=fv.devices_per_process, gpu_ids=gpu_ids, init_timeout=fv.init_timeout,
+        env=cluster.env_from_flags(), remote_dir=_REMOTE_DIR.value or os.getcwd(), ssh_options=_SSH_OPTION.value,
+    )
+    try:
+        if fv.dry_run:
+            port = fv.coordinator_port or shell.pick_port()
+            print(f"# distmap ssh run {options.run_id}: {len(hosts)} host(s), coordinator port {port}; "
+                  "one command per rank")
+            for w in ssh.ssh_workers(program, hosts, port=port, run_id=options.run_id, **kwargs):
+                print(shell.join(w.argv))
+            print("# If a rank fails or the launch is stopped, on every host:")
+            for a in ssh.cleanup_argvs(hosts, options.run_id, _PER_HOST.value, options.grace_period,
+                                       ssh_options=_SSH_OPTION.value):
+                print(shell.join(a))
+            return
+        result = ssh.run_ssh(program, hosts, coordinator_port=fv.coordinator_port, options=options, **kwargs)
+    except errors.DistributedError as e:
+        raise app.UsageError(str(e)) from None
+    sys.exit(result.exit_code)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,327 @@
+"""Helpers of the cluster-launcher tests: stand-in cluster commands, golden files, process checks.
+
+The stand-ins are small Python scripts a test writes into a folder it puts first on
+``PATH``. They run what they are given on this machine, the way the real command would run
+it on a cluster, and they keep the real command's one property that matters most here:
+a "remote" program runs in its own session, so killing the stand-in (the ssh or gcloud
+client) does not kill it. Only the launcher's remote clean-up can.
+
+* ``sbatch --parsable SCRIPT``: runs the script with bash (SLURM_JOB_ID, the ``#SBATCH``
+  ``--chdir`` and ``--output``), records its exit status in ``FAKE_SLURM_STATE/job_ID.status``
+  and prints ``ID;cluster``.
+* ``srun --nodes=N --ntasks=T --ntasks-per-node=P [--kill-on-bad-exit=1] [--output=PATTERN] CMD``:
+  starts T tasks here with SLURM's per-task environment (what ``jax``'s ``SlurmCluster``
+  reads: ``SLURM_JOB_ID``, ``SLURM_STEP_NODELIST=localhost``, ``SLURM_NTASKS``,
+  ``SLURM_PROCID``, ``SLURM_LOCALID``, ...), ``%t`` in the output pattern per task; with
+  ``--kill-on-bad-exit=1`` the first failing task ends the others and srun exits with its status.
+* ``gcloud compute tpus tpu-vm {scp,ssh,describe} NAME --worker=all ...``: ``FAKE_TPU_WORKERS``
+  workers per TPU, each a home folder ``FAKE_TPU_ROOT/NAME/worker_W`` (``HOME``, ``TMPDIR``
+  there, ``TPU_WORKER_ID=W``); ``ssh --command=CMD`` runs ``bash -c CMD`` on every worker at once.
+* ``ssh [-o OPT] HOST CMD...``: runs ``sh -c "CMD..."`` here, as sshd runs it with a POSIX login shell.
+* ``kubectl apply -f -``: keeps its input in ``FAKE_KUBECTL_OUT``.
+
+Every call is appended to ``calls.jsonl`` in the stand-in folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import signal
+import stat
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLDEN = os.path.join(ROOT, "tests", "golden")
+CHILD = os.path.join(ROOT, "tests", "_cluster_child.py")
+PY = sys.executable
+
+#: Program arguments that a shell, srun, sbatch, absl or Kubernetes could mangle.
+HOSTILE = [
+    "a b", "'single'", '"double"', "$(touch /tmp/distmap_pwned)", "; rm -rf /", "`id`", "line1\nline2",
+    "tab\there", "*", "", "--", "--num_processes=9", "%t", "%j %%", "$(POD_IP)", "$$", "${HOME}", "ünï", "\\",
+    "a=b=c", "#not a comment", "-- x",
+]
+
+_COMMON = '''
+import json, os, re, signal, subprocess, sys, threading, time
+HERE = os.path.dirname(os.path.abspath(__file__))
+os.environ["STAND_IN_MARK"] = HERE  # inherited by everything started from here (see kill_started)
+with open(os.path.join(HERE, "calls.jsonl"), "a") as _f:
+    _f.write(json.dumps([os.path.basename(sys.argv[0])] + sys.argv[1:]) + "\\n")
+
+def code_of(rc):
+    return 128 - rc if rc < 0 else rc
+
+def started(proc):  # the test ends every process group a stand-in started (see kill_started)
+    with open(os.path.join(HERE, "started_pids"), "a") as f:
+        f.write(f"{proc.pid}\\n")
+    return proc
+'''
+
+_SBATCH = _COMMON + r'''
+args = sys.argv[1:]
+if len(args) != 2 or args[0] != "--parsable":
+    sys.exit(f"fake sbatch: expected --parsable SCRIPT, got {args}")
+script, state = args[1], os.environ["FAKE_SLURM_STATE"]
+counter = os.path.join(state, "next_job_id")
+job_id = int(open(counter).read()) if os.path.exists(counter) else 4242
+open(counter, "w").write(str(job_id + 1))
+opts = {}
+for m in re.finditer(r"^#SBATCH (--[^=\s]+)(?:=(\S+))?$", open(script).read(), re.M):
+    opts[m.group(1)] = m.group(2)
+nodes = opts.get("--nodes", "1")
+out = re.sub(r"%(%|j)", lambda m: "%" if m.group(1) == "%" else str(job_id), opts["--output"])
+env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+env.update(SLURM_JOB_ID=str(job_id), SLURM_JOBID=str(job_id), SLURM_JOB_NODELIST="localhost",
+           SLURM_NODELIST="localhost", SLURM_JOB_NUM_NODES=nodes, SLURM_NNODES=nodes, SLURM_SUBMIT_DIR=os.getcwd())
+with open(out, "w") as log:
+    rc = subprocess.call(["bash", script], cwd=opts.get("--chdir"), env=env, stdin=subprocess.DEVNULL,
+                         stdout=log, stderr=subprocess.STDOUT)
+open(os.path.join(state, f"job_{job_id}.status"), "w").write(str(rc))
+print(f"{job_id};fakecluster")
+'''
+
+_SRUN = _COMMON + r'''
+args = sys.argv[1:]
+opts = {}
+while args and args[0].startswith("--"):
+    key, _, value = args.pop(0).partition("=")
+    opts[key] = value
+nodes, ntasks, per_node = int(opts["--nodes"]), int(opts["--ntasks"]), int(opts["--ntasks-per-node"])
+assert ntasks == nodes * per_node, opts
+job = os.environ["SLURM_JOB_ID"]
+procs = []
+for t in range(ntasks):
+    env = dict(os.environ, SLURM_STEP_NODELIST="localhost", SLURM_STEP_NUM_NODES=str(nodes),
+               SLURM_STEP_NUM_TASKS=str(ntasks), SLURM_NTASKS=str(ntasks), SLURM_NPROCS=str(ntasks),
+               SLURM_PROCID=str(t), SLURM_LOCALID=str(t % per_node), SLURM_NODEID=str(t // per_node),
+               SLURM_STEP_ID="0", SLURM_STEPID="0", SLURMD_NODENAME="localhost",
+               SLURM_TASKS_PER_NODE=f"{per_node}(x{nodes})")
+    out = None
+    if "--output" in opts:
+        path = re.sub(r"%(%|j|t)", lambda m: {"%": "%", "j": job, "t": str(t)}[m.group(1)], opts["--output"])
+        out = open(path, "w")
+    procs.append(started(subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                          stderr=subprocess.STDOUT if out else None, start_new_session=True)))
+
+def stop_all():
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for p in procs:
+        p.wait()
+
+signal.signal(signal.SIGTERM, lambda *a: (stop_all(), sys.exit(143)))
+while True:
+    codes = [p.poll() for p in procs]
+    bad = [code_of(c) for c in codes if c not in (None, 0)]
+    if bad and opts.get("--kill-on-bad-exit") == "1":
+        stop_all()
+        sys.exit(bad[0])
+    if all(c is not None for c in codes):
+        sys.exit(max(code_of(c) for c in codes))
+    time.sleep(0.05)
+'''
+
+_GCLOUD = _COMMON + r'''
+import shutil
+root, workers = os.environ["FAKE_TPU_ROOT"], int(os.environ.get("FAKE_TPU_WORKERS", "2"))
+args = sys.argv[1:]
+if args[:3] != ["compute", "tpus", "tpu-vm"]:
+    sys.exit(f"fake gcloud: only 'compute tpus tpu-vm', got {args}")
+verb, flags, pos = args[3], {}, []
+for a in args[4:]:
+    if a.startswith("--"):
+        key, _, value = a.partition("=")
+        flags[key] = value
+    else:
+        pos.append(a)
+
+def home(name, w):
+    h = os.path.join(root, name, f"worker_{w}")
+    os.makedirs(os.path.join(h, "tmp"), exist_ok=True)
+    return h
+
+if verb == "describe":
+    print("127.0.0.1")
+    sys.exit(0)
+if flags.get("--worker") != "all":
+    sys.exit("fake gcloud: a TPU pod command must go to --worker=all")
+if verb == "scp":
+    src, dest = pos
+    name, path = dest.split(":", 1)
+    for w in range(workers):
+        shutil.copy(src, os.path.join(home(name, w), path))
+    sys.exit(0)
+if verb == "ssh":
+    name, command, lock, procs = pos[0], flags["--command"], threading.Lock(), []
+    for w in range(workers):
+        h = home(name, w)
+        env = dict(os.environ, HOME=h, TMPDIR=os.path.join(h, "tmp"), TPU_WORKER_ID=str(w))
+        procs.append(started(subprocess.Popen(["bash", "-c", command], cwd=h, env=env, stdin=subprocess.DEVNULL,
+                                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                              start_new_session=True)))
+
+    def pump(p):
+        for line in p.stdout:
+            with lock:
+                sys.stdout.buffer.write(line)
+                sys.stdout.buffer.flush()
+
+    threads = [threading.Thread(target=pump, args=(p,)) for p in procs]
+    for t in threads:
+        t.start()
+    codes = [code_of(p.wait()) for p in procs]
+    for t in threads:
+        t.join()
+    sys.exit(max(codes))
+sys.exit(f"fake gcloud: unknown verb {verb}")
+'''
+
+_SSH = _COMMON + r'''
+args, i = sys.argv[1:], 0
+while args[i].startswith("-"):
+    i += 2 if args[i] == "-o" else 1
+host, command = args[i], " ".join(args[i + 1:])
+p = started(subprocess.Popen(["/bin/sh", "-c", command], env=dict(os.environ, FAKE_SSH_HOST=host),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True))
+for line in p.stdout:
+    sys.stdout.buffer.write(line)
+    sys.stdout.buffer.flush()
+sys.exit(code_of(p.wait()))
+'''
+
+_KUBECTL = _COMMON + r'''
+if sys.argv[1:] != ["apply", "-f", "-"]:
+    sys.exit(f"fake kubectl: expected apply -f -, got {sys.argv[1:]}")
+open(os.environ["FAKE_KUBECTL_OUT"], "w").write(sys.stdin.read())
+print("service/fake created")
+print("job.batch/fake created")
+'''
+
+_SCRIPTS = {"sbatch": _SBATCH, "srun": _SRUN, "gcloud": _GCLOUD, "ssh": _SSH, "kubectl": _KUBECTL}
+
+
+def install(bin_dir: str, *names: str) -> dict[str, str]:
+    """Write the stand-ins ``names`` into ``bin_dir``; returns an environment with it first on PATH."""
+    os.makedirs(bin_dir, exist_ok=True)
+    for name in names:
+        path = os.path.join(bin_dir, name)
+        with open(path, "w") as f:
+            f.write(f"#!{PY}\n" + _SCRIPTS[name])
+        os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTMAP_", "SLURM_"))}
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def calls(bin_dir: str) -> list[list[str]]:
+    """Every stand-in call so far, as ``[command, args...]``."""
+    path = os.path.join(bin_dir, "calls.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def started_groups(bin_dir: str) -> list[int]:
+    """The process groups (session leaders) the stand-ins started: tasks, "remote" shells."""
+    path = os.path.join(bin_dir, "started_pids")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [int(line) for line in f if line.strip()]
+
+
+def kill_started(bin_dir: str) -> None:
+    """SIGKILL everything a stand-in started that is still there (a test's own clean-up).
+
+    The recorded process groups, and every process that carries the stand-ins' mark in its
+    environment: programs that moved to a session of their own (``setsid``) included.
+    """
+    for pgid in started_groups(bin_dir):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    mark = b"STAND_IN_MARK=" + os.path.abspath(bin_dir).encode() + b"\0"
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                marked = mark in f.read() + b"\0"
+            if marked:
+                os.kill(int(entry), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+def check_golden(name: str, text: str) -> None:
+    """Compare ``text`` with ``tests/golden/NAME``; with ``DISTMAP_UPDATE_GOLDEN=1``, rewrite the file.
+
+    To accept a deliberate change of a launcher's output:
+        DISTMAP_UPDATE_GOLDEN=1 python -m pytest tests/test_launch_*.py -k golden
+    then review ``git diff tests/golden``.
+    """
+    path = os.path.join(GOLDEN, name)
+    if os.environ.get("DISTMAP_UPDATE_GOLDEN") == "1":
+        os.makedirs(GOLDEN, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+        return
+    assert os.path.exists(path), f"no golden file {path}; create it with DISTMAP_UPDATE_GOLDEN=1"
+    with open(path) as f:
+        want = f.read()
+    if text != want:
+        diff = "".join(difflib.unified_diff(want.splitlines(True), text.splitlines(True), f"golden/{name}", "now"))
+        raise AssertionError(
+            f"the output differs from tests/golden/{name}. If the change is meant, rerun with "
+            f"DISTMAP_UPDATE_GOLDEN=1 and review the diff:\n{diff}"
+        )
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pids, timeout: float = 5.0) -> list[int]:
+    """Wait up to ``timeout`` s for ``pids`` to end; returns those still alive."""
+    end = time.monotonic() + timeout
+    left = [p for p in pids if alive(p)]
+    while left and time.monotonic() < end:
+        time.sleep(0.05)
+        left = [p for p in left if alive(p)]
+    return left
+
+
+def kill_pids(pids) -> None:
+    """SIGKILL whatever of ``pids`` still runs (a test's own leftovers)."""
+    for pid in pids:
+        if alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def results(lines) -> list[dict]:
+    """The ``RESULT <json>`` payloads in ``lines`` (prefixes before ``RESULT`` ignored)."""
+    return [json.loads(line.split("RESULT ", 1)[1]) for line in lines if "RESULT " in line]
+
+
+def argvs(lines) -> list[list[str]]:
+    """The ``ARGV <json>`` payloads in ``lines``."""
+    return [json.loads(line.split("ARGV ", 1)[1]) for line in lines if "ARGV " in line]

@@ -1,0 +1,191 @@
+"""``launch/slurm.py``: the sbatch script, run for real through stand-in ``sbatch``/``srun`` on PATH.
+
+The stand-ins (``tests/_stand_ins.py``) run the job on this machine with SLURM's environment,
+so the multi-process test goes through JAX's own SLURM detection, as on a cluster. Every
+process they start is ended by the test (``kill_started``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+from _stand_ins import (
+    CHILD, HOSTILE, PY, ROOT, argvs, calls, check_golden, install, kill_started, results, wait_gone,
+)
+
+from distmap._src.launch import local, slurm
+
+LAUNCHER = os.path.join(ROOT, "launch", "slurm.py")
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    """Stand-in sbatch and srun first on PATH (here and in launcher subprocesses)."""
+    bin_dir, state = str(tmp_path / "bin"), tmp_path / "state"
+    state.mkdir()
+    env = install(bin_dir, "sbatch", "srun")
+    env["FAKE_SLURM_STATE"] = str(state)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    for k in [k for k in os.environ if k.startswith("DISTMAP_")]:
+        monkeypatch.delenv(k)
+    yield {"bin": bin_dir, "state": state, "env": env}
+    kill_started(bin_dir)
+
+
+def _job(tmp_path, program, **kw) -> slurm.SlurmJob:
+    kw.setdefault("run_id", "t")
+    return slurm.SlurmJob(program=program, run_dir=str(tmp_path / "runs" / kw["run_id"]), workdir=str(tmp_path), **kw)
+
+
+def _status(state, job_id) -> int:
+    return int((state / f"job_{job_id}.status").read_text())
+
+
+def _task_log(job: slurm.SlurmJob, t: int, suffix: str = "") -> str:
+    with open(os.path.join(job.run_dir, f"task_{t}{suffix}.log")) as f:
+        return f.read()
+
+
+# ---------------------------------------------------------------------------- golden scripts
+
+
+def test_golden_sbatch_from_the_gpu_config():
+    """The multi-node GPU config, rendered by the CLI: run id, folders and port fixed by flags."""
+    proc = subprocess.run(
+        [PY, LAUNCHER, "--flagfile=" + os.path.join(ROOT, "configs", "slurm_gpu_2node.flags"), "--dry_run",
+         "--run_id=golden", "--log_dir=/shared/runs", "--workdir=/shared/distmap", "--partition=gpu", "--",
+         "python", "examples/ensemble.py", "--flagfile=configs/slurm_gpu_2node.flags", *HOSTILE],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    check_golden("slurm_gpu_2node.sbatch", proc.stdout)
+
+
+def test_golden_sbatch_with_every_option():
+    job = slurm.SlurmJob(
+        program=["python", "train.py", "--lr=0.1"], run_id="r%1", run_dir="/shared/runs/r%1", workdir="/shared/code",
+        nodes=4, tasks_per_node=8, gpus_per_node=8, cpus_per_task=12, time="2:00:00", partition="a100",
+        account="team-ml", job_name="ens", coordinator_port=29400, coordinator_bind_host="node001-ib",
+        init_timeout=600, max_restarts=2, env={"XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler=true"},
+        sbatch_options=["--exclusive", "--mem=0"],
+    )
+    text = slurm.render_sbatch(job)
+    assert "#SBATCH --output=/shared/runs/r%%1/sbatch-%j.log" in text  # a literal % in a path stays literal
+    check_golden("slurm_every_option.sbatch", text)
+
+
+def test_sbatch_directives_refuse_what_sbatch_would_split(tmp_path):
+    with pytest.raises(Exception, match="no spaces or quotes"):
+        slurm.render_sbatch(_job(tmp_path, ["prog"], partition="gpu large"))
+    with pytest.raises(Exception, match="does not split evenly"):
+        slurm.render_sbatch(_job(tmp_path, ["prog"], tasks_per_node=3, gpus_per_node=8))
+
+
+# ---------------------------------------------------------------------------- the script, run
+
+
+def test_each_task_gets_its_gpus_port_and_contract(tmp_path, cluster, monkeypatch):
+    monkeypatch.setenv("DISTMAP_COORDINATOR", "stale-host:1")  # from an enclosing launch: must not leak in
+    job = _job(tmp_path, [PY, CHILD, "env"], nodes=2, tasks_per_node=2, gpus_per_node=4, init_timeout=30)
+    job_id, path = slurm.submit(job)
+    assert path == os.path.join(job.run_dir, "job.sbatch") and _status(cluster["state"], job_id) == 0
+    envs = []
+    for t in range(4):
+        line = next(x for x in _task_log(job, t).splitlines() if x.startswith("ENV "))
+        envs.append(json.loads(line[4:])["env"])
+    # JAX's detection alone would give each task the one GPU numbered SLURM_LOCALID.
+    assert [e["DISTMAP_LOCAL_DEVICE_IDS"] for e in envs] == ["0,1", "2,3", "0,1", "2,3"]
+    assert [e["SLURM_PROCID"] for e in envs] == ["0", "1", "2", "3"]
+    ports = {e["JAX_COORDINATOR_PORT"] for e in envs}
+    assert ports == {str(20000 + (int(job_id) * 16) % 10000)}  # derived from the job id, not fixed
+    for e in envs:
+        assert "DISTMAP_COORDINATOR" not in e and e["DISTMAP_RUN_ID"] == "t" and e["DISTMAP_ATTEMPT"] == "0"
+        assert e["DISTMAP_INIT_TIMEOUT"] == "30" and e["DISTMAP_RUN_DIR"] == job.run_dir
+    with open(os.path.join(job.run_dir, "job_id")) as f:
+        assert f.read().strip() == job_id
+
+
+@pytest.mark.multiprocess
+def test_real_two_process_run_through_jax_slurm_detection(tmp_path, cluster):
+    """2 tasks x 2 CPU devices: the sharded distmap.vmap with a collective is right on both."""
+    port = local.free_port()
+    proc = subprocess.run(
+        [PY, LAUNCHER, "--nodes=2", "--tasks_per_node=1", "--devices_per_process=2", f"--coordinator_port={port}",
+         "--coordinator_bind_host=127.0.0.1", "--init_timeout=60", "--mesh=data=4", f"--log_dir={tmp_path}",
+         "--run_id=real", "--", PY, CHILD, "collective", *HOSTILE],
+        capture_output=True, text=True, timeout=120, env=cluster["env"], cwd=str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip()
+    assert job_id.isdigit() and "submitted job " + job_id in proc.stderr
+    run_dir = tmp_path / "real"
+    logs = [(run_dir / f"task_{t}.log").read_text() for t in range(2)]
+    assert _status(cluster["state"], job_id) == 0, (run_dir / f"sbatch-{job_id}.log").read_text() + "".join(logs)
+    got = [results(log.splitlines())[0] for log in logs]
+    assert sorted(r["rank"] for r in got) == [0, 1]
+    for r in got:
+        assert r["mode"] == "cluster" and r["processes"] == 2 and r["devices"] == 4 and r["local_devices"] == 2
+        assert r["centered"] == pytest.approx(r["expected"])
+    assert all(argvs(log.splitlines()) == [HOSTILE] for log in logs)  # spaces, $(...), %t: unchanged
+    assert not os.path.exists("/tmp/distmap_pwned")
+
+
+def test_failing_task_fails_the_job_with_its_exit_status(tmp_path, cluster):
+    code = (
+        "import os, sys, time\n"
+        "if os.environ['SLURM_PROCID'] == '1':\n"
+        "    time.sleep(1); sys.exit(3)\n"
+        "print('PID', os.getpid(), flush=True); time.sleep(60)\n"
+    )
+    job = _job(tmp_path, [PY, "-c", code], nodes=2)
+    job_id, _ = slurm.submit(job)
+    assert _status(cluster["state"], job_id) == 3
+    srun = next(c for c in calls(cluster["bin"]) if c[0] == "srun")
+    assert "--kill-on-bad-exit=1" in srun
+    pid = int(re.search(r"PID (\d+)", _task_log(job, 0)).group(1))
+    assert not wait_gone([pid], 5)  # srun ended the healthy task when the other failed
+    with open(os.path.join(job.run_dir, f"sbatch-{job_id}.log")) as f:
+        assert "srun exited with status 3" in f.read()
+
+
+def test_restart_runs_srun_again_with_a_new_port(tmp_path, cluster):
+    code = (
+        "import os, sys\n"
+        "print('PORT', os.environ['JAX_COORDINATOR_PORT'], 'ATTEMPT', os.environ['DISTMAP_ATTEMPT'], flush=True)\n"
+        "sys.exit(4 if os.environ['DISTMAP_ATTEMPT'] == '0' and os.environ['SLURM_PROCID'] == '1' else 0)\n"
+    )
+    job = _job(tmp_path, [PY, "-c", code], nodes=2, max_restarts=1, coordinator_port=21000)
+    job_id, _ = slurm.submit(job)
+    assert _status(cluster["state"], job_id) == 0
+    assert "PORT 21000 ATTEMPT 0" in _task_log(job, 1)
+    assert "PORT 21001 ATTEMPT 1" in _task_log(job, 1, ".restart1")
+
+
+# ---------------------------------------------------------------------------- configs
+
+
+def test_cluster_configs_parse_for_the_program():
+    """The program accepts every cluster config (launcher flags through --undefok) with the same mesh."""
+    code = (
+        "import importlib.util, json, sys\n"
+        "from absl import flags\n"
+        "spec = importlib.util.spec_from_file_location('ensemble', "
+        f"{os.path.join(ROOT, 'examples', 'ensemble.py')!r})\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "import distmap.flags as df\n"
+        "for cfg in sys.argv[1:]:\n"
+        "    flags.FLAGS(['ensemble.py', '--flagfile=' + cfg])\n"
+        "    print(json.dumps([df.mesh_shape_from_flags(), str(df.axis_mapping_from_flags())]))\n"
+    )
+    names = ["slurm_gpu_2node", "tpu_v5e_32", "tpu_v5e_32x2_multislice", "k8s_gpu"]
+    proc = subprocess.run([PY, "-c", code, *(os.path.join(ROOT, "configs", n + ".flags") for n in names)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    meshes = [json.loads(line)[0] for line in proc.stdout.splitlines()]
+    assert meshes == [{"data": 8, "model": 2}, {"data": -1, "model": 4}, {"replica": 2, "data": -1, "model": 4},
+                      {"data": 8, "model": 2}]

@@ -1,0 +1,197 @@
+"""``launch/tpu_vm.py``: gcloud commands, run for real through a stand-in ``gcloud`` on PATH.
+
+The stand-in runs ``gcloud compute tpus tpu-vm ssh NAME --worker=all --command=CMD`` as
+``bash -c CMD`` once per fake worker (its own home folder, ``TPU_WORKER_ID``), each in its
+own session, so that, as on a real TPU VM, killing the gcloud client leaves the program
+running and only the launcher's remote clean-up ends it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+from _stand_ins import HOSTILE, PY, ROOT, argvs, calls, check_golden, install, kill_pids, kill_started, wait_gone
+
+from distmap._src.launch import relay, tpu_vm
+
+LAUNCHER = os.path.join(ROOT, "launch", "tpu_vm.py")
+
+PROGRAM = """\
+import json, os, sys, time
+w = os.environ["TPU_WORKER_ID"]
+print("ARGV " + json.dumps(sys.argv[1:]), flush=True)
+keys = ("DISTMAP_", "JAX_", "MEGASCALE_")
+print("INFO " + json.dumps({"env": {k: v for k, v in os.environ.items() if k.startswith(keys)}, "cwd": os.getcwd()}),
+      flush=True)
+print("PID", os.getpid(), flush=True)
+fail = os.environ.get("FAIL_AT", "")
+if fail == os.environ.get("MEGASCALE_SLICE_ID", "0") + ":" + w:
+    time.sleep(1.5)  # the other workers have started and printed their pids by then
+    sys.exit(7)
+if fail:
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def tpus(tmp_path):
+    """A stand-in gcloud with 2 workers per TPU VM, and a code folder holding the program."""
+    bin_dir = str(tmp_path / "bin")
+    env = install(bin_dir, "gcloud")
+    env.update(FAKE_TPU_ROOT=str(tmp_path / "vms"), FAKE_TPU_WORKERS="2")
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "prog.py").write_text(PROGRAM)
+    yield {"bin": bin_dir, "env": env, "code": str(code), "vms": tmp_path / "vms"}
+    kill_started(bin_dir)
+
+
+def _launch(tmp_path, tpus, *flags, program=("prog.py",), env=None, timeout=60):
+    args = [PY, LAUNCHER, "--zone=us-west4-a", f"--log_dir={tmp_path / 'runs'}", f"--code_source={tpus['code']}",
+            "--nokill_tpu_holders", f"--tpu_lockfile={tmp_path / 'libtpu_lockfile'}", "--grace_period=1", *flags,
+            "--", PY, *program]
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=dict(tpus["env"], **(env or {})))
+
+
+def _info(lines):
+    return [json.loads(line.split("INFO ", 1)[1]) for line in lines if "INFO " in line]
+
+
+def _pids(text):
+    return [int(p) for p in re.findall(r"\bPID (\d+)", text)]
+
+
+# ---------------------------------------------------------------------------- golden commands
+
+
+@pytest.mark.parametrize("config", ["tpu_v5e_32", "tpu_v5e_32x2_multislice"])
+def test_golden_commands_from_the_configs(config):
+    proc = subprocess.run(
+        [PY, LAUNCHER, f"--flagfile={os.path.join(ROOT, 'configs', config + '.flags')}", "--dry_run",
+         "--run_id=golden", "--log_dir=/shared/runs", "--code_source=/shared/distmap", "--coordinator_port=23456",
+         "--", "python3", "examples/ensemble.py", f"--flagfile=configs/{config}.flags", *HOSTILE],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    check_golden(config + ".sh", proc.stdout)
+
+
+def test_golden_git_revision_commands():
+    job = tpu_vm.TpuJob(
+        program=["python3", "train.py"], tpu_names=["pod"], zone="europe-west4-b", project="my-project",
+        run_id="golden", run_dir="/shared/runs/golden", code_source="/shared/distmap", git_revision="v1.2.3",
+        git_repo="https://github.com/example/distmap.git", coordinator_port=23456, env={"XLA_FLAGS": "--x=1 --y"},
+    )
+    check_golden("tpu_git_revision.sh", tpu_vm.format_plan(job, tpu_vm.plan(job)))
+
+
+def test_every_command_goes_to_every_worker():
+    job = tpu_vm.TpuJob(program=["p"], tpu_names=["a", "b"], zone="z", run_id="r", run_dir="/r", code_source="/c",
+                        coordinator_address="host-a0")
+    p = tpu_vm.plan(job)
+    for step in [*p.steps, p.run, p.cleanup]:
+        assert len(step.argv) == 2 and all("--worker=all" in a for a in step.argv), step.name
+    assert [tpu_vm.slice_env(job, ["a", "b"], i, 0, 1, "host-a0")["MEGASCALE_SLICE_ID"] for i in range(2)] == ["0", "1"]
+    with pytest.raises(Exception, match="one name per slice"):
+        tpu_vm.slice_names(["a", "b"], 3)
+    with pytest.raises(Exception, match="relative path"):
+        tpu_vm.prepare_script(tpu_vm.TpuJob(program=["p"], tpu_names=["a"], zone="z", run_id="r", run_dir="/r",
+                                            code_source="/c", remote_dir="../x"))
+
+
+# ---------------------------------------------------------------------------- runs through the stand-in
+
+
+def test_two_workers_end_to_end(tmp_path, tpus):
+    """Code shipped to both workers, an earlier run's leftovers cleaned up, per-worker logs, exit 0."""
+    vm = tpus["vms"] / "t1"
+    stale = []
+    for w in range(2):  # what a crashed earlier run leaves on each worker: its program and the TPU lock
+        (vm / f"worker_{w}" / "tmp").mkdir(parents=True)
+        p = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        stale.append(p)
+        (vm / f"worker_{w}" / "tmp" / "distmap-tpu-job.pgid").write_text(f"{p.pid}\n")
+    (tmp_path / "libtpu_lockfile").write_text("")
+    try:
+        proc = _launch(tmp_path, tpus, "--tpu_names=t1", "--run_id=ok", "--coordinator_port=23456",
+                       program=("prog.py", *HOSTILE))
+        assert proc.returncode == 0, proc.stderr
+        assert all(p.wait(timeout=5) is not None for p in stale)
+    finally:
+        kill_pids([p.pid for p in stale])
+        for p in stale:
+            p.wait()
+    assert not (tmp_path / "libtpu_lockfile").exists()
+    lines = proc.stdout.splitlines()
+    assert argvs(lines) == [HOSTILE, HOSTILE] and not os.path.exists("/tmp/distmap_pwned")
+    infos = sorted(_info(lines), key=lambda i: i["cwd"])
+    assert [i["cwd"] for i in infos] == [str(vm / f"worker_{w}" / "distmap_code" / "ok") for w in range(2)]
+    for i in infos:
+        assert i["env"]["JAX_COORDINATOR_PORT"] == "23456" and i["env"]["DISTMAP_RUN_ID"] == "ok"
+        assert "MEGASCALE_NUM_SLICES" not in i["env"]  # one slice: JAX's TPU detection needs nothing more
+    run_dir = tmp_path / "runs" / "ok"
+    for w in range(2):
+        log = (run_dir / f"t1.worker_{w}.log").read_text()
+        assert log.startswith("ARGV ") and log.endswith(f"{relay.EXIT_MARKER} 0\n")
+        assert not (vm / f"worker_{w}" / "tmp" / "distmap-tpu-job.pgid").exists()
+    others = [c for c in calls(tpus["bin"]) if "ssh" in c and not any("setsid" in a for a in c)]
+    assert others[-1][-1].startswith("--command=set -u")  # the preparation; no clean-up after a good run
+
+
+def test_failing_worker_fails_the_launch_and_the_remote_programs_end(tmp_path, tpus):
+    """Two slices; worker 1 of the second exits 7: every slice stops, exit 7, nothing left on any worker."""
+    t0 = time.monotonic()
+    proc = _launch(tmp_path, tpus, "--tpu_names=a,b", "--run_id=bad", env={"FAIL_AT": "1:1"})
+    took = time.monotonic() - t0
+    assert proc.returncode == 7, proc.stderr
+    assert "slice b exited with code 7" in proc.stderr and took < 30
+    assert "worker 1 exited with code 7" in proc.stdout
+    pids = _pids(proc.stdout)
+    assert len(pids) == 4
+    assert not wait_gone(pids, 5)
+    infos = _info(proc.stdout.splitlines())
+    assert sorted(i["env"]["MEGASCALE_SLICE_ID"] for i in infos) == ["0", "0", "1", "1"]
+    assert {i["env"]["MEGASCALE_COORDINATOR_ADDRESS"] for i in infos} == {"127.0.0.1:8080"}  # from describe
+    cleanups = [c for c in calls(tpus["bin"]) if "ssh" in c and c[-1].startswith("--command=pg=")]
+    assert sorted(c[5] for c in cleanups) == ["a", "b"]
+    summary = json.loads((tmp_path / "runs" / "bad" / "launch.json").read_text())
+    assert summary["exit_code"] == 7 and summary["attempts"][0]["failed_rank"] == 1
+
+
+def test_a_failed_preparation_starts_nothing(tmp_path, tpus):
+    for w in range(2):  # the code cannot be unpacked on either worker
+        (tpus["vms"] / "t1" / f"worker_{w}").mkdir(parents=True)
+        (tpus["vms"] / "t1" / f"worker_{w}" / "distmap_code").write_text("a file where the folder should be")
+    proc = _launch(tmp_path, tpus, "--tpu_names=t1", "--run_id=prep")
+    assert proc.returncode == 1 and "nothing was started" in proc.stderr
+    assert not [c for c in calls(tpus["bin"]) if any("setsid" in a for a in c)]
+
+
+def test_sigint_ends_the_program_on_every_worker(tmp_path, tpus):
+    args = [PY, LAUNCHER, "--zone=z", "--tpu_names=t1", f"--log_dir={tmp_path / 'runs'}", "--run_id=int",
+            f"--code_source={tpus['code']}", "--nokill_tpu_holders", f"--tpu_lockfile={tmp_path / 'lock'}",
+            "--grace_period=1", "--", PY, "prog.py"]
+    launch = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(tpus["env"], FAIL_AT="9:9"), start_new_session=True)
+    pids: list[int] = []
+    try:
+        while len(pids) < 2:
+            line = launch.stdout.readline()
+            assert line, launch.stderr.read()
+            pids += _pids(line)
+        launch.send_signal(signal.SIGINT)
+        assert launch.wait(timeout=20) == 128 + signal.SIGINT
+        assert not wait_gone(pids, 5)
+    finally:
+        if launch.poll() is None:
+            os.killpg(launch.pid, signal.SIGKILL)
+            launch.wait()
+        kill_pids(pids)
+        launch.stdout.close()
+        launch.stderr.close()
