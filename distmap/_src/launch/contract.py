@@ -109,8 +109,8 @@ def rank_env(spec: RankSpec) -> dict[str, str]:
     """Only the variables a rank is given (no inherited ones): for manifests and scripts.
 
     Example:
-        >>> rank_env(RankSpec("10.0.0.1:8476", 4, None, "job7"))
-        {'DISTMAP_COORDINATOR': '10.0.0.1:8476', 'DISTMAP_NUM_PROCESSES': '4', 'DISTMAP_RUN_ID': 'job7', \
+        >>> rank_env(RankSpec("node0:8476", 4, None, "job7"))
+        {'DISTMAP_COORDINATOR': 'node0:8476', 'DISTMAP_NUM_PROCESSES': '4', 'DISTMAP_RUN_ID': 'job7', \
 'DISTMAP_ATTEMPT': '0', 'PYTHONUNBUFFERED': '1'}
     """
     env: dict[str, str] = {}
