@@ -76,10 +76,17 @@ def main(mode: str) -> int:
     dmesh = distmap.make_mesh({"data": n_dev})
     rows = 2 * n_dev // jax.process_count()
     xs = np.arange(2 * n_dev, dtype=np.float32)[rank * rows : (rank + 1) * rows]
+    local_x = distmap.named(xs, ("batch",))  # on this process's first device (outside jax.set_mesh)
     with distmap.axis_mapping({"batch": "data"}), jax.set_mesh(dmesh):
         x = distributed.host_local_to_global(distmap.named(xs, ("batch",)), dmesh)
         y = jax.jit(distmap.vmap(lambda v: v - distmap.pmean(v, "batch"), "batch"))(x)
         back = distributed.global_to_host_local(y)
+        # A process-local array handed to a map over a multi-process mesh is refused, never mixed up.
+        try:
+            distmap.vmap(lambda v: v * 2, "batch")(local_x)
+            out["local_input"] = "accepted"
+        except distmap.errors.MeshError as e:
+            out["local_input"] = str(e)
     out["centered_local"] = np.asarray(back.array).tolist()
 
     hybrid = distributed.make_hybrid_mesh({"data": per}, {"data": jax.process_count()})

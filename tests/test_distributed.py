@@ -221,6 +221,8 @@ def test_two_processes_compute_collectives_and_survive_a_taken_port(tmp_path, mo
         assert r["sum"] == pytest.approx(float(everything.sum()))
         np.testing.assert_allclose(r["centered_local"], (xs - xs.mean())[rank * 4 : (rank + 1) * 4])
         assert r["hybrid"] == [[0, 0, 1, 1]]
+        assert "process-local array" in r["local_input"] and "host_local_to_global" in r["local_input"]
+        assert "args[0]" in r["local_input"] and "spans 2 processes" in r["local_input"]
 
 
 @pytest.mark.multiprocess

@@ -180,9 +180,18 @@ def _place(plan, lowering: Lowering, args: tuple, kwargs: dict) -> tuple[tuple, 
     dims, sizes = _leaf_dims(plan, leaves, args, kwargs)
     names = [n for n, _ in plan.axes]
     mesh_axes = dict(lowering.mesh_axes)
+    multi_process = getattr(lowering.mesh, "is_multi_process", False)
     out = []
-    for leaf, row in zip(leaves, dims):
+    for i, (leaf, row) in enumerate(zip(leaves, dims)):
         arr = leaf.array if isinstance(leaf, NamedArray) else leaf
+        if elsewhere(arr) and multi_process and (isinstance(arr, jax.Array) or any(d is not None for d in row)):
+            # Each process holds its own such array: placing it as if it were the global value
+            # would silently mix different data (a host array) or fail inside JAX (a local jax.Array).
+            raise errors.MeshError(
+                f"vmap over {tuple(names)}: {specs.leaf_paths(args, kwargs)[i]} is a process-local array, but the "
+                f"mesh {dict(lowering.mesh.shape)} spans {jax.process_count()} processes. Build global inputs with "
+                "distmap.distributed.host_local_to_global (each process passing its own rows), or distmap.shard."
+            )
         if elsewhere(arr):
             even = all(sizes[n] % lowering.shards(n) == 0 for n, d in zip(names, row) if d is not None and n in mesh_axes)
             spec = _spec_for(row, jnp.ndim(arr), names, mesh_axes) if even else PartitionSpec()
