@@ -28,6 +28,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import signal
 import stat
 import sys
@@ -315,6 +316,36 @@ def kill_pids(pids) -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def pids_in(text: str) -> list[int]:
+    """The pids that programs announced as ``PID <n>`` in ``text``."""
+    return [int(p) for p in re.findall(r"\bPID (\d+)", text)]
+
+
+def sigint_ends_every_program(args: list[str], env: dict[str, str], programs: int = 2) -> None:
+    """Start a launcher, wait until ``programs`` of its programs announce their pid, send it SIGINT,
+    and check that it exits with 128 + SIGINT and that every program is gone within 5 s."""
+    import subprocess
+
+    launch = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                              start_new_session=True)
+    pids: list[int] = []
+    try:
+        while len(pids) < programs:
+            line = launch.stdout.readline()
+            assert line, launch.stderr.read()
+            pids += pids_in(line)
+        launch.send_signal(signal.SIGINT)
+        assert launch.wait(timeout=20) == 128 + signal.SIGINT
+        assert not wait_gone(pids, 5)
+    finally:
+        if launch.poll() is None:
+            os.killpg(launch.pid, signal.SIGKILL)
+            launch.wait()
+        kill_pids(pids)
+        launch.stdout.close()
+        launch.stderr.close()
 
 
 def results(lines) -> list[dict]:

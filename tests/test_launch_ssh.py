@@ -10,13 +10,13 @@ from __future__ import annotations
 import io
 import os
 import re
-import signal
 import subprocess
 import time
 
 import pytest
 from _stand_ins import (
-    CHILD, HOSTILE, PY, ROOT, argvs, calls, check_golden, install, kill_pids, kill_started, results, wait_gone,
+    CHILD, HOSTILE, PY, ROOT, argvs, calls, check_golden, install, kill_started, pids_in, results,
+    sigint_ends_every_program, wait_gone,
 )
 
 from distmap._src.launch import ssh
@@ -32,9 +32,6 @@ def hosts(tmp_path):
     yield {"bin": bin_dir, "env": env}
     kill_started(bin_dir)
 
-
-def _pids(text):
-    return [int(p) for p in re.findall(r"\bPID (\d+)", text)]
 
 
 def test_golden_ssh_commands():
@@ -98,7 +95,7 @@ def test_failing_rank_fails_the_launch_and_remote_programs_are_ended(tmp_path, h
     assert proc.returncode == 5, proc.stderr
     assert "rank 2 h2 exited with code 5" in proc.stderr and time.monotonic() - t0 < 20
     assert "ending the remote programs on 2 host(s)" in proc.stderr
-    pids = _pids(proc.stdout)
+    pids = pids_in(proc.stdout)
     assert len(pids) == 4
     assert not wait_gone(pids, 5)  # the ssh clients were killed; the clean-up ended the remote programs
     cleanups = [c for c in calls(hosts["bin"]) if "kill -s TERM" in c[-1]]
@@ -108,26 +105,9 @@ def test_failing_rank_fails_the_launch_and_remote_programs_are_ended(tmp_path, h
 
 def test_sigint_to_the_launcher_ends_remote_programs(tmp_path, hosts):
     code = "import os, time; print('PID', os.getpid(), flush=True); time.sleep(60)"
-    launch = subprocess.Popen(
-        [PY, LAUNCHER, "--hosts=h1,h2", "--grace_period=1", f"--log_dir={tmp_path}", "--", PY, "-c", code],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=hosts["env"], start_new_session=True,
+    sigint_ends_every_program(
+        [PY, LAUNCHER, "--hosts=h1,h2", "--grace_period=1", f"--log_dir={tmp_path}", "--", PY, "-c", code], hosts["env"]
     )
-    pids: list[int] = []
-    try:
-        while len(pids) < 2:
-            line = launch.stdout.readline()
-            assert line, launch.stderr.read()
-            pids += _pids(line)
-        launch.send_signal(signal.SIGINT)
-        assert launch.wait(timeout=20) == 128 + signal.SIGINT
-        assert not wait_gone(pids, 5)
-    finally:
-        if launch.poll() is None:
-            os.killpg(launch.pid, signal.SIGKILL)
-            launch.wait()
-        kill_pids(pids)
-        launch.stdout.close()
-        launch.stderr.close()
 
 
 def test_port_is_new_for_each_start(tmp_path, hosts, monkeypatch):

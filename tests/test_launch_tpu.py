@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
 import subprocess
 import time
 
 import pytest
-from _stand_ins import HOSTILE, PY, ROOT, argvs, calls, check_golden, install, kill_pids, kill_started, wait_gone
+from _stand_ins import (
+    HOSTILE, PY, ROOT, argvs, calls, check_golden, install, kill_pids, kill_started, pids_in, sigint_ends_every_program,
+    wait_gone,
+)
 
 from distmap._src.launch import relay, tpu_vm
 
@@ -62,9 +63,6 @@ def _launch(tmp_path, tpus, *flags, program=("prog.py",), env=None, timeout=60):
 def _info(lines):
     return [json.loads(line.split("INFO ", 1)[1]) for line in lines if "INFO " in line]
 
-
-def _pids(text):
-    return [int(p) for p in re.findall(r"\bPID (\d+)", text)]
 
 
 # ---------------------------------------------------------------------------- golden commands
@@ -152,7 +150,7 @@ def test_failing_worker_fails_the_launch_and_the_remote_programs_end(tmp_path, t
     assert proc.returncode == 7, proc.stderr
     assert "slice b exited with code 7" in proc.stderr and took < 30
     assert "worker 1 exited with code 7" in proc.stdout
-    pids = _pids(proc.stdout)
+    pids = pids_in(proc.stdout)
     assert len(pids) == 4
     assert not wait_gone(pids, 5)
     infos = _info(proc.stdout.splitlines())
@@ -177,21 +175,4 @@ def test_sigint_ends_the_program_on_every_worker(tmp_path, tpus):
     args = [PY, LAUNCHER, "--zone=z", "--tpu_names=t1", f"--log_dir={tmp_path / 'runs'}", "--run_id=int",
             f"--code_source={tpus['code']}", "--nokill_tpu_holders", f"--tpu_lockfile={tmp_path / 'lock'}",
             "--grace_period=1", "--", PY, "prog.py"]
-    launch = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=dict(tpus["env"], FAIL_AT="9:9"), start_new_session=True)
-    pids: list[int] = []
-    try:
-        while len(pids) < 2:
-            line = launch.stdout.readline()
-            assert line, launch.stderr.read()
-            pids += _pids(line)
-        launch.send_signal(signal.SIGINT)
-        assert launch.wait(timeout=20) == 128 + signal.SIGINT
-        assert not wait_gone(pids, 5)
-    finally:
-        if launch.poll() is None:
-            os.killpg(launch.pid, signal.SIGKILL)
-            launch.wait()
-        kill_pids(pids)
-        launch.stdout.close()
-        launch.stderr.close()
+    sigint_ends_every_program(args, dict(tpus["env"], FAIL_AT="9:9"))

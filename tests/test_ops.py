@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import distmap
-from distmap import Axis, NamedArray, errors
+from distmap import Axis, errors
 
 RNG = np.random.default_rng(0)
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distmap import errors
-from distmap._src.axis import Axis, AxisSelection, AxisSelector, axis_name, parse_selection, to_axes
+from distmap._src.axis import Axis, AxisSelection, AxisSelector, axis_name, parse_selection
 
 
 class NamedArray:
