@@ -21,10 +21,9 @@ import sys
 
 from absl import app, flags
 
-sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
-import _light  # noqa: E402
+import _light  # launch/ is on sys.path: this file runs as a script
 
-_light.use_light_distmap()  # the launcher needs distmap's launch code, not JAX
+_light.use_light_distmap()  # the launcher needs distmap's launch code (from this checkout), not JAX
 
 from distmap import errors  # noqa: E402
 from distmap._src import flags as distmap_flags  # noqa: E402
