@@ -76,9 +76,11 @@ def run(
         size = sizes[lvl]
         name = plan.names[lvl]
         frame = frame_for(lvl, size) if frame_for is not None else frames.MapFrame(name, size, name, size)
-        chunked = chunk_size is not None and chunk_size < size
-        if chunked:
+        # Whether a level is chunked is the plan's (global) decision, so collectives over it are
+        # refused alike on one device and on a mesh; the loop runs where this part is larger.
+        if chunk_size is not None and chunk_size < plan.sizes[lvl]:
             frame = dataclasses.replace(frame, chunked=True)
+        chunked = chunk_size is not None and chunk_size < size
 
         def body(*d: Any) -> tuple[Any, ...]:
             with frames.pushed(frame):
