@@ -260,3 +260,16 @@ def test_uneven_inputs_distmap_places_arrive_at_their_padded_share(monkeypatch, 
     (x,) = [p for p in placed if getattr(p, "ndim", 0) == 2]
     assert x.shape == (4096, 16)  # padded to ceil(n / 8) * 8 where it was placed
     assert {s.data.shape for s in x.addressable_shards} == {(512, 16)}  # each device holds only its share
+
+
+
+def test_python_scalar_constants_come_back_as_they_are_and_traced_scalars_as_arrays(mesh):
+    one, on_mesh = both(lambda v, s: (v * s, 3, s * 2), "b", mesh, {"b": "data"})
+    x = distmap.ones({"b": 4})
+    _, three, doubled = one(x, 0.5)
+    assert (three, doubled) == (3, 1.0)  # Python values, as equinox.filter_vmap returns them
+    _, three, doubled = on_mesh(x, 0.5)
+    assert three == 3  # a constant of fn: static on the mesh too
+    # The one documented difference: on a mesh a Python scalar argument is traced (as jax.jit traces
+    # it), so an output computed from it alone is an array, broadcast along the map.
+    np.testing.assert_allclose(np.asarray(doubled), [1.0] * 4)
