@@ -168,10 +168,10 @@ class Plan:
             self._hash = hash(self._key())
         return self._hash
 
-    @property
-    def front(self) -> tuple[Axis, ...]:
-        """The axes every output gains in front, in order."""
-        return tuple(Axis(n, s) for n, s in zip(self.names, self.sizes))
+    def front(self, sizes: Sequence[int] | None = None) -> tuple[Axis, ...]:
+        """The axes every output gains in front, in order (with ``sizes``, a device's share, if given)."""
+        # The names were checked by vmap and the sizes come from shapes: no need to validate again.
+        return tuple(tuple.__new__(Axis, ns) for ns in zip(self.names, self.sizes if sizes is None else sizes))
 
 
 def _level_dim(row: tuple[int | None, ...], level: int) -> int | None:

@@ -325,7 +325,7 @@ def _run(static: _Static, fn_arrays: list[Any], *values: Any) -> Any:
     uneven = [l for l in split if l not in even]
     out_arrays = [_cut_back(a, plan, split, uneven, mesh) for a in out_arrays]
     out_kinds = [_StaticOutKind(k.value) if isinstance(k, leaves_lib.Static) else k for k in out_kinds]
-    return leaves_lib.join(out_tree, out_kinds, out_arrays, front=plan.front)
+    return leaves_lib.join(out_tree, out_kinds, out_arrays, front=plan.front())
 
 
 class _StaticOutKind(leaves_lib.Static):
