@@ -15,6 +15,8 @@ import pytest
 import distmap
 from distmap import Axis, errors
 
+from _trees import assert_same as _same
+
 A, B = Axis("a", 3), Axis("b", 4)
 
 
@@ -26,18 +28,6 @@ def mesh():
 def both(fn, axes, mesh, mapping, **options):
     """The one-device map and the mesh map of ``fn``."""
     return distmap.vmap(fn, axes, **options), distmap.vmap(fn, axes, mesh=mesh, axis_mapping=mapping, **options)
-
-
-def _same(a, b):
-    la = jax.tree_util.tree_leaves(a, is_leaf=lambda x: isinstance(x, distmap.NamedArray))
-    lb = jax.tree_util.tree_leaves(b, is_leaf=lambda x: isinstance(x, distmap.NamedArray))
-    assert len(la) == len(lb)
-    for x, y in zip(la, lb):
-        assert type(x) is type(y)
-        if isinstance(x, distmap.NamedArray):
-            assert x.axes == y.axes
-            x, y = x.array, y.array
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6)
 
 
 # ------------------------------------------------------------------ specs on the second level
