@@ -135,12 +135,14 @@ class Plan:
         dims: per leaf: for each level the dimension of the leaf (as given) that it maps,
             or None; ``None`` for non-array leaves.
         arrays: the indices of the array leaves (NamedArray or unnamed), in order: those with ``dims``.
+        traced: the indices of the leaves a ``jax.jit`` of the map traces: the arrays and the
+            Python scalars, in order.
         in_axes: per level, the ``in_axes`` of the array leaves at that level (dimensions
             counted after the earlier levels' dimensions are gone).
         inner: per leaf, the axes a NamedArray has inside the map (None for other leaves).
     """
 
-    __slots__ = ("names", "sizes", "treedef", "kinds", "dims", "arrays", "in_axes", "inner", "_hash")
+    __slots__ = ("names", "sizes", "treedef", "kinds", "dims", "arrays", "traced", "in_axes", "inner", "_hash")
 
     def __init__(self, names, sizes, treedef, kinds, dims, inner):
         self.names: tuple[str, ...] = names
@@ -150,6 +152,7 @@ class Plan:
         self.dims: tuple[tuple[int | None, ...] | None, ...] = dims
         self.inner: tuple[tuple[Axis, ...] | None, ...] = inner
         self.arrays = tuple(i for i, row in enumerate(dims) if row is not None)
+        self.traced = tuple(i for i, (row, k) in enumerate(zip(dims, kinds)) if row is not None or type(k) is Scalar)
         rows = [dims[i] for i in self.arrays]
         if len(names) == 1:  # the common case: dimensions as given
             self.in_axes = (tuple(row[0] for row in rows),)
