@@ -196,8 +196,16 @@ def make_mesh(
             )
         sizes[sizes.index(-1)] = len(devs) // known
     if math.prod(sizes) != len(devs):
+        hint = ""
+        if devices is None and math.prod(sizes) > len(devs) and devs and devs[0].platform == "cpu":
+            hint = (
+                f" On CPU, simulate {math.prod(sizes)} devices: start Python with "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={math.prod(sizes)}, or call "
+                f"distmap.distributed.initialize(cpu_devices={math.prod(sizes)}) before any JAX work."
+            )
         raise errors.MeshError(
             f"make_mesh: mesh {dict(zip(names, sizes))} needs {math.prod(sizes)} devices, but {len(devs)} were given."
+            + hint
         )
     if axis_types is None:
         axis_types = (jax.sharding.AxisType.Explicit,) * len(names)

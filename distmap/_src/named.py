@@ -50,10 +50,8 @@ class NamedArray:
     axes: tuple[Axis, ...]
 
     def __init__(self, array: Any, axes: Sequence[Axis]):
-        if not hasattr(array, "shape") or not hasattr(array, "dtype"):
-            array = jnp.asarray(array)
-        elif isinstance(array, np.ndarray) or np.isscalar(array):
-            array = jnp.asarray(array)
+        if not hasattr(array, "shape") or not hasattr(array, "dtype") or isinstance(array, np.ndarray) or np.isscalar(array):
+            array = as_jax_array(array, "NamedArray")
         axes = tuple(axes)
         for ax in axes:
             if not isinstance(ax, Axis):
@@ -114,18 +112,39 @@ class NamedArray:
     __hash__ = None  # type: ignore[assignment]  # == is elementwise, as for jax arrays
 
     def __bool__(self) -> bool:
+        if self.size != 1:
+            raise errors.ArgumentTypeError(
+                f"the truth value of a NamedArray with axes {_fmt_axes(self.axes)} is ambiguous; reduce it first, "
+                "e.g. x.any() or x.all() (or x.any('axis') for one axis)."
+            )
         return bool(self.array)
 
     def __len__(self) -> int:
-        raise TypeError(
+        raise errors.ArgumentTypeError(
             f"len() of a NamedArray is ambiguous; use x.axis_size(name) (axes: {self.axis_names})."
         )
 
     def __iter__(self):
-        raise TypeError(
+        raise errors.ArgumentTypeError(
             f"a NamedArray cannot be iterated without naming an axis; use x[name, i] or "
             f"distmap.unstack (axes: {self.axis_names})."
         )
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """``np.asarray(x)``: the data as a numpy array, its dimensions in the order of ``x.axes``.
+
+        The names are dropped (numpy has none); ``x.axis_names`` says which dimension is which.
+        Use ``x.rearrange(order)`` first for another order. Under ``jax.jit`` this fails as it
+        does for any traced array: there is no value to copy to the host yet.
+
+        Example:
+            >>> import distmap, numpy as np
+            >>> np.asarray(distmap.ones({"batch": 2, "feature": 3})).shape
+            (2, 3)
+        """
+        if copy is False:
+            raise ValueError("np.asarray(NamedArray, copy=False): the data lives in a JAX array, so a copy is needed.")
+        return np.asarray(self.array, dtype=dtype)
 
     # ------------------------------------------------------------- axis lookup
     def _index_of(self, sel: AxisSelector) -> int:
@@ -238,6 +257,11 @@ class NamedArray:
         return _wrap(self.array, tuple(new))
 
     def astype(self, dtype: Any) -> "NamedArray":
+        """The same axes, the data converted to ``dtype``."""
+        try:
+            dtype = jnp.dtype(dtype)
+        except TypeError as e:
+            raise errors.ArgumentTypeError(f"astype: {dtype!r} is not a dtype ({e}).") from None
         return _wrap(self.array.astype(dtype), self.axes)
 
     def scalar(self) -> jax.Array:
@@ -413,6 +437,32 @@ def _check_unique(names: tuple[str, ...], where: str) -> None:
         raise errors.DuplicateAxisError(f"{where}: axis name(s) {dup} appear more than once in {names}.")
 
 
+def as_jax_array(value: Any, fn: str) -> jax.Array:
+    """``jnp.asarray(value)`` for array data (numbers, bools, nested lists, numpy arrays); anything else raises.
+
+    JAX holds numbers only: an object array, strings or a ragged list would otherwise end in JAX's
+    staging error or numpy's, neither of which names the call.
+    """
+    if isinstance(value, NamedArray):
+        raise errors.ArgumentTypeError(f"{fn}: got a NamedArray; use its .array, or .rename/.rearrange to change its axes.")
+    if isinstance(value, (str, bytes)):
+        raise errors.ArgumentTypeError(f"{fn}: expected array data (numbers), got the {type(value).__name__} {value!r}.")
+    try:
+        host = value if isinstance(value, np.ndarray) else np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise errors.ArgumentTypeError(
+            f"{fn}: could not make an array of the {type(value).__name__} given ({e}); nested lists must be "
+            "rectangular and hold numbers."
+        ) from None
+    if host.dtype.kind in "OUSV":
+        raise errors.ArgumentTypeError(
+            f"{fn}: JAX arrays hold numbers and bools, but this array has dtype {host.dtype} "
+            f"({'object' if host.dtype.kind == 'O' else 'strings or raw bytes'}); convert it, e.g. "
+            "np.asarray(a, dtype=np.float32)."
+        )
+    return jnp.asarray(value)
+
+
 def is_named(x: Any) -> bool:
     return isinstance(x, NamedArray)
 
@@ -432,7 +482,9 @@ def named(array: Any, axes: AxisSelection) -> NamedArray:
             f"named(): the array already has axes {array.axis_names}; use .rename or .rearrange."
         )
     if not hasattr(array, "shape") or isinstance(array, np.ndarray) or isinstance(array, numbers.Number):
-        array = jnp.asarray(array)
+        array = as_jax_array(array, "named()")
+    elif not hasattr(array, "dtype"):
+        raise errors.ArgumentTypeError(f"named(): expected an array, got {type(array).__name__}.")
     parsed = parse_selection(axes, what="named(axes=...)")
     shape = tuple(array.shape)
     if len(parsed) != len(shape):
@@ -468,20 +520,26 @@ def broadcast_axes(*axes_lists: Sequence[Axis], where: str = "broadcast") -> tup
     return tuple(out)
 
 
-def align(x: NamedArray, axes: tuple[Axis, ...]) -> jax.Array:
+def align(x: NamedArray, axes: tuple[Axis, ...], what: str = "the operand") -> jax.Array:
     """``x.array`` transposed and reshaped so it broadcasts against ``axes`` (missing axes become size 1).
 
-    Every axis of ``x`` must be in ``axes``.
+    Every axis of ``x`` must be in ``axes`` with the same size; ``what`` names ``x`` in the error otherwise.
     """
     if x.axes == axes:
         return x.array
     pos = {a.name: i for i, a in enumerate(axes)}
-    try:
-        order = sorted(range(x.ndim), key=lambda i: pos[x.axes[i].name])
-    except KeyError as e:
-        raise errors.AxisNotFoundError(
-            f"axis {e.args[0]!r} of the operand is not among the target axes {tuple(a.name for a in axes)}."
-        ) from None
+    for a in x.axes:
+        i = pos.get(a.name)
+        if i is None:
+            raise errors.AxisNotFoundError(
+                f"{what} has axis {a.name!r}, which is not among the target axes {tuple(b.name for b in axes)}."
+            )
+        if axes[i].size != a.size:
+            raise errors.AxisSizeError(
+                f"{what} has axis {a.name!r} of size {a.size}, but it has size {axes[i].size} in the target "
+                f"{_fmt_axes(axes)}; arrays combined by name must agree on each shared axis."
+            )
+    order = sorted(range(x.ndim), key=lambda i: pos[x.axes[i].name])
     arr = x.array
     if order != list(range(x.ndim)):
         arr = jnp.transpose(arr, order)
@@ -502,7 +560,7 @@ def scalar_operand(x: Any, where: str) -> Any:
             f"{where} is an unnamed array of shape {tuple(x.shape)}; a NamedArray combines with NamedArrays, "
             "scalars and arrays of shape () only. Name its axes with distmap.named first."
         )
-    raise TypeError(f"{where} must be a NamedArray or a scalar, got {type(x).__name__} {x!r}.")
+    raise errors.ArgumentTypeError(f"{where} must be a NamedArray or a scalar, got {type(x).__name__} {x!r}.")
 
 
 def binary_op(op: Callable[[Any, Any], Any], a: Any, b: Any, name: str = "op") -> NamedArray:
@@ -544,7 +602,7 @@ def _index(x: NamedArray, pairs: list[tuple[Any, Any]]) -> NamedArray:
         elif isinstance(ix, (numbers.Integral, np.integer)):
             ix = int(ix)
             if not -ax.size <= ix < ax.size:
-                raise IndexError(f"index {ix} is out of range for axis {ax.name!r} of size {ax.size}.")
+                raise errors.AxisIndexError(f"index {ix} is out of range for axis {ax.name!r} of size {ax.size}.")
             idx[i] = ix % ax.size
             new_axes[i] = None
         elif hasattr(ix, "shape") and tuple(ix.shape) == () and jnp.issubdtype(ix.dtype, jnp.integer):

@@ -22,7 +22,9 @@ from distmap._src.named import NamedArray, _wrap, align
 
 def _check_named(x: Any, fn: str) -> NamedArray:
     if not isinstance(x, NamedArray):
-        raise TypeError(f"{fn}: expected a NamedArray, got {type(x).__name__}.")
+        raise errors.ArgumentTypeError(
+            f"{fn}: expected a NamedArray, got {type(x).__name__}; give an array names with distmap.named."
+        )
     return x
 
 
@@ -38,8 +40,15 @@ def _where(x: NamedArray, where: NamedArray | None, fn: str) -> jax.Array | None
     if where is None:
         return None
     if not isinstance(where, NamedArray):
-        raise TypeError(f"{fn}(where=...): expected a NamedArray mask, got {type(where).__name__}.")
-    return jnp.broadcast_to(align(where, x.axes), x.array.shape)
+        raise errors.ArgumentTypeError(
+            f"{fn}(where=...): expected a NamedArray mask of bools, got {type(where).__name__}; name its axes "
+            "with distmap.named."
+        )
+    if not jnp.issubdtype(where.dtype, jnp.bool_):
+        raise errors.ArgumentTypeError(
+            f"{fn}(where=...): the mask must hold bools, got dtype {where.dtype}; compare first, e.g. where=m > 0."
+        )
+    return jnp.broadcast_to(align(where, x.axes, f"{fn}(where=...): the mask"), x.array.shape)
 
 
 def _extreme(dtype: Any, lowest: bool) -> Any:
