@@ -146,6 +146,36 @@ class NamedArray:
             raise ValueError("np.asarray(NamedArray, copy=False): the data lives in a JAX array, so a copy is needed.")
         return np.asarray(self.array, dtype=dtype)
 
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> "NamedArray":
+        """numpy ufuncs act elementwise by name, as the operators do: ``np.float32(2) * x``, ``np.exp(x)``.
+
+        The jnp function of the same name does the work, so the result is a NamedArray. ufunc
+        methods (``np.add.reduce``) and ``out=`` are refused: reduce by name with distmap.
+        """
+        fn = getattr(jnp, ufunc.__name__, None)
+        if method != "__call__" or kwargs or fn is None:
+            what = f"np.{ufunc.__name__}" + ("" if method == "__call__" else f".{method}")
+            raise errors.ArgumentTypeError(
+                f"{what}({', '.join(sorted(kwargs)) + '=...' if kwargs else '...'}) on a NamedArray: numpy does not know "
+                f"axis names; use distmap's functions (distmap.sum(x, 'axis'), ...) or np.asarray(x) for a plain array "
+                f"(axes {self.axis_names})."
+            )
+        if len(inputs) == 1:
+            return _wrap(fn(self.array), self.axes)
+        if len(inputs) == 2:
+            return binary_op(fn, inputs[0], inputs[1], ufunc.__name__)
+        raise errors.ArgumentTypeError(f"np.{ufunc.__name__} on a NamedArray: only ufuncs of one or two operands are supported.")
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        # np.sum, np.concatenate, np.shape ... would read a NamedArray by position, or call its
+        # methods with numpy's keywords: refuse, naming the way by name.
+        name = getattr(func, "__name__", str(func))
+        raise errors.ArgumentTypeError(
+            f"np.{name} on a NamedArray: numpy does not know axis names. Use distmap's function, which takes "
+            f"axes by name (distmap.sum(x, 'batch'), distmap.concatenate('batch', xs), ...), or np.asarray(x) "
+            f"for a plain array in the order of x.axes {self.axis_names}."
+        )
+
     # ------------------------------------------------------------- axis lookup
     def _index_of(self, sel: AxisSelector) -> int:
         name = axis_name(sel)
@@ -279,7 +309,19 @@ class NamedArray:
     def __getitem__(self, key: Any) -> "NamedArray":
         """Index by name: ``x["batch", 0]``, ``x["batch", 1:3, "feature", 2]`` or ``x[{"batch": 0}]``.
 
-        An integer drops the axis; a slice keeps it (resized).
+        An integer drops the axis; a slice keeps it (resized). A Python int out of range raises
+        :class:`~distmap.errors.AxisIndexError`. A traced index (a 0-d integer array under
+        ``jax.jit``) cannot be checked, since its value is not known when the program is built:
+        it follows JAX's rule for out-of-bound indices, so a negative one counts from the end and
+        one still out of range is clamped to the nearest end (``x["batch", 9]`` of a ``batch`` of
+        size 4 gives the last row, not an error). Check the index yourself where that matters,
+        e.g. with ``jax.experimental.checkify``.
+
+        Example:
+            >>> import distmap, jax, jax.numpy as jnp
+            >>> x = distmap.named(jnp.arange(4), "batch")
+            >>> jax.jit(lambda i: x["batch", i])(9).item()  # clamped, as in JAX
+            3
         """
         if isinstance(key, Mapping):
             pairs = list(key.items())
