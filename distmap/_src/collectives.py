@@ -19,7 +19,7 @@ import numpy as np
 from distmap import errors
 from distmap._src import frames
 from distmap._src.axis import Axis, AxisSelector, axis_name
-from distmap._src.named import NamedArray, _wrap
+from distmap._src.named import NamedArray, _wrap, as_jax_array
 
 AxisNames = AxisSelector | Sequence[AxisSelector]
 
@@ -83,20 +83,27 @@ def _global_index(f: frames.MapFrame) -> jax.Array:
     return shard * f.local_size + local
 
 
-def _map_leaves(fn, x: Any) -> Any:
+def _array(leaf: Any, fn: str) -> jax.Array:
+    """A pytree leaf given to a collective, as an array (numbers and arrays only)."""
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype") and not isinstance(leaf, np.ndarray):
+        return leaf  # a jax array or tracer
+    return as_jax_array(leaf, fn)
+
+
+def _map_leaves(fn, x: Any, name: str = "collective") -> Any:
     def one(leaf):
         if isinstance(leaf, NamedArray):
             return _wrap(fn(leaf.array), leaf.axes)
-        return fn(jnp.asarray(leaf))
+        return fn(_array(leaf, name))
 
     return jax.tree_util.tree_map(one, x, is_leaf=lambda v: isinstance(v, NamedArray))
 
 
-def _masked(fs, values, fill):
+def _masked(fs, values, fill, name: str = "collective"):
     if not any(f.padded for f in fs):
         return values
     _, valid = _flat_index(fs)
-    return _map_leaves(lambda a: jnp.where(valid, a, jnp.asarray(fill(a.dtype), a.dtype)), values)
+    return _map_leaves(lambda a: jnp.where(valid, a, jnp.asarray(fill(a.dtype), a.dtype)), values, name)
 
 
 def psum(x: Any, axis: AxisNames) -> Any:
@@ -109,14 +116,14 @@ def psum(x: Any, axis: AxisNames) -> Any:
         Array([6, 6, 6, 6], dtype=int32)
     """
     fs = _frames(axis, "psum")
-    return _map_leaves(lambda a: jax.lax.psum(a, _jax_names(fs)), _masked(fs, x, lambda d: 0))
+    return _map_leaves(lambda a: jax.lax.psum(a, _jax_names(fs)), _masked(fs, x, lambda d: 0, "psum"), "psum")
 
 
 def pmean(x: Any, axis: AxisNames) -> Any:
     """Mean of ``x`` over every (real) element of the named map(s)."""
     fs = _frames(axis, "pmean")
     count = int(np.prod([f.size for f in fs]))
-    total = _map_leaves(lambda a: jax.lax.psum(a, _jax_names(fs)), _masked(fs, x, lambda d: 0))
+    total = _map_leaves(lambda a: jax.lax.psum(a, _jax_names(fs)), _masked(fs, x, lambda d: 0, "pmean"), "pmean")
     return _map_leaves(lambda a: a / count, total)
 
 
@@ -152,13 +159,17 @@ def _extreme_of(a: jax.Array, names: tuple[str, ...], high: bool) -> jax.Array:
 def pmax(x: Any, axis: AxisNames) -> Any:
     """Maximum of ``x`` over every element of the named map(s); differentiable (ties share the gradient)."""
     fs = _frames(axis, "pmax")
-    return _map_leaves(lambda a: _extreme_of(a, _jax_names(fs), True), _masked(fs, x, lambda d: _extreme(d, False)))
+    return _map_leaves(
+        lambda a: _extreme_of(a, _jax_names(fs), True), _masked(fs, x, lambda d: _extreme(d, False), "pmax"), "pmax"
+    )
 
 
 def pmin(x: Any, axis: AxisNames) -> Any:
     """Minimum of ``x`` over every element of the named map(s); differentiable (ties share the gradient)."""
     fs = _frames(axis, "pmin")
-    return _map_leaves(lambda a: _extreme_of(a, _jax_names(fs), False), _masked(fs, x, lambda d: _extreme(d, True)))
+    return _map_leaves(
+        lambda a: _extreme_of(a, _jax_names(fs), False), _masked(fs, x, lambda d: _extreme(d, True), "pmin"), "pmin"
+    )
 
 
 def axis_index(axis: AxisNames) -> jax.Array:
@@ -222,7 +233,7 @@ def all_gather(x: Any, axis: AxisNames) -> Any:
             for f in reversed(fs):  # the last name gathered first, so the first ends up in front
                 out = gather(out, f)
             return _wrap(out, tuple(Axis(f.name, f.size) for f in fs) + leaf.axes)
-        out = jnp.asarray(leaf)
+        out = _array(leaf, "all_gather")
         for f in reversed(fs):
             out = gather(out, f)
         return out

@@ -178,7 +178,7 @@ def softmax(x: NamedArray, axis: AxisSelection | None) -> NamedArray:
         [[0.25, 0.25, 0.25, 0.25], [0.25, 0.25, 0.25, 0.25]]
     """
     x = _check_named(x, "softmax")
-    return _wrap(jax.nn.softmax(x.array, axis=_dims(x, axis)), x.axes)
+    return _wrap(jax.nn.softmax(x.array, axis=_dims(x, axis, "softmax")), x.axes)
 
 
 def log_softmax(x: NamedArray, axis: AxisSelection | None) -> NamedArray:
@@ -190,7 +190,7 @@ def log_softmax(x: NamedArray, axis: AxisSelection | None) -> NamedArray:
         [0.5, 0.5]
     """
     x = _check_named(x, "log_softmax")
-    return _wrap(jax.nn.log_softmax(x.array, axis=_dims(x, axis)), x.axes)
+    return _wrap(jax.nn.log_softmax(x.array, axis=_dims(x, axis, "log_softmax")), x.axes)
 
 
 __all__ = [name for name, *_ in _UNARY] + [

@@ -211,6 +211,11 @@ def make_mesh(
         axis_types = (jax.sharding.AxisType.Explicit,) * len(names)
     elif not isinstance(axis_types, (tuple, list)):
         axis_types = (axis_types,) * len(names)
+    if len(axis_types) != len(names) or not all(isinstance(t, jax.sharding.AxisType) for t in axis_types):
+        raise errors.MeshError(
+            f"make_mesh(axis_types=...): expected one jax.sharding.AxisType (e.g. AxisType.Explicit or "
+            f"AxisType.Auto) or one per mesh axis {tuple(names)}, got {axis_types!r}."
+        )
     return jax.make_mesh(tuple(sizes), tuple(names), axis_types=tuple(axis_types), devices=devs)
 
 

@@ -277,6 +277,10 @@ class NamedArray:
         new = list(self.axes)
         for old, to in mapping.items():
             i = self._index_of(old)
+            if not isinstance(to, (str, Axis)):
+                raise errors.AxisSelectorError(
+                    f"rename: the new name of {axis_name(old)!r} must be a str or an Axis, got {type(to).__name__} {to!r}."
+                )
             to_name = axis_name(to)
             if isinstance(to, Axis) and to.size != new[i].size:
                 raise errors.AxisSizeError(
@@ -288,11 +292,7 @@ class NamedArray:
 
     def astype(self, dtype: Any) -> "NamedArray":
         """The same axes, the data converted to ``dtype``."""
-        try:
-            dtype = jnp.dtype(dtype)
-        except TypeError as e:
-            raise errors.ArgumentTypeError(f"astype: {dtype!r} is not a dtype ({e}).") from None
-        return _wrap(self.array.astype(dtype), self.axes)
+        return _wrap(self.array.astype(check_dtype(dtype, "astype")), self.axes)
 
     def scalar(self) -> jax.Array:
         """The 0-d JAX array held by an array of size one (any axes of size 1 are dropped)."""
@@ -383,6 +383,14 @@ class NamedArray:
 
     def __invert__(self) -> "NamedArray":
         return _wrap(~self.array, self.axes)
+
+    def __matmul__(self, other: Any) -> "NamedArray":
+        raise errors.ArgumentTypeError(
+            f"x @ y on NamedArrays: a contraction needs the axes to sum over by name; use "
+            f"distmap.dot(x, y, axis=...) (x has axes {self.axis_names}) or distmap.einsum."
+        )
+
+    __rmatmul__ = __matmul__
 
 
 def _make_binary(op: Callable[[Any, Any], Any], name: str) -> tuple[Callable, Callable]:
@@ -477,6 +485,16 @@ def _check_unique(names: tuple[str, ...], where: str) -> None:
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise errors.DuplicateAxisError(f"{where}: axis name(s) {dup} appear more than once in {names}.")
+
+
+def check_dtype(dtype: Any, fn: str) -> Any:
+    """``dtype`` as given, once numpy has understood it (``None`` passes: the default)."""
+    if dtype is not None:
+        try:
+            jnp.dtype(dtype)
+        except TypeError as e:
+            raise errors.ArgumentTypeError(f"{fn}: dtype {dtype!r} is not a dtype ({e}).") from None
+    return dtype
 
 
 def as_jax_array(value: Any, fn: str) -> jax.Array:
@@ -648,6 +666,9 @@ def _index(x: NamedArray, pairs: list[tuple[Any, Any]]) -> NamedArray:
             idx[i] = ix % ax.size
             new_axes[i] = None
         elif hasattr(ix, "shape") and tuple(ix.shape) == () and jnp.issubdtype(ix.dtype, jnp.integer):
+            if not isinstance(ix, jax.core.Tracer) and not -ax.size <= int(ix) < ax.size:
+                # A concrete 0-d array is checked as an int is; only a traced one follows JAX's clamping.
+                raise errors.AxisIndexError(f"index {int(ix)} is out of range for axis {ax.name!r} of size {ax.size}.")
             idx[i] = ix
             new_axes[i] = None
         else:

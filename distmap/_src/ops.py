@@ -26,7 +26,7 @@ from distmap._src.axis import (
     parse_selection,
     to_axes,
 )
-from distmap._src.named import NamedArray, _fmt_axes, _wrap, align, scalar_operand
+from distmap._src.named import NamedArray, _fmt_axes, _wrap, align, check_dtype, scalar_operand
 
 
 # --------------------------------------------------------------- constructors
@@ -39,7 +39,7 @@ def zeros(axes: AxisSpec, dtype: Any = None) -> NamedArray:
         {'batch': 2, 'feature': 3}
     """
     ax = to_axes(axes, what="zeros(axes=...)")
-    return _wrap(jnp.zeros(tuple(a.size for a in ax), dtype), ax)
+    return _wrap(jnp.zeros(tuple(a.size for a in ax), check_dtype(dtype, "zeros")), ax)
 
 
 def ones(axes: AxisSpec, dtype: Any = None) -> NamedArray:
@@ -51,7 +51,7 @@ def ones(axes: AxisSpec, dtype: Any = None) -> NamedArray:
         Array([1., 1.], dtype=float32)
     """
     ax = to_axes(axes, what="ones(axes=...)")
-    return _wrap(jnp.ones(tuple(a.size for a in ax), dtype), ax)
+    return _wrap(jnp.ones(tuple(a.size for a in ax), check_dtype(dtype, "ones")), ax)
 
 
 def full(axes: AxisSpec, fill_value: Any, dtype: Any = None) -> NamedArray:
@@ -69,7 +69,7 @@ def full(axes: AxisSpec, fill_value: Any, dtype: Any = None) -> NamedArray:
         fill_value = align(_check_subset(fill_value, ax, "full", "fill_value"), ax)
     else:
         fill_value = _scalar_operand(fill_value, "full", "fill_value")
-    return _wrap(jnp.full(tuple(a.size for a in ax), fill_value, dtype), ax)
+    return _wrap(jnp.full(tuple(a.size for a in ax), fill_value, check_dtype(dtype, "full")), ax)
 
 
 def arange(axis: Axis, *, start: int = 0, step: int = 1, dtype: Any = None) -> NamedArray:
@@ -87,7 +87,7 @@ def arange(axis: Axis, *, start: int = 0, step: int = 1, dtype: Any = None) -> N
             "build one arange per axis and combine them by name."
         )
     (ax,) = axes
-    return _wrap(jnp.arange(start, start + step * ax.size, step, dtype=dtype)[: ax.size], (ax,))
+    return _wrap(jnp.arange(start, start + step * ax.size, step, dtype=check_dtype(dtype, "arange"))[: ax.size], (ax,))
 
 
 def zeros_like(x: NamedArray, dtype: Any = None) -> NamedArray:
@@ -99,7 +99,7 @@ def zeros_like(x: NamedArray, dtype: Any = None) -> NamedArray:
         Array([0, 0], dtype=int32)
     """
     x = _check_named(x, "zeros_like")
-    return _wrap(jnp.zeros_like(x.array, dtype=dtype), x.axes)
+    return _wrap(jnp.zeros_like(x.array, dtype=check_dtype(dtype, "zeros_like")), x.axes)
 
 
 def ones_like(x: NamedArray, dtype: Any = None) -> NamedArray:
@@ -111,7 +111,7 @@ def ones_like(x: NamedArray, dtype: Any = None) -> NamedArray:
         Array([1., 1.], dtype=float32)
     """
     x = _check_named(x, "ones_like")
-    return _wrap(jnp.ones_like(x.array, dtype=dtype), x.axes)
+    return _wrap(jnp.ones_like(x.array, dtype=check_dtype(dtype, "ones_like")), x.axes)
 
 
 def full_like(x: NamedArray, fill_value: Any, dtype: Any = None) -> NamedArray:
@@ -130,7 +130,7 @@ def full_like(x: NamedArray, fill_value: Any, dtype: Any = None) -> NamedArray:
         fill_value = align(_check_subset(fill_value, x.axes, "full_like", "fill_value"), x.axes)
     else:
         fill_value = _scalar_operand(fill_value, "full_like", "fill_value")
-    return _wrap(jnp.full_like(x.array, fill_value, dtype=dtype), x.axes)
+    return _wrap(jnp.full_like(x.array, fill_value, dtype=check_dtype(dtype, "full_like")), x.axes)
 
 
 # ------------------------------------------------------- joining and cutting

@@ -59,7 +59,7 @@ def _dtype(dtype: Any, kinds: Any, fn: str, what: str) -> Any:
         raise errors.ArgumentTypeError(f"{fn}: dtype {dtype!r} is not a dtype ({e}).") from None
     if not any(jnp.issubdtype(d, k) for k in kinds):
         raise errors.ArgumentTypeError(f"{fn}: dtype must be {what}, got {d}.")
-    return d
+    return dtype
 
 
 def _shape(axes: tuple[Axis, ...]) -> tuple[int, ...]:
