@@ -8,8 +8,9 @@ Example:
 """
 
 from distmap import errors
-from distmap._src.axis import Axis, AxisSelection, AxisSelector, AxisSpec
+from distmap._src.axis import Axis, AxisSelection, AxisSelector, AxisSpec, SizedAxes
 from distmap._src.named import NamedArray, named
+from distmap._src import array_methods as _array_methods  # noqa: F401  (NamedArray's reduction methods)
 from distmap._src.reductions import all, any, argmax, argmin, logsumexp, max, mean, min, prod, std, sum, var
 
 # -- constructors and shape operations (distmap/_src/ops.py)
@@ -76,7 +77,7 @@ from distmap._src.math import (
 from distmap import random
 
 # -- named maps and collectives (distmap/_src/vmap.py, collectives.py)
-from distmap._src.vmap import vmap
+from distmap._src.map.api import vmap
 from distmap._src.collectives import all_gather, axis_index, axis_size, pmax, pmean, pmin, psum
 
 # -- meshes and axis mappings (distmap/_src/mesh.py, sharded.py)
@@ -100,6 +101,7 @@ __all__ = [
     "AxisSelection",
     "AxisSelector",
     "AxisSpec",
+    "SizedAxes",
     "broadcast_axis",
     "broadcast_to",
     "ceil",

@@ -14,11 +14,11 @@ import equinox as eqx
 import jax
 
 from distmap import errors
-from distmap._src.axis import Axis, AxisSpec, to_axes
+from distmap._src.axis import Axis, SizedAxes, to_axes
 from distmap._src.named import NamedArray
 from distmap._src import leaves as leaves_lib
-from distmap._src import specs
-from distmap._src.vmap import vmap
+from distmap._src.map import specs
+from distmap._src.map.api import vmap
 
 M = TypeVar("M", bound=eqx.Module)
 
@@ -47,7 +47,7 @@ class Stacked(eqx.Module, Generic[M]):
     axis: Axis = eqx.field(static=True)
 
     @classmethod
-    def init(cls, axis: AxisSpec, module: Callable[..., M], **vmap_options: Any) -> Callable[..., "Stacked[M]"]:
+    def init(cls, axis: SizedAxes, module: Callable[..., M], **vmap_options: Any) -> Callable[..., "Stacked[M]"]:
         """A constructor that builds ``axis.size`` copies of ``module`` by vmapping ``module(*args, **kwargs)``.
 
         Arguments follow :func:`distmap.vmap`'s default spec: arrays (such as keys split
@@ -72,10 +72,7 @@ class Stacked(eqx.Module, Generic[M]):
         Inputs are broadcast to every copy (unnamed arrays included); a NamedArray input that
         carries the stacked axis is mapped along it, one slice per copy.
         """
-        def apply(m: M, a: tuple, k: dict) -> Any:
-            return m(*a, **k)
-
-        return vmap(apply, self.axis, default=None, args=(self._spec(),))(self.stacked, args, kwargs)
+        return vmap(_apply, self.axis, default=None, args=(self._spec(),))(self.stacked, args, kwargs)
 
     def _layers(self) -> tuple[list[Any], list[Any], Any]:
         """Per-leaf arrays with the stacked axis at dim 0, how to rebuild one layer, and the treedef."""
@@ -86,7 +83,7 @@ class Stacked(eqx.Module, Generic[M]):
                 i = leaf.axis_indices(self.axis.name)
                 xs.append(jax.numpy.moveaxis(leaf.array, i, 0))
                 kinds.append(leaf.axes[:i] + leaf.axes[i + 1 :])
-            elif specs.is_array(leaf) and leaf.ndim > 0:  # rank 0: shared, kept as it is (see _spec)
+            elif leaves_lib.is_array(leaf) and leaf.ndim > 0:  # rank 0: shared, kept as it is (see _spec)
                 if leaf.shape[0] != self.axis.size:
                     raise errors.AxisSizeError(
                         f"Stacked over {self.axis.name!r}: an unnamed array field has shape {leaf.shape}; "
@@ -137,3 +134,8 @@ class Stacked(eqx.Module, Generic[M]):
         """The copies as a list of separate Modules."""
         xs, kinds, treedef = self._layers()
         return [self._one([x[i] for x in xs], kinds, treedef) for i in range(self.axis.size)]
+
+
+def _apply(module: Any, args: tuple, kwargs: dict) -> Any:
+    # Module-level, so that a mesh call of Stacked.vmap keys its compilation on the same function.
+    return module(*args, **kwargs)
