@@ -106,6 +106,37 @@ def _masked(fs, values, fill, name: str = "collective"):
     return _map_leaves(lambda a: jnp.where(valid, a, jnp.asarray(fill(a.dtype), a.dtype)), values, name)
 
 
+def _explicit_typed(a: jax.Array) -> bool:
+    """Whether ``a``'s type carries a sharding on a mesh with Explicit axes (traced under ``jax.set_mesh``).
+
+    Under ``jax.vmap``, JAX 0.12's psum/pmax/pmin batching rule keeps the whole batch's sharding
+    on each element's type and fails ("Length of sharding.spec ... must be equal to aval's
+    ndim"); ``all_gather`` has no such trouble, so such operands reduce over the vmap axis by a
+    gather and a local reduction (the same values), and over mesh axes as usual.
+    """
+    sharding = getattr(jax.typeof(a), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    explicit = jax.sharding.AxisType.Explicit
+    return mesh is not None and any(t == explicit for t in getattr(mesh, "axis_types", ()))
+
+
+def _reduce(a: jax.Array, fs: list[frames.MapFrame], how: str) -> jax.Array:
+    """``a`` reduced (``how``: "sum", "max" or "min") over every element of the maps ``fs``."""
+    names = _jax_names(fs)
+    lax_op = {"sum": jax.lax.psum, "max": jax.lax.pmax, "min": jax.lax.pmin}[how]
+    if not _explicit_typed(a):
+        if how == "sum":
+            return lax_op(a, names)
+        return _extreme_of(a, names, how == "max")
+    local = getattr(jnp, how)
+    for f in fs:
+        a = local(jax.lax.all_gather(a, f.vmap_name, axis=0), axis=0).astype(a.dtype)
+    mesh_axes = tuple(n for f in fs for n in f.mesh_axes)
+    if not mesh_axes:
+        return a
+    return lax_op(a, mesh_axes) if how == "sum" else _extreme_of(a, mesh_axes, how == "max")
+
+
 def psum(x: Any, axis: AxisNames) -> Any:
     """Sum ``x`` (a NamedArray, array or pytree of them) over every element of the named map(s).
 
@@ -116,14 +147,14 @@ def psum(x: Any, axis: AxisNames) -> Any:
         Array([6, 6, 6, 6], dtype=int32)
     """
     fs = _frames(axis, "psum")
-    return _map_leaves(lambda a: jax.lax.psum(a, _jax_names(fs)), _masked(fs, x, lambda d: 0, "psum"), "psum")
+    return _map_leaves(lambda a: _reduce(a, fs, "sum"), _masked(fs, x, lambda d: 0, "psum"), "psum")
 
 
 def pmean(x: Any, axis: AxisNames) -> Any:
     """Mean of ``x`` over every (real) element of the named map(s)."""
     fs = _frames(axis, "pmean")
     count = int(np.prod([f.size for f in fs]))
-    total = _map_leaves(lambda a: jax.lax.psum(a, _jax_names(fs)), _masked(fs, x, lambda d: 0, "pmean"), "pmean")
+    total = _map_leaves(lambda a: _reduce(a, fs, "sum"), _masked(fs, x, lambda d: 0, "pmean"), "pmean")
     return _map_leaves(lambda a: a / count, total)
 
 
@@ -160,7 +191,7 @@ def pmax(x: Any, axis: AxisNames) -> Any:
     """Maximum of ``x`` over every element of the named map(s); differentiable (ties share the gradient)."""
     fs = _frames(axis, "pmax")
     return _map_leaves(
-        lambda a: _extreme_of(a, _jax_names(fs), True), _masked(fs, x, lambda d: _extreme(d, False), "pmax"), "pmax"
+        lambda a: _reduce(a, fs, "max"), _masked(fs, x, lambda d: _extreme(d, False), "pmax"), "pmax"
     )
 
 
@@ -168,7 +199,7 @@ def pmin(x: Any, axis: AxisNames) -> Any:
     """Minimum of ``x`` over every element of the named map(s); differentiable (ties share the gradient)."""
     fs = _frames(axis, "pmin")
     return _map_leaves(
-        lambda a: _extreme_of(a, _jax_names(fs), False), _masked(fs, x, lambda d: _extreme(d, True), "pmin"), "pmin"
+        lambda a: _reduce(a, fs, "min"), _masked(fs, x, lambda d: _extreme(d, True), "pmin"), "pmin"
     )
 
 
