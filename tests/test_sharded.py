@@ -666,12 +666,16 @@ def test_not_a_mesh():
         distmap.vmap(triple, "batch", mesh="data", axis_mapping={"batch": "data"})(ints([("batch", 8)]))
 
 
-def test_mapping_naming_no_mapped_axis_runs_on_one_device():
-    # a mapping that mentions none of the mapped axes leaves the call as on one device
+def test_explicit_mapping_naming_no_mapped_axis_is_refused():
+    # an axis mapping given to vmap applies to its mapped axes only: a key among none of them
+    # (a typo such as "btach") would split nothing, so it is refused, naming the key and the map
     mesh = mesh_of("4x2")
     x = ints([("batch", 8), ("feature", 3)])
-    out = distmap.vmap(with_psum, "batch", mesh=mesh, axis_mapping={"other": "data"})(x)
-    assert_same(out, one_device(with_psum, "batch")(x))
+    with pytest.raises(errors.MeshError, match=r"\['other'\].*\('batch',\)"):
+        distmap.vmap(with_psum, "batch", mesh=mesh, axis_mapping={"other": "data"})(x)
+    # a context mapping is a rule set for the whole program: names a call lacks are ignored
+    with distmap.axis_mapping({"other": "data"}), jax.set_mesh(mesh):
+        assert_same(distmap.vmap(with_psum, "batch")(x), one_device(with_psum, "batch")(x))
 
 
 # ------------------------------------------------------------------------------ property test

@@ -104,6 +104,8 @@ def vmap(
     def mapped(*call_args: Any, **call_kwargs: Any) -> Any:
         lowering = sharded.resolve(request.names, mesh, axis_mapping)
         plan, leaves = plan_lib.resolve(request, call_args, call_kwargs)
+        if lowering is None:  # no mapping splits the map: inputs already split along it still say where it lives
+            lowering = sharded.from_inputs(plan, leaves, mesh)
         if lowering is not None:
             return sharded.call(fn, chunk_size, lowering, plan, leaves)
         arrays = [leaves[i].array if type(plan.kinds[i]) is tuple else leaves[i] for i in plan.arrays]

@@ -68,7 +68,17 @@ def resolve(names: Sequence[str], mesh: Any, axis_mapping: Any) -> Lowering | No
     """The mesh lowering for a map over ``names``, or None when it runs on one device."""
     if mesh is not None and not isinstance(mesh, (Mesh, jax.sharding.AbstractMesh)):
         raise errors.MeshError(f"vmap(mesh=...): expected a jax.sharding.Mesh, got {type(mesh).__name__}.")
-    mapping: AxisMapping | None = as_axis_mapping(axis_mapping) if axis_mapping is not None else current_axis_mapping()
+    if axis_mapping is not None:
+        mapping: AxisMapping | None = as_axis_mapping(axis_mapping)
+        unused = sorted({n for n, _ in mapping.rules} - set(names))  # type: ignore[union-attr]
+        if unused:
+            raise errors.MeshError(
+                f"vmap(axis_mapping=...): the mapping names {unused}, but this map is over {tuple(names)}; "
+                "an axis mapping given to vmap splits only the mapped axes. Fix the name, or set mappings meant "
+                "for the whole program with distmap.axis_mapping(...)."
+            )
+    else:
+        mapping = current_axis_mapping()
     if mapping is None:
         if mesh is None:
             return None
@@ -93,6 +103,68 @@ def resolve(names: Sequence[str], mesh: Any, axis_mapping: Any) -> Lowering | No
                 "in one call, distmap.vmap(fn, (outer, inner)), or leave the inner axis out of the axis mapping."
             )
     return Lowering(the_mesh, tuple((n, found[n]) for n in names if n in found))
+
+
+def from_inputs(plan: Plan, leaves: list[Any], mesh: Any) -> Lowering | None:
+    """The lowering the inputs already ask for, when no axis mapping splits any mapped axis.
+
+    An input split on the mesh along a mapped axis (by :func:`distmap.shard`, say) says where that
+    axis lives: the map is split over those mesh axes, as if the axis mapping said so, and the input
+    is used as it is. (Left to one device, a named collective over such an axis would fail inside
+    JAX under ``jit``.) The first input split along an axis decides it; inputs laid out otherwise
+    are resharded once. Returns None when no input is split along a mapped axis.
+    """
+    if any(f.mesh_axes for f in frames.current_frames()):
+        return None  # inside a map already split over the mesh: the inputs are each device's blocks
+    found: dict[str, tuple[str, ...]] = {}
+    the_mesh = None
+    for i in plan.arrays:
+        row = plan.dims[i]
+        arr = leaves[i].array if type(plan.kinds[i]) is tuple else leaves[i]
+        sharding = _sharding_of(arr)
+        if sharding is None:
+            continue
+        spec = tuple(sharding.spec) + (None,) * (np.ndim(arr) - len(sharding.spec))
+        for level, name in enumerate(plan.names):
+            d = row[level]
+            if d is None or name in found or spec[d] is None:
+                continue
+            axes = (spec[d],) if isinstance(spec[d], str) else tuple(spec[d])
+            if not axes or any(a in v for v in found.values() for a in axes):
+                continue
+            found[name] = axes
+            the_mesh = the_mesh if the_mesh is not None else sharding.mesh
+    if not found:
+        return None
+    if mesh is None:
+        mesh = current_mesh()
+    if mesh is None or tuple(mesh.axis_names) != tuple(the_mesh.axis_names):
+        mesh = the_mesh
+    if not isinstance(mesh, Mesh) and current_mesh() is None:
+        # Traced without a mesh context, only the abstract mesh of the inputs' type is known.
+        raise errors.MeshError(
+            f"vmap over {plan.names}: inputs are split along "
+            + ", ".join(f"{n!r} over mesh axes {a}" for n, a in found.items())
+            + ", but under jax.jit no mesh is set; wrap the call in `with jax.set_mesh(mesh):` or pass "
+            "vmap(..., mesh=mesh)."
+        )
+    return Lowering(mesh, tuple((n, found[n]) for n in plan.names if n in found))
+
+
+def _sharding_of(arr: Any) -> NamedSharding | None:
+    """The ``NamedSharding`` of a concrete array, or of a traced one where its type carries one (Explicit axes)."""
+    if _is_tracer(arr):
+        try:
+            sharding = getattr(jax.typeof(arr), "sharding", None)
+        except Exception:  # an aval without sharding (older tracers)
+            return None
+    else:
+        sharding = getattr(arr, "sharding", None)
+    if not isinstance(sharding, NamedSharding) or not sharding.mesh.axis_names:
+        return None
+    if getattr(sharding.mesh, "empty", False):
+        return None
+    return sharding
 
 
 class _Static:
