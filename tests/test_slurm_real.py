@@ -107,10 +107,11 @@ def test_dry_run_script_submitted_by_hand_runs_the_same(tmp_path, env, slurm_clu
     script = tmp_path / "byhand.sbatch"
     script.write_text(proc.stdout)
     os.makedirs(tmp_path / "byhand")  # the script's --output folder (the launcher makes it when it submits)
-    sub = subprocess.run(["sbatch", "--parsable", "--wait", str(script)], capture_output=True, text=True,
-                         timeout=120, env=env)
+    sub = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, timeout=60, env=env)
+    assert sub.returncode == 0, sub.stderr
     job_id = sub.stdout.strip().split(";")[0]
-    assert sub.returncode == 0, sub.stderr + _logs(tmp_path / "byhand", job_id)
+    job = slurm_cluster.wait(job_id)  # (sbatch --wait polls every 30 s or so once the job runs a while)
+    assert (job["JobState"], job["ExitCode"]) == ("COMPLETED", "0:0"), _logs(tmp_path / "byhand", job_id)
     _check_collective(tmp_path / "byhand", job_id, HOSTILE)
     assert not os.path.exists("/tmp/distmap_pwned")
 
