@@ -3,8 +3,12 @@
 The SLURM and SSH fixtures (``tests/_slurm_cluster.py``, ``tests/_ssh_server.py``) start
 real daemons on 127.0.0.1 for one test session. Every process they start carries
 ``DISTMAP_TEST_DAEMON=<its folder>`` in its environment, and so does everything those
-daemons start (slurmstepd, the tasks, sshd's sessions): at the end the fixture stops the
-daemons by pid and then checks, by that marker, that nothing of theirs is left.
+daemons start (slurmstepd, the tasks, sshd's sessions), with ``PID:FOLDER`` as the value
+(the pid of the test process): at the end the fixture stops the daemons by pid and then
+checks, by that marker, that nothing of theirs is left. A test process killed before its
+end takes its daemons along (they get SIGTERM when it dies), and what they leave (a
+slurmstepd of a running job) is ended by the next session's :func:`sweep_orphans`, which
+touches only processes whose test process is gone, never another live session's.
 
 Example:
     >>> port = free_port()
@@ -14,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -53,6 +58,32 @@ def which(program: str) -> str:
     return found
 
 
+def marker_for(root: str) -> str:
+    """The marker value of the daemons this test process starts in ``root``."""
+    return f"{os.getpid()}:{root}"
+
+
+def sweep_orphans() -> list[int]:
+    """SIGKILL processes marked by a test process that no longer runs; returns their pids."""
+    killed = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                values = [v[len(MARK) + 1:] for v in f.read().split(b"\0") if v.startswith(MARK.encode() + b"=")]
+        except OSError:
+            continue
+        owner = values[0].split(b":", 1)[0] if values else b""
+        if owner.isdigit() and not os.path.exists(f"/proc/{int(owner)}"):
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                killed.append(int(entry))
+            except ProcessLookupError:
+                pass
+    return killed
+
+
 def marked_pids(marker: str, name: str = MARK) -> list[int]:
     """Pids of live processes whose environment holds ``name=marker`` (this process excluded)."""
     want = f"{name}={marker}".encode()
@@ -82,13 +113,22 @@ def wait_unmarked(marker: str, timeout: float, name: str = MARK) -> list[int]:
     return left
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, even by SIGKILL (Linux prctl)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def start(argv: Sequence[str], log: str, marker: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start a daemon in the foreground (its own session), output to ``log``, marked with ``marker``."""
+    """Start a daemon in the foreground (its own session), output to ``log``, marked with ``marker``.
+
+    The daemon gets SIGTERM if the test process dies without stopping it (a killed pytest).
+    """
     env = dict(os.environ if env is None else env)
     env[MARK] = marker
     with open(log, "ab") as f:
         return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent)
 
 
 def stop(procs: Sequence[subprocess.Popen], marker: str, grace: float = 10.0) -> list[int]:

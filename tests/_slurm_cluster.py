@@ -28,7 +28,7 @@ import re
 import subprocess
 import time
 
-from _daemon import MARK, free_port, missing, tail, which
+from _daemon import MARK, free_port, marker_for, missing, sweep_orphans, tail, which
 from _daemon import start as start_daemon
 from _daemon import stop as stop_daemons
 
@@ -77,6 +77,7 @@ class SlurmCluster:
     conf: str
     env: dict[str, str]
     daemons: list[subprocess.Popen]
+    marker: str
 
     def run(self, *argv: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
         """Run a SLURM client command against this cluster (output captured as text)."""
@@ -121,7 +122,7 @@ class SlurmCluster:
             self.cancel_all()
         except (OSError, subprocess.SubprocessError):
             pass  # the controller is gone already: stopping by pid and marker still ends everything
-        return stop_daemons(self.daemons, self.root)
+        return stop_daemons(self.daemons, self.marker)
 
 
 def why_not() -> str | None:
@@ -146,13 +147,15 @@ def start(root: str, timeout: float = 60.0) -> SlurmCluster:
     with open(conf, "w") as f:
         f.write(_CONF.format(root=root, ctld_port=ctld_port, slurmd_port=slurmd_port, user="root"))
     env = dict(os.environ, SLURM_CONF=conf)
-    env[MARK] = root  # the tasks of every job submitted with this env carry it too
+    sweep_orphans()  # what a killed earlier session left
+    marker = marker_for(root)
+    env[MARK] = marker  # the tasks of every job submitted with this env carry it too
     for k in [k for k in env if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")) and k != "SLURM_CONF"]:
         del env[k]  # a test session started inside a SLURM job must not leak that job into these
-    daemons = [start_daemon([which("slurmctld"), "-D", "-f", conf], os.path.join(root, "slurmctld.out"), root, env)]
+    daemons = [start_daemon([which("slurmctld"), "-D", "-f", conf], os.path.join(root, "slurmctld.out"), marker, env)]
     daemons.append(start_daemon([which("slurmd"), "-D", "-N", "localhost", "-f", conf], os.path.join(root, "slurmd.out"),
-                                root, env))
-    cluster = SlurmCluster(root=root, conf=conf, env=env, daemons=daemons)
+                                marker, env))
+    cluster = SlurmCluster(root=root, conf=conf, env=env, daemons=daemons, marker=marker)
     end = time.monotonic() + timeout
     state = ""
     while time.monotonic() < end:

@@ -31,7 +31,7 @@ import os
 import subprocess
 import time
 
-from _daemon import free_port, missing, tail, which
+from _daemon import free_port, marker_for, missing, sweep_orphans, tail, which
 from _daemon import start as start_daemon
 from _daemon import stop as stop_daemons
 
@@ -79,10 +79,11 @@ class SshServer:
     port: int
     ssh_config: str
     daemon: subprocess.Popen
+    marker: str
 
     def stop(self) -> list[int]:
         """Stop sshd by pid; returns pids (its sessions) that had to be killed by marker."""
-        return stop_daemons([self.daemon], self.root)
+        return stop_daemons([self.daemon], self.marker)
 
 
 def why_not() -> str | None:
@@ -114,8 +115,10 @@ def start(root: str, timeout: float = 30.0) -> SshServer:
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation folder (Debian's path)
     log = os.path.join(root, "sshd.log")
-    daemon = start_daemon([which("sshd"), "-D", "-e", "-f", sshd_config], log, root)
-    server = SshServer(root=root, port=port, ssh_config=ssh_config, daemon=daemon)
+    sweep_orphans()  # what a killed earlier session left
+    marker = marker_for(root)
+    daemon = start_daemon([which("sshd"), "-D", "-e", "-f", sshd_config], log, marker)
+    server = SshServer(root=root, port=port, ssh_config=ssh_config, daemon=daemon, marker=marker)
     end = time.monotonic() + timeout
     probe = None
     while time.monotonic() < end:

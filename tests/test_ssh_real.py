@@ -120,3 +120,9 @@ def test_sigint_to_the_launcher_leaves_no_remote_process(tmp_path, ssh_server, m
             launch.wait()
         launch.stdout.close()
         launch.stderr.close()
+
+
+def test_ssh_config_must_be_a_file(tmp_path):
+    proc = subprocess.run([PY, LAUNCHER, "--hosts=127.0.0.1", f"--ssh_config={tmp_path / 'missing'}", "--", "true"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "--ssh_config must name an existing ssh client config file" in proc.stderr
