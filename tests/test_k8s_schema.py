@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import os
 import subprocess
 
@@ -55,6 +56,26 @@ def _check(manifest: dict, versions=VERSIONS) -> None:
             raise AssertionError(f"{manifest['kind']} is not valid Kubernetes {version} at {where}: {e.message}")
 
 
+def _documents(text: str) -> list[dict]:
+    """The manifests in a launcher's output: YAML documents, a JSON document or several, or a ``List`` of them."""
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError:  # JSON objects one after another (not one YAML stream)
+        body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+        decoder, docs, at = json.JSONDecoder(), [], 0
+        while body[at:].strip():
+            at += len(body[at:]) - len(body[at:].lstrip())
+            doc, at = decoder.raw_decode(body, at)
+            docs.append(doc)
+    out = []
+    for d in docs:
+        if isinstance(d, dict) and d.get("kind") == "List":
+            out += d["items"]
+        elif d is not None:
+            out.append(d)
+    return out
+
+
 def _job(num_processes: int = 2, **options) -> k8s.K8sJob:
     return k8s.K8sJob(program=["python", "examples/ensemble.py", *HOSTILE], image="ghcr.io/me/distmap:1",
                       name="ens", num_processes=num_processes, run_id="r 1", port=23456, **options)
@@ -83,6 +104,13 @@ def test_every_pair_of_options_renders_valid_kubernetes():
     assert kinds == {("v1", "Service"), ("batch/v1", "Job")}
 
 
+def test_documents_of_yaml_json_and_list_output():
+    service, job = k8s.manifests(_job())
+    for text in (yaml.safe_dump_all([service, job]), json.dumps(service) + "\n" + json.dumps(job),
+                 "# header\n" + json.dumps({"apiVersion": "v1", "kind": "List", "items": [service, job]}, indent=2)):
+        assert _documents(text) == [service, job]
+
+
 def test_exclusive_options_are_refused_before_rendering():
     with pytest.raises(errors.DistributedError, match="exclude each other"):
         k8s.manifests(_job(gpus_per_process=8, devices_per_process=2))
@@ -95,12 +123,12 @@ def test_exclusive_options_are_refused_before_rendering():
     ["--gpus_per_process=0", "--devices_per_process=4", "--mesh=data=4,model=2"],
 ], ids=["config", "config+options", "config+cpu"])
 def test_launcher_dry_run_of_the_config_is_valid_kubernetes(extra):
-    """What ``launch/k8s.py --dry_run`` prints for ``configs/k8s_gpu.flags`` (JSON and YAML alike parse as YAML)."""
+    """What ``launch/k8s.py --dry_run`` prints for ``configs/k8s_gpu.flags`` (YAML or JSON)."""
     flagfile = "--flagfile=" + os.path.join(ROOT, "configs", "k8s_gpu.flags")
     proc = subprocess.run([PY, LAUNCHER, flagfile, "--dry_run", "--run_id=schema", *extra, "--", "python",
                            "examples/ensemble.py", flagfile, *HOSTILE], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    docs = [d for d in yaml.safe_load_all(proc.stdout) if d is not None]
+    docs = _documents(proc.stdout)
     assert sorted(d["kind"] for d in docs) == ["Job", "Service"]
     for d in docs:
         _check(d)

@@ -95,6 +95,7 @@ def test_failing_task_fails_the_job_and_kill_on_bad_exit_stops_the_other(tmp_pat
     status = int(job["ExitCode"].split(":")[0])
     batch_log = (run_dir / f"sbatch-{job_id}.log").read_text()
     assert "task 1: Exited with exit code 1" in batch_log, batch_log
+    assert "task 0: Terminated" in batch_log, batch_log  # srun stopped the healthy task (it sleeps 120 s)
     assert f"srun exited with status {status} (logs: {run_dir}/task_*.log)" in batch_log, batch_log
     assert "PID" in (run_dir / "task_0.log").read_text()  # it was running when task 1 failed
     assert not marked_pids(env[TEST_MARK], TEST_MARK)
