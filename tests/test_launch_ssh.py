@@ -9,6 +9,7 @@ session's stdin close) can end it.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import subprocess
@@ -149,3 +150,32 @@ def test_port_is_new_for_each_start(tmp_path, hosts, monkeypatch):
     assert res.exit_code == 0
     coords = re.findall(r"COORD (\S+) (\d)", out.getvalue())
     assert [a for _, a in coords] == ["0", "1"] and coords[0][0] != coords[1][0]
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--hosts", "h1,h 2", "not a host name"),
+    ("--hosts", "-oProxyCommand=id", "not a host name"),
+    ("--coordinator_host", "a\nb", "not a host name"),
+    ("--env", "1A=x", "not a valid environment variable name"),
+    ("--run_id", "r\n1", "run id"),
+])
+def test_values_with_a_syntax_are_checked(flag, value, words, tmp_path, hosts):
+    args = [PY, LAUNCHER, f"--log_dir={tmp_path / 'runs'}", f"{flag}={value}"]
+    args += [] if flag == "--hosts" else ["--hosts=h1"]
+    proc = subprocess.run([*args, "--", "true"], capture_output=True, text=True, timeout=60, env=hosts["env"])
+    assert proc.returncode == 1 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not calls(hosts["bin"]) and not (tmp_path / "runs").exists()
+
+
+def test_values_without_a_syntax_reach_the_host_unchanged(tmp_path, hosts):
+    """--remote_dir and --env values are quoted into the remote command, not interpreted there."""
+    evil = "d $(touch pwned) 'q\" ;x\nz"
+    (tmp_path / evil).mkdir()
+    code = "import json, os; print('GOT ' + json.dumps([os.getcwd(), os.environ['EVIL']]))"
+    proc = subprocess.run([PY, LAUNCHER, "--hosts=h1", f"--remote_dir={tmp_path / evil}", f"--env=EVIL={evil}",
+                           f"--log_dir={tmp_path / 'runs'}", "--", PY, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=hosts["env"])
+    assert proc.returncode == 0, proc.stderr
+    got = [line.split("GOT ", 1)[1] for line in proc.stdout.splitlines() if "GOT " in line]
+    assert [json.loads(g) for g in got] == [[str(tmp_path / evil), evil]]
+    assert not os.path.exists(tmp_path / "pwned") and not os.path.exists(tmp_path / evil / "pwned")

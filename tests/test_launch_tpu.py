@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
-import time
 
 import pytest
 from _stand_ins import (
@@ -174,6 +174,8 @@ def test_the_dry_run_script_runs_as_printed(tmp_path, tpus):
     assert ran.returncode == 0, ran.stderr
     lines = ran.stdout.splitlines()
     assert argvs(lines) == [HOSTILE] * 4
+    assert sorted(line.split("]")[0] + "]" for line in lines if "ARGV" in line) == [
+        "[a worker 0]", "[a worker 1]", "[b worker 0]", "[b worker 1]"]
     infos = _info(lines)
     assert sorted(i["env"]["MEGASCALE_SLICE_ID"] for i in infos) == ["0", "0", "1", "1"]
     assert {i["env"]["MEGASCALE_COORDINATOR_ADDRESS"] for i in infos} == {"127.0.0.1:8080"}
@@ -184,3 +186,38 @@ def test_sigint_ends_the_program_on_every_worker(tmp_path, tpus):
             f"--code_source={tpus['code']}", "--nokill_tpu_holders", f"--tpu_lockfile={tmp_path / 'lock'}",
             "--grace_period=1", "--", PY, "prog.py"]
     sigint_ends_every_program(args, dict(tpus["env"], FAIL_AT="9:9"))
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--zone", "us-west4-a\nx", "not a Google Cloud zone"),
+    ("--project", "p; id", "not a Google Cloud project id"),
+    ("--tpu_names", "pod 1", "not a TPU VM name"),
+    ("--remote_dir", "../elsewhere", "relative path inside the workers' home"),
+    ("--remote_dir", "a\nb", "relative path inside the workers' home"),
+    ("--env", "A-B=1", "not a valid environment variable name"),
+    ("--megascale_port", "0", "not an integer in the range [1, 65535]"),
+])
+def test_values_with_a_syntax_are_checked(flag, value, words, tmp_path, tpus):
+    args = [PY, LAUNCHER, "--zone=us-west4-a", "--tpu_names=t1", f"--log_dir={tmp_path / 'runs'}", f"{flag}={value}",
+            "--dry_run", "--", "python3", "t.py"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60, env=tpus["env"])
+    assert proc.returncode == 1 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not proc.stdout and not (tmp_path / "runs").exists()
+
+
+def test_values_without_a_syntax_are_quoted_into_the_script(tmp_path, tpus):
+    """--git_repo, --git_revision, --gcloud_arg and --env values reach the printed commands as single words."""
+    evil = "x $(touch /tmp/distmap_pwned) 'q\";y"
+    proc = subprocess.run(
+        [PY, LAUNCHER, "--zone=us-west4-a", "--tpu_names=t1", "--workers_per_slice=2", "--dry_run", "--run_id=q",
+         f"--git_repo={evil}", f"--git_revision={evil}", f"--gcloud_arg={evil}", f"--env=EVIL={evil}", "--",
+         "python3", "t.py", evil], capture_output=True, text=True, timeout=60, env=tpus["env"])
+    assert proc.returncode == 0, proc.stderr
+    script = proc.stdout
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0  # it parses as bash
+    clone = next(line for line in script.splitlines() if line.startswith("rm -rf distmap_code/q && git clone"))
+    words = shlex.split(clone)
+    assert words[words.index("clone") + 2] == evil and words[-1] == evil
+    ssh = next(line for line in script.splitlines() if line.startswith("gcloud") and "--worker=all" in line)
+    assert evil in shlex.split(ssh)
+    assert not os.path.exists("/tmp/distmap_pwned")

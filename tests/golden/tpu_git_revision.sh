@@ -1,6 +1,6 @@
 #!/bin/bash
 # distmap TPU VM run golden: 1 slice(s) (pod), zone europe-west4-b; logs in /shared/runs/golden
-set -eu
+set -euo pipefail
 # 1. On every worker: free the TPU, put the code in ~/distmap_code/golden, run --setup there
 prepare_script=$(cat <<'DISTMAP_SCRIPT'
 set -eu
@@ -32,7 +32,7 @@ exit "$rc"
 ' distmap-rank env DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 JAX_COORDINATOR_PORT=23456 'XLA_FLAGS=--x=1 --y' python3 train.py
 DISTMAP_SCRIPT
 )
-for w in $(seq 0 $((4 - 1))); do gcloud compute tpus tpu-vm ssh pod --zone=europe-west4-b --project=my-project --tunnel-through-iap --worker="$w" --command="$run_script_pod" <&3 & done
+for w in $(seq 0 $((4 - 1))); do gcloud compute tpus tpu-vm ssh pod --zone=europe-west4-b --project=my-project --tunnel-through-iap --worker="$w" --command="$run_script_pod" <&3 2>&1 | sed -u "s/^/[pod worker $w] /" & done
 status=0
 for pid in $(jobs -p); do wait "$pid" || status=$?; done  # Ctrl-C ends every worker's program
 kill "$keeper"

@@ -1,6 +1,6 @@
 #!/bin/bash
 # distmap TPU VM run golden: 2 slice(s) (distmap-v5e-32-0, distmap-v5e-32-1), zone us-west4-a; logs in /shared/runs/golden
-set -eu
+set -euo pipefail
 # 1. Pack the working tree of /shared/distmap (git ls-files)
 mkdir -p /shared/runs/golden && (cd /shared/distmap && { git ls-files -z --cached --others --exclude-standard 2>/dev/null || find . \( -name .git -o -name __pycache__ -o -name runs \) -prune -o -type f -print0; } | tar --null --ignore-failed-read -czf /shared/runs/golden/code.tar.gz -T -)
 # 2. Copy the packed working tree (/shared/runs/golden/code.tar.gz) to every worker
@@ -40,7 +40,7 @@ line2' 'tab	here' '*' '' -- --num_processes=9 %t '%j %%' '$(POD_IP)' '$$' '${HOM
 DISTMAP_SCRIPT
 )
 run_script_distmap_v5e_32_0="${run_script_distmap_v5e_32_0//@DISTMAP_COORDINATOR@/$coordinator}"
-for w in $(seq 0 $(($(echo "$endpoints_distmap_v5e_32_0" | tr ';' '\n' | grep -c .) - 1))); do gcloud compute tpus tpu-vm ssh distmap-v5e-32-0 --zone=us-west4-a --worker="$w" --command="$run_script_distmap_v5e_32_0" <&3 & done
+for w in $(seq 0 $(($(echo "$endpoints_distmap_v5e_32_0" | tr ';' '\n' | grep -c .) - 1))); do gcloud compute tpus tpu-vm ssh distmap-v5e-32-0 --zone=us-west4-a --worker="$w" --command="$run_script_distmap_v5e_32_0" <&3 2>&1 | sed -u "s/^/[distmap-v5e-32-0 worker $w] /" & done
 run_script_distmap_v5e_32_1=$(cat <<'DISTMAP_SCRIPT'
 cd -- distmap_code/golden && exec sh -c 'exec 3<&0
 setsid --wait "$@" </dev/null &
@@ -56,7 +56,7 @@ line2' 'tab	here' '*' '' -- --num_processes=9 %t '%j %%' '$(POD_IP)' '$$' '${HOM
 DISTMAP_SCRIPT
 )
 run_script_distmap_v5e_32_1="${run_script_distmap_v5e_32_1//@DISTMAP_COORDINATOR@/$coordinator}"
-for w in $(seq 0 $(($(echo "$endpoints_distmap_v5e_32_1" | tr ';' '\n' | grep -c .) - 1))); do gcloud compute tpus tpu-vm ssh distmap-v5e-32-1 --zone=us-west4-a --worker="$w" --command="$run_script_distmap_v5e_32_1" <&3 & done
+for w in $(seq 0 $(($(echo "$endpoints_distmap_v5e_32_1" | tr ';' '\n' | grep -c .) - 1))); do gcloud compute tpus tpu-vm ssh distmap-v5e-32-1 --zone=us-west4-a --worker="$w" --command="$run_script_distmap_v5e_32_1" <&3 2>&1 | sed -u "s/^/[distmap-v5e-32-1 worker $w] /" & done
 status=0
 for pid in $(jobs -p); do wait "$pid" || status=$?; done  # Ctrl-C ends every worker's program
 kill "$keeper"

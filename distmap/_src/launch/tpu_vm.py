@@ -336,7 +336,7 @@ def format_plan(job: TpuJob) -> str:
         "#!/bin/bash",
         f"# distmap TPU VM run {job.run_id}: {len(names)} slice(s) ({', '.join(names)}), zone {job.zone}; "
         f"logs in {job.run_dir}",
-        "set -eu",
+        "set -euo pipefail",
     ]
 
     defined: dict[str, str] = {}
@@ -382,7 +382,8 @@ def format_plan(job: TpuJob) -> str:
         workers = (str(job.workers_per_slice) if job.workers_per_slice
                    else f'$(echo "$endpoints_{_var(n)}" | tr \';\' \'\\n\' | grep -c .)')
         head = shell.join([a for a in argv[:-1] if not a.startswith("--worker=")])
-        out.append(f'for w in $(seq 0 $(({workers} - 1))); do {head} --worker="$w" --command={value} <&3 & done')
+        out.append(f'for w in $(seq 0 $(({workers} - 1))); do {head} --worker="$w" --command={value} <&3 2>&1 '
+                   f'| sed -u "s/^/[{n} worker $w] /" & done')
     out += ["status=0",
             'for pid in $(jobs -p); do wait "$pid" || status=$?; done  # Ctrl-C ends every worker\'s program',
             'kill "$keeper"', 'exit "$status"']
