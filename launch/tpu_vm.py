@@ -76,6 +76,7 @@ def main(argv: list[str]) -> None:
     options = cli.options_from_flags()
     code_source = os.path.abspath(_CODE_SOURCE.value or os.getcwd())
     names = tpu_vm.slice_names(_NAMES.value, _NUM_SLICES.value)
+    cli.check_mesh_fits(None, "TPU chips per host are not known here", program)  # the meshes' syntax, at least
     job = tpu_vm.TpuJob(
         program=program,
         tpu_names=names,

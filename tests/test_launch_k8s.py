@@ -229,8 +229,9 @@ def test_values_with_no_syntax_of_their_own_are_encoded():
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert kube_expand(env["EVIL"], {}) == _EVIL
     assert [kube_expand(a, {}) for a in container["args"]] == ["python", _EVIL, *HOSTILE]
-    proc = subprocess.run([PY, LAUNCHER, "--image=img", "--dry_run", "--", "python", b"\xff".decode("utf-8", "surrogateescape")],
-                          capture_output=True, text=True, timeout=60)
+    not_utf8 = b"\xff".decode("utf-8", "surrogateescape")
+    proc = subprocess.run([PY, LAUNCHER, "--image=img", "--dry_run", "--", "python", not_utf8], capture_output=True,
+                          text=True, timeout=60)
     assert proc.returncode == 1 and "is not valid UTF-8" in proc.stderr and not proc.stdout
 
 

@@ -437,7 +437,7 @@ def test_help_lists_the_shared_flags(name):
 @pytest.mark.parametrize("name", sorted(_LAUNCHERS))
 @pytest.mark.parametrize("args, words", [
     (["python", "x.py", "--mesh=data=4,model=2"], "put '--' before the program"),
-    (["--coordinator_port=70000", "--", "x"], "--coordinator_port=70000: 70000 is not an integer in the range [1, 65535]"),
+    (["--coordinator_port=70000", "--", "x"], "70000 is not an integer in the range [1, 65535]"),
     (["--run_id=a\nb", "--", "x"], "run id 'a\\nb' is not allowed"),
     ([], "no program to run: put it after '--'"),
 ])
@@ -460,7 +460,7 @@ def test_the_programs_own_mesh_is_checked(tmp_path):
 
 
 def test_dry_run_prints_each_ranks_command_and_environment_and_they_run(tmp_path):
-    code = "import os; print('RANK', os.environ['DISTMAP_PROCESS_ID'], os.environ['DISTMAP_STALL_TIMEOUT'], os.environ['A'])"
+    code = "import os; e = os.environ; print('RANK', e['DISTMAP_PROCESS_ID'], e['DISTMAP_STALL_TIMEOUT'], e['A'])"
     proc = subprocess.run([PY, LAUNCHER, "--dry_run", "--num_processes=2", "--stall_timeout=0", "--env=A=x y",
                            "--coordinator_port=23456", "--run_id=dry", f"--log_dir={tmp_path}", "--", PY, "-c", code],
                           capture_output=True, text=True, timeout=30)

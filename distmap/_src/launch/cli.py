@@ -9,7 +9,8 @@ takes the program from ``argv`` with :func:`program_from_argv`, and starts with
 Shared flags: ``--timeout``, ``--max_restarts``, ``--grace_period``, ``--init_timeout``,
 ``--stall_timeout``, ``--log_dir`` (absl.logging's flag where that is loaded; empty means
 ``runs/``), ``--run_id``, ``--tail_lines``, ``--console``, ``--dry_run``, ``--env``,
-``--coordinator_port``, and ``--devices_per_process`` where the launcher has it. Every value
+``--coordinator_port``, ``--devices_per_process`` where the launcher has it, and the program's
+``--mesh``/``--axis_mapping`` (a shared config sets them; the launcher checks they fit). Every value
 is checked while absl parses the command line (ports in range, run ids that cannot break a
 path or a manifest), so a mistake ends the launcher before anything starts.
 

@@ -175,4 +175,7 @@ def run_ssh(
     return supervise(make_workers, options, out=out, err=err, retry_for_free=port_was_taken(coordinator_port))
 
 
-__all__ = ["DEFAULT_SSH_OPTIONS", "check_hosts", "host_address", "parse_hostfile", "read_hostfile", "run_ssh", "ssh_argv", "ssh_workers"]
+__all__ = [
+    "DEFAULT_SSH_OPTIONS", "check_hosts", "host_address", "parse_hostfile", "read_hostfile", "run_ssh", "ssh_argv",
+    "ssh_workers",
+]

@@ -367,7 +367,8 @@ def run_group(
         others = []
         for r in ranks:
             if r is not bad and r.exit is not None:
-                how = f"was stopped by the launcher (exit code {r.exit.exit_code})" if r.exit.stopped_by_launcher else r.exit.reason
+                how = (f"was stopped by the launcher (exit code {r.exit.exit_code})" if r.exit.stopped_by_launcher
+                       else r.exit.reason)
                 others.append(f"{r.worker.name} {how} after {r.exit.after_s:.1f} s")
         msg = (
             f"{bad.worker.name} {failed.reason} after {failed.after_s:.1f} s."

@@ -258,7 +258,9 @@ def prepare_script(job: TpuJob) -> str:
     return "\n".join(lines) + "\n"
 
 
-def slice_env(job: TpuJob, names: Sequence[str], index: int, attempt: int, port: int, coordinator: str) -> dict[str, str]:
+def slice_env(
+    job: TpuJob, names: Sequence[str], index: int, attempt: int, port: int, coordinator: str
+) -> dict[str, str]:
     """The variables of every worker of slice ``index`` (beyond what JAX's TPU detection reads)."""
     spec = contract.RankSpec(
         coordinator=None, num_processes=None, process_id=None, run_id=job.run_id, attempt=attempt,
