@@ -179,3 +179,13 @@ def test_values_without_a_syntax_reach_the_host_unchanged(tmp_path, hosts):
     got = [line.split("GOT ", 1)[1] for line in proc.stdout.splitlines() if "GOT " in line]
     assert [json.loads(g) for g in got] == [[str(tmp_path / evil), evil]]
     assert not os.path.exists(tmp_path / "pwned") and not os.path.exists(tmp_path / evil / "pwned")
+
+
+def test_what_a_remote_program_leaves_behind_ends_with_it(tmp_path, hosts):
+    """A child left by a rank that ended is killed with the rank's group (an sshd would keep the session open)."""
+    code = "import os, subprocess; g = subprocess.Popen(['sleep', '60']); print('PID', g.pid, flush=True)"
+    proc = subprocess.run([PY, LAUNCHER, "--hosts=h1", f"--log_dir={tmp_path}", "--", PY, "-c", code],
+                          capture_output=True, text=True, timeout=60, env=hosts["env"])
+    assert proc.returncode == 0, proc.stderr
+    pids = pids_in(proc.stdout)
+    assert len(pids) == 1 and not wait_gone(pids, 5)

@@ -7,6 +7,7 @@ wd=$!
 exec 3<&-
 { wait "$pg"; } 2>/dev/null; rc=$?
 kill "$wd" 2>/dev/null
+kill -s KILL -- "-$pg" 2>/dev/null
 exit "$rc"
 '"'"' distmap-rank env DISTMAP_COORDINATOR=node1:23456 DISTMAP_NUM_PROCESSES=4 DISTMAP_PROCESS_ID=0 DISTMAP_LOCAL_DEVICE_IDS=0,1 CUDA_VISIBLE_DEVICES=0,1 DISTMAP_INIT_TIMEOUT=120 DISTMAP_STALL_TIMEOUT=120 DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 '"'"'XLA_FLAGS=--x=1 --y'"'"' python examples/ensemble.py '"'"'a b'"'"' '"'"''"'"'"'"'"'"'"'"'single'"'"'"'"'"'"'"'"''"'"' '"'"'"double"'"'"' '"'"'$(touch /tmp/distmap_pwned)'"'"' '"'"'; rm -rf /'"'"' '"'"'`id`'"'"' '"'"'line1
 line2'"'"' '"'"'tab	here'"'"' '"'"'*'"'"' '"'"''"'"' -- --num_processes=9 %t '"'"'%j %%'"'"' '"'"'$(POD_IP)'"'"' '"'"'$$'"'"' '"'"'${HOME}'"'"' '"'"'ünï'"'"' '"'"'\'"'"' a=b=c '"'"'#not a comment'"'"' '"'"'-- x'"'"''
@@ -18,6 +19,7 @@ wd=$!
 exec 3<&-
 { wait "$pg"; } 2>/dev/null; rc=$?
 kill "$wd" 2>/dev/null
+kill -s KILL -- "-$pg" 2>/dev/null
 exit "$rc"
 '"'"' distmap-rank env DISTMAP_COORDINATOR=node1:23456 DISTMAP_NUM_PROCESSES=4 DISTMAP_PROCESS_ID=1 DISTMAP_LOCAL_DEVICE_IDS=0,1 CUDA_VISIBLE_DEVICES=2,3 DISTMAP_INIT_TIMEOUT=120 DISTMAP_STALL_TIMEOUT=120 DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 '"'"'XLA_FLAGS=--x=1 --y'"'"' python examples/ensemble.py '"'"'a b'"'"' '"'"''"'"'"'"'"'"'"'"'single'"'"'"'"'"'"'"'"''"'"' '"'"'"double"'"'"' '"'"'$(touch /tmp/distmap_pwned)'"'"' '"'"'; rm -rf /'"'"' '"'"'`id`'"'"' '"'"'line1
 line2'"'"' '"'"'tab	here'"'"' '"'"'*'"'"' '"'"''"'"' -- --num_processes=9 %t '"'"'%j %%'"'"' '"'"'$(POD_IP)'"'"' '"'"'$$'"'"' '"'"'${HOME}'"'"' '"'"'ünï'"'"' '"'"'\'"'"' a=b=c '"'"'#not a comment'"'"' '"'"'-- x'"'"''
@@ -29,6 +31,7 @@ wd=$!
 exec 3<&-
 { wait "$pg"; } 2>/dev/null; rc=$?
 kill "$wd" 2>/dev/null
+kill -s KILL -- "-$pg" 2>/dev/null
 exit "$rc"
 '"'"' distmap-rank env DISTMAP_COORDINATOR=node1:23456 DISTMAP_NUM_PROCESSES=4 DISTMAP_PROCESS_ID=2 DISTMAP_LOCAL_DEVICE_IDS=0,1 CUDA_VISIBLE_DEVICES=0,1 DISTMAP_INIT_TIMEOUT=120 DISTMAP_STALL_TIMEOUT=120 DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 '"'"'XLA_FLAGS=--x=1 --y'"'"' python examples/ensemble.py '"'"'a b'"'"' '"'"''"'"'"'"'"'"'"'"'single'"'"'"'"'"'"'"'"''"'"' '"'"'"double"'"'"' '"'"'$(touch /tmp/distmap_pwned)'"'"' '"'"'; rm -rf /'"'"' '"'"'`id`'"'"' '"'"'line1
 line2'"'"' '"'"'tab	here'"'"' '"'"'*'"'"' '"'"''"'"' -- --num_processes=9 %t '"'"'%j %%'"'"' '"'"'$(POD_IP)'"'"' '"'"'$$'"'"' '"'"'${HOME}'"'"' '"'"'ünï'"'"' '"'"'\'"'"' a=b=c '"'"'#not a comment'"'"' '"'"'-- x'"'"''
@@ -40,6 +43,7 @@ wd=$!
 exec 3<&-
 { wait "$pg"; } 2>/dev/null; rc=$?
 kill "$wd" 2>/dev/null
+kill -s KILL -- "-$pg" 2>/dev/null
 exit "$rc"
 '"'"' distmap-rank env DISTMAP_COORDINATOR=node1:23456 DISTMAP_NUM_PROCESSES=4 DISTMAP_PROCESS_ID=3 DISTMAP_LOCAL_DEVICE_IDS=0,1 CUDA_VISIBLE_DEVICES=2,3 DISTMAP_INIT_TIMEOUT=120 DISTMAP_STALL_TIMEOUT=120 DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 '"'"'XLA_FLAGS=--x=1 --y'"'"' python examples/ensemble.py '"'"'a b'"'"' '"'"''"'"'"'"'"'"'"'"'single'"'"'"'"'"'"'"'"''"'"' '"'"'"double"'"'"' '"'"'$(touch /tmp/distmap_pwned)'"'"' '"'"'; rm -rf /'"'"' '"'"'`id`'"'"' '"'"'line1
 line2'"'"' '"'"'tab	here'"'"' '"'"'*'"'"' '"'"''"'"' -- --num_processes=9 %t '"'"'%j %%'"'"' '"'"'$(POD_IP)'"'"' '"'"'$$'"'"' '"'"'${HOME}'"'"' '"'"'ünï'"'"' '"'"'\'"'"' a=b=c '"'"'#not a comment'"'"' '"'"'-- x'"'"''

@@ -28,6 +28,7 @@ wd=$!
 exec 3<&-
 { wait "$pg"; } 2>/dev/null; rc=$?
 kill "$wd" 2>/dev/null
+kill -s KILL -- "-$pg" 2>/dev/null
 exit "$rc"
 ' distmap-rank env DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 JAX_COORDINATOR_PORT=23456 'XLA_FLAGS=--x=1 --y' python3 train.py
 DISTMAP_SCRIPT

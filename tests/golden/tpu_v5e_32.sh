@@ -30,6 +30,7 @@ wd=$!
 exec 3<&-
 { wait "$pg"; } 2>/dev/null; rc=$?
 kill "$wd" 2>/dev/null
+kill -s KILL -- "-$pg" 2>/dev/null
 exit "$rc"
 ' distmap-rank env DISTMAP_INIT_TIMEOUT=300 DISTMAP_STALL_TIMEOUT=120 DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 JAX_COORDINATOR_PORT=23456 python3 examples/ensemble.py --flagfile=configs/tpu_v5e_32.flags 'a b' ''"'"'single'"'"'' '"double"' '$(touch /tmp/distmap_pwned)' '; rm -rf /' '`id`' 'line1
 line2' 'tab	here' '*' '' -- --num_processes=9 %t '%j %%' '$(POD_IP)' '$$' '${HOME}' 'ünï' '\' a=b=c '#not a comment' '-- x'

@@ -34,6 +34,7 @@ wd=$!
 exec 3<&-
 { wait "$pg"; } 2>/dev/null; rc=$?
 kill "$wd" 2>/dev/null
+kill -s KILL -- "-$pg" 2>/dev/null
 exit "$rc"
 ' distmap-rank env DISTMAP_INIT_TIMEOUT=300 DISTMAP_STALL_TIMEOUT=120 DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 JAX_COORDINATOR_PORT=23456 MEGASCALE_COORDINATOR_ADDRESS=@DISTMAP_COORDINATOR@:8080 MEGASCALE_NUM_SLICES=2 MEGASCALE_SLICE_ID=0 MEGASCALE_PORT=8080 python3 examples/ensemble.py --flagfile=configs/tpu_v5e_32x2_multislice.flags 'a b' ''"'"'single'"'"'' '"double"' '$(touch /tmp/distmap_pwned)' '; rm -rf /' '`id`' 'line1
 line2' 'tab	here' '*' '' -- --num_processes=9 %t '%j %%' '$(POD_IP)' '$$' '${HOME}' 'ünï' '\' a=b=c '#not a comment' '-- x'
@@ -50,6 +51,7 @@ wd=$!
 exec 3<&-
 { wait "$pg"; } 2>/dev/null; rc=$?
 kill "$wd" 2>/dev/null
+kill -s KILL -- "-$pg" 2>/dev/null
 exit "$rc"
 ' distmap-rank env DISTMAP_INIT_TIMEOUT=300 DISTMAP_STALL_TIMEOUT=120 DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 JAX_COORDINATOR_PORT=23456 MEGASCALE_COORDINATOR_ADDRESS=@DISTMAP_COORDINATOR@:8080 MEGASCALE_NUM_SLICES=2 MEGASCALE_SLICE_ID=1 MEGASCALE_PORT=8080 python3 examples/ensemble.py --flagfile=configs/tpu_v5e_32x2_multislice.flags 'a b' ''"'"'single'"'"'' '"double"' '$(touch /tmp/distmap_pwned)' '; rm -rf /' '`id`' 'line1
 line2' 'tab	here' '*' '' -- --num_processes=9 %t '%j %%' '$(POD_IP)' '$$' '${HOME}' 'ünï' '\' a=b=c '#not a comment' '-- x'

@@ -88,7 +88,9 @@ def safe_name(text: str) -> str:
 
 # Runs "$@" (the program, after ``env NAME=VALUE ...``) in a session of its own on the remote
 # host, and watches the ssh session's stdin: when it closes (the launcher stopped the rank,
-# or the launcher or the connection died), the program's whole process group is killed.
+# or the launcher or the connection died), the program's whole process group is killed; and
+# when the program ends, what it left in its group is killed too (an sshd keeps the session,
+# and so the launcher's rank, open while any process holds the session's output).
 # ``$!`` is the group id: a background child of a non-interactive shell is no group leader,
 # so ``setsid`` makes the new session without forking. Constant text: no user data.
 WATCHED = """\
@@ -100,6 +102,7 @@ wd=$!
 exec 3<&-
 { wait "$pg"; } 2>/dev/null; rc=$?
 kill "$wd" 2>/dev/null
+kill -s KILL -- "-$pg" 2>/dev/null
 exit "$rc"
 """
 
