@@ -478,6 +478,9 @@ def test_console_leaves_out_start_up_chatter_but_the_log_keeps_it(tmp_path):
         "[Gloo] Rank 0 is connected to 3 peer ranks. Expected number of connected peer ranks is : 3",
         "[Gloo] Rank [Gloo] Rank 0 is connected to 1 peer ranks. Expected number of connected peer ranks is : 1",
         "1 is connected to 1 peer ranks. Expected number of connected peer ranks is : 1",
+        "[Gloo] Rank 0 is connected to 3[Gloo] Rank 1 peer ranks.  is connected to Expected number of connected peer "
+        "ranks is : 33 peer ranks. ",
+        "Expected number of connected peer ranks is : 3",
         "I1202 00:56:32.074566 140453020527488 distributed.py:172] Connecting to JAX distributed service",
         "I0000 00:00:1733100000.123456   12345 coordination_service_agent.cc:303] Coordination agent connected",
         "I1202 00:56:33.000000 140453020527488 prog.py:9] program progress through absl logging",
@@ -487,7 +490,8 @@ def test_console_leaves_out_start_up_chatter_but_the_log_keeps_it(tmp_path):
     ]
     script = tmp_path / "prog.py"
     script.write_text("import sys\nsys.stdout.write(sys.argv[1])\n")
-    for console, shown in (("brief", [0, 6, 7, 8, 9]), ("all", list(range(len(lines)))), ("none", [])):
+    lines.append("we have 3 peer ranks. connected: 2")  # the program's own words are kept
+    for console, shown in (("brief", [0, 8, 9, 10, 11, 12]), ("all", list(range(len(lines)))), ("none", [])):
         out = io.StringIO()
         res = supervise(lambda a: [Worker(0, (PY, str(script), "\n".join(lines) + "\n"))],
                         _opts(tmp_path, console=console, run_id=console), out=out, err=io.StringIO())

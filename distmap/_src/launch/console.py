@@ -6,7 +6,7 @@ per collective group, sometimes two written into one line) and the INFO records 
 XLA and gRPC (``I1202 00:56:32.074566 1404 distributed.py:172] Connecting to ...``). The
 ``brief`` console leaves out exactly those two kinds:
 
-* Gloo's connection lines (and the fragments two of them make when written at once);
+* Gloo's connection lines (and the mixtures two of them make when written at once);
 * INFO records in absl/glog format, unless they come from the program's own main file
   (``train.py:12]`` for ``python train.py``), so a program that reports progress with
   ``logging.info`` is still heard.
@@ -32,10 +32,10 @@ from collections.abc import Callable, Sequence
 #: The ``--console`` choices.
 MODES = ("brief", "all", "none")
 
-_GLOO = re.compile(
-    r"(?:\[Gloo\] Rank (?:\d+ )?)*(?:\d+ )?is connected to \d+ peer ranks\. "
-    r"Expected number of connected peer ranks is : \d+\s*\Z|(?:\[Gloo\] Rank ?\d* ?)+\Z"
-)
+# Gloo writes its line in pieces (one per ``<<``), and the connections of one process are made
+# by several threads at once, so two lines can be interleaved piece by piece. A line is Gloo's
+# chatter when it holds its pieces and nothing else but numbers.
+_GLOO = re.compile(r"\[Gloo\] Rank|Expected number of connected peer ranks is :|is connected to|peer ranks\.")
 # absl (Python) and glog (C++) records: level letter, MMDD, time, thread id, file:line]
 _INFO = re.compile(r"I\d{4} \d\d:\d\d:[\d.]+ +\d+ ([^\s:\]]+):\d+\]")
 
@@ -66,7 +66,7 @@ def console_filter(mode: str, program: Sequence[str] = ()) -> Callable[[str], bo
     main = _main_file(program)
 
     def keep(line: str) -> bool:
-        if _GLOO.match(line):
+        if _GLOO.search(line) and not _GLOO.sub("", line).strip(" \t0123456789"):
             return False
         m = _INFO.match(line)
         return m is None or m.group(1) == main
