@@ -80,7 +80,25 @@ from distmap._src.vmap import vmap
 from distmap._src.collectives import all_gather, axis_index, axis_size, pmax, pmean, pmin, psum
 
 # -- meshes and axis mappings (distmap/_src/mesh.py, sharded.py)
-from distmap._src.mesh import AxisMapping, axis_mapping, current_axis_mapping, make_mesh, pspec_for, shard
+from distmap._src.mesh import (
+    AxisMapping,
+    ResourceAxis,
+    as_axis_mapping,
+    axis_mapping,
+    current_axis_mapping,
+    make_mesh,
+    pspec_for,
+    shard,
+)
+from distmap._src.layout import layout, visualize_shardings
+
+# -- loops over a named axis, checkpointing (distmap/_src/scan.py, checkpoint.py)
+from distmap._src.scan import fold, scan
+from distmap._src.checkpoint import Checkpoint
+
+# -- comparisons by name (distmap/_src/compare.py); NamedArray.take (distmap/_src/named_extras.py)
+from distmap._src.compare import allclose, array_equal, isclose
+from distmap._src import named_extras as _named_extras  # noqa: F401  (attaches NamedArray.take)
 
 __version__ = "0.1.0"
 
@@ -88,10 +106,13 @@ __all__ = [
     "abs",
     "all",
     "all_gather",
+    "allclose",
     "any",
     "arange",
     "argmax",
     "argmin",
+    "array_equal",
+    "as_axis_mapping",
     "Axis",
     "axis_index",
     "axis_mapping",
@@ -100,9 +121,11 @@ __all__ = [
     "AxisSelection",
     "AxisSelector",
     "AxisSpec",
+    "BlockSeq",
     "broadcast_axis",
     "broadcast_to",
     "ceil",
+    "Checkpoint",
     "clip",
     "concatenate",
     "cos",
@@ -115,11 +138,14 @@ __all__ = [
     "expm1",
     "flatten_axes",
     "floor",
+    "fold",
     "full",
     "full_like",
     "gelu",
+    "isclose",
     "isfinite",
     "isnan",
+    "layout",
     "log",
     "log1p",
     "log_softmax",
@@ -132,6 +158,7 @@ __all__ = [
     "min",
     "minimum",
     "named",
+    "named_jit",
     "NamedArray",
     "negative",
     "ones",
@@ -147,8 +174,10 @@ __all__ = [
     "reciprocal",
     "relu",
     "rename",
+    "ResourceAxis",
     "round",
     "rsqrt",
+    "scan",
     "shard",
     "sigmoid",
     "sign",
@@ -168,6 +197,7 @@ __all__ = [
     "unflatten_axis",
     "unstack",
     "var",
+    "visualize_shardings",
     "vmap",
     "where",
     "zeros",
@@ -176,7 +206,12 @@ __all__ = [
 ]
 
 # Names whose modules import equinox (about 0.2 s) load on first use, so `import distmap` stays light.
-_LAZY = {"Stacked": "distmap._src.stacked", "distributed": None}
+_LAZY = {
+    "Stacked": "distmap._src.stacked",
+    "BlockSeq": "distmap._src.stacked",
+    "named_jit": "distmap._src.named_jit",
+    "distributed": None,
+}
 
 
 def __getattr__(name: str):

@@ -1,0 +1,345 @@
+"""``distmap.scan`` and ``distmap.fold``: a loop over a named axis, lowered to one ``jax.lax.scan``.
+
+``scan(fn, axis)(carry, *xs)`` calls ``carry, y = fn(carry, *x)`` once per element of
+``axis``, in order, where each ``x`` is the slice of ``xs`` at that element; it returns the
+last carry and the ``y`` of every step stacked along ``axis``. ``fold`` is the same for an
+``fn`` that returns only the carry.
+
+Which leaves of ``xs`` are sliced follows ``vmap``'s rules: a NamedArray carrying ``axis``
+is sliced along it wherever it sits, other NamedArrays are passed whole to every step;
+unnamed leaves follow the ``default``/``args``/``kwargs`` specs (arrays of rank >= 1 on dim 0,
+scalars and non-arrays passed whole). The carry is never sliced: it must keep its
+structure, named axes, shapes and dtypes from step to step.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from distmap import errors
+from distmap._src import checkpoint as ckpt
+from distmap._src import leaves as leaves_lib
+from distmap._src import specs
+from distmap._src.axis import Axis, AxisSelector, parse_selection
+from distmap._src.named import NamedArray, _wrap
+
+
+def scan(
+    fn: Callable[..., tuple[Any, Any]],
+    axis: AxisSelector,
+    *,
+    default: Any = specs.default_spec,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    checkpoint: ckpt.CheckpointSpec = None,
+    reverse: bool = False,
+    unroll: int = 1,
+) -> Callable[..., tuple[Any, Any]]:
+    """Loop ``carry, y = fn(carry, *x, **kx)`` over the named ``axis``; returns ``(carry, ys)``.
+
+    Args:
+        fn: ``(carry, *x, **kx) -> (carry, y)``.
+        axis: the axis to loop over: an ``Axis`` or a name (the size then comes from the inputs).
+        default: the spec of unnamed leaves of the scanned arguments (as in :func:`distmap.vmap`).
+        args: per-positional-argument overrides of ``default``, counted after the carry.
+        kwargs: per-keyword overrides of ``default``.
+        checkpoint: gradient checkpointing (see :class:`distmap.Checkpoint`): ``None``, ``"layer"``,
+            ``"carry"``, an int ``k`` (keep the carry every ``k`` steps) or a ``Checkpoint``.
+        reverse: loop from the last element to the first (``ys`` stay in axis order).
+        unroll: steps per loop iteration, passed to ``jax.lax.scan`` (``True``: unroll fully).
+
+    Returns:
+        ``scanned(carry, *xs, **kxs) -> (carry, ys)``; ``ys`` carry ``axis`` at the front
+        (NamedArrays by name, unnamed arrays at dim 0).
+
+    Example:
+        >>> import distmap
+        >>> Step = distmap.Axis("step", 4)
+        >>> def cumsum(total, x):
+        ...     total = total + x
+        ...     return total, total
+        >>> total, running = distmap.scan(cumsum, Step)(distmap.zeros(()), distmap.arange(Step).astype(float))
+        >>> total.item(), running.axis_names, running.array.tolist()
+        (6.0, ('step',), [0.0, 1.0, 3.0, 6.0])
+    """
+    return _make(fn, axis, "scan", default, args, kwargs, checkpoint, reverse, unroll, returns_y=True)
+
+
+def fold(
+    fn: Callable[..., Any],
+    axis: AxisSelector,
+    *,
+    default: Any = specs.default_spec,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    checkpoint: ckpt.CheckpointSpec = None,
+    reverse: bool = False,
+    unroll: int = 1,
+) -> Callable[..., Any]:
+    """Loop ``carry = fn(carry, *x, **kx)`` over the named ``axis``; returns the last carry.
+
+    Arguments as for :func:`scan`.
+
+    Example:
+        >>> import distmap
+        >>> Layer, Feature = distmap.Axis("layer", 3), distmap.Axis("feature", 2)
+        >>> w = distmap.full((Layer, Feature), 2.0)
+        >>> distmap.fold(lambda h, w: h * w, Layer)(distmap.ones(Feature), w).array.tolist()
+        [8.0, 8.0]
+    """
+    return _make(fn, axis, "fold", default, args, kwargs, checkpoint, reverse, unroll, returns_y=False)
+
+
+def _make(fn, axis, what, default, args_spec, kwargs_spec, checkpoint, reverse, unroll, *, returns_y, label=None):
+    if not callable(fn):
+        raise TypeError(f"{what}: fn must be callable, got {type(fn).__name__}.")
+    parsed = parse_selection(axis, what=f"{what}(axis=...)")
+    if len(parsed) != 1:
+        raise errors.AxisSelectorError(
+            f"{what}(axis=...): expected one axis to loop over, got {len(parsed)} ({[n for n, _ in parsed]}); "
+            "nest two calls to loop over two axes."
+        )
+    (name, given), = parsed
+    if not isinstance(args_spec, (tuple, list)):
+        raise errors.MappingError(f"{what}(args=...): expected a tuple of specs, got {type(args_spec).__name__}.")
+    if kwargs_spec is not None and not isinstance(kwargs_spec, Mapping):
+        raise errors.MappingError(f"{what}(kwargs=...): expected a dict of specs, got {type(kwargs_spec).__name__}.")
+    kwargs_spec = {} if kwargs_spec is None else dict(kwargs_spec)
+    specs.check_spec(default, "default")
+    specs.check_spec(tuple(args_spec), "args")
+    specs.check_spec(kwargs_spec, "kwargs")
+    policy = ckpt.as_checkpoint(checkpoint, what=f"{what}(checkpoint")
+    unroll = check_unroll(unroll, what)
+    label = label or _fn_name(fn)
+
+    @functools.wraps(fn)
+    def looped(init: Any, *xs: Any, **kxs: Any) -> Any:
+        return _run(
+            fn, label, what, name, given, init, xs, kxs, default, tuple(args_spec), kwargs_spec, policy,
+            reverse, unroll, returns_y,
+        )
+
+    return looped
+
+
+def check_unroll(unroll: Any, what: str) -> int | bool:
+    """``unroll`` as ``jax.lax.scan`` takes it: a positive int, or True to unroll every step."""
+    if unroll is True:
+        return True
+    if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)) or unroll < 1:
+        raise errors.MappingError(f"{what}(unroll=...): expected a positive int or True (unroll fully), got {unroll!r}.")
+    return int(unroll)
+
+
+def _fn_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(type(fn), "__qualname__", repr(fn))
+
+
+class Sliced:
+    """The scanned arguments of one call taken apart: ``arrays`` have the looped axis at dim 0.
+
+    ``at(slices)`` puts one step's ``(xs, kxs)`` back together; ``scan``, ``fold``, ``Stacked`` and
+    ``BlockSeq`` all read which leaves are sliced from here, so they cannot disagree.
+    """
+
+    __slots__ = ("treedef", "kinds", "arrays", "axis")
+
+    def __init__(self, treedef: Any, kinds: list[Any], arrays: list[Any], axis: Axis):
+        self.treedef, self.kinds, self.arrays, self.axis = treedef, kinds, arrays, axis
+
+    def at(self, slices: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        it = iter(slices)
+        parts = []
+        for tag, v in self.kinds:
+            if tag == "whole":
+                parts.append(v)
+            else:
+                s = next(it)
+                parts.append(s if v is True else _wrap(s, v))
+        return jax.tree_util.tree_unflatten(self.treedef, parts)
+
+    def index(self, i: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Step ``i``'s arguments (for a Python loop over the steps)."""
+        return self.at([a[i] for a in self.arrays])
+
+
+def slice_args(
+    what: str,
+    name: str,
+    given: int | None,
+    xs: Sequence[Any],
+    kxs: Mapping[str, Any],
+    default: Any = specs.default_spec,
+    args_spec: Sequence[Any] = (),
+    kwargs_spec: Mapping[str, Any] | None = None,
+) -> Sliced:
+    """Which leaves of ``(xs, kxs)`` are sliced along ``name``, and how many steps there are."""
+    xs = tuple(xs)
+    kwargs_spec = {} if kwargs_spec is None else kwargs_spec
+    leaves, treedef = jax.tree_util.tree_flatten((xs, dict(kxs)), is_leaf=leaves_lib.is_named)
+    leaf_specs = None
+    scanned: list[Any] = []  # arrays with the looped axis at dim 0
+    kinds: list[Any] = []  # per leaf: ("slice", inner axes | True) or ("whole", leaf)
+    sizes: list[tuple[int, int]] = []
+    for i, leaf in enumerate(leaves):
+        if type(leaf) is NamedArray:
+            d = next((j for j, ax in enumerate(leaf.axes) if ax.name == name), None)
+            if d is None:
+                kinds.append(("whole", leaf))
+                continue
+            scanned.append(jax.numpy.moveaxis(leaf.array, d, 0) if d else leaf.array)
+            kinds.append(("slice", leaf.axes[:d] + leaf.axes[d + 1 :]))
+            sizes.append((leaf.axes[d].size, i))
+        elif specs.is_array(leaf):
+            if leaf_specs is None:
+                leaf_specs = specs.leaf_specs(xs, kxs, default, tuple(args_spec), kwargs_spec)
+            d = specs.resolve(
+                leaf_specs[i], leaf, leaf.shape, lambda: f"{what} over {name!r}: " + _arg(specs.leaf_paths(xs, kxs)[i])
+            )
+            if d is None:
+                kinds.append(("whole", leaf))
+                continue
+            scanned.append(jax.numpy.moveaxis(leaf, d, 0) if d else leaf)
+            kinds.append(("slice", True))
+            sizes.append((leaf.shape[d], i))
+        else:
+            kinds.append(("whole", leaf))
+    length = _agree(what, name, given, sizes, xs, kxs)
+    return Sliced(treedef, kinds, scanned, Axis(name, length))
+
+
+def _run(fn, label, what, name, given, init, xs, kxs, default, args_spec, kwargs_spec, policy, reverse, unroll, returns_y):
+    sliced = slice_args(what, name, given, xs, kxs, default, args_spec, kwargs_spec)
+    axis, length = sliced.axis, sliced.axis.size
+
+    carry_tree, carry_sig = _signature(init)
+    y_info: list[Any] = []
+
+    def step(carry: Any, slices: Sequence[Any]) -> tuple[Any, Any]:
+        a, k = sliced.at(slices)
+        out = fn(carry, *a, **k)
+        if returns_y:
+            if not (isinstance(out, (tuple, list)) and len(out) == 2):
+                raise errors.MappingError(
+                    f"scan over {name!r}: {label} must return a pair (carry, y), got {_describe(out)}; "
+                    "use distmap.fold for a function that returns only the carry."
+                )
+            new_carry, y = out
+        else:
+            new_carry, y = out, None
+        _check_carry(what, label, name, carry_tree, carry_sig, new_carry)
+        y_tree, y_kinds, y_arrays = leaves_lib.split(y)
+        for kind in y_kinds:
+            if type(kind) is tuple and any(ax.name == name for ax in kind):
+                raise errors.MappingError(
+                    f"scan over {name!r}: {label} returned a y with axis {name!r} already "
+                    f"(axes {tuple(ax.name for ax in kind)}); the scan stacks ys along {name!r}, so rename it."
+                )
+        y_info[:] = [y_tree, y_kinds]
+        return new_carry, y_arrays
+
+    with jax.named_scope(f"{what}({name})"):
+        if policy is None:
+            carry, ys = jax.lax.scan(step, init, sliced.arrays, length=length, reverse=reverse, unroll=unroll)
+        else:
+            carry, ys = ckpt.nested_scan(
+                step, init, sliced.arrays, length, policy, reverse=reverse, unroll=unroll, what=f"{what} over {name!r}"
+            )
+    if not returns_y:
+        return carry
+    y_tree, y_kinds = y_info
+    return carry, leaves_lib.join(y_tree, y_kinds, ys, front=(axis,))
+
+
+def _agree(what, name, given, sizes, xs, kxs) -> int:
+    if not sizes:
+        if given is None:
+            raise errors.MappingError(
+                f"{what} over {name!r}: no argument has axis {name!r} (nor an unnamed array to slice) and no "
+                f"size was given; pass Axis({name!r}, n) to loop n times."
+            )
+        return given
+    first, i0 = sizes[0]
+    paths = None
+    if given is not None and given != first:
+        paths = specs.leaf_paths(xs, kxs)
+        raise errors.AxisSizeError(
+            f"{what} over {name!r}: the axis was given size {given} but {_arg(paths[i0])} has size {first} along it."
+        )
+    for s, i in sizes[1:]:
+        if s != first:
+            paths = paths or specs.leaf_paths(xs, kxs)
+            raise errors.AxisSizeError(
+                f"{what} over {name!r}: {_arg(paths[i0])} has {first} elements along it but {_arg(paths[i])} "
+                f"has {s}. Every sliced argument needs one element per step; pass a shared one whole "
+                "(spec None, or without the axis)."
+            )
+    return first
+
+
+def _arg(path: str) -> str:
+    # leaf paths count positional xs from 0; name them as the call sees them (the carry comes first)
+    if path.startswith("args["):
+        i = int(path[5 : path.index("]")])
+        return f"xs[{i}]" + path[path.index("]") + 1 :]
+    return path
+
+
+def _signature(tree: Any) -> tuple[Any, list[Any]]:
+    leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=leaves_lib.is_named)
+    return treedef, [_leaf_sig(leaf) for leaf in leaves]
+
+
+def _leaf_sig(leaf: Any) -> Any:
+    # Shapes and named axes only: dtypes (weak types included) are JAX's to reconcile or refuse.
+    if isinstance(leaf, NamedArray):
+        return ("named", tuple(leaf.axes))
+    if isinstance(leaf, (int, float, complex)):
+        return ("array", ())
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+        return ("array", tuple(leaf.shape))
+    return ("value", type(leaf).__name__)
+
+
+def _show(sig: Any) -> str:
+    if sig[0] == "named":
+        return "a NamedArray with axes " + str(tuple((a.name, a.size) for a in sig[1]))
+    if sig[0] == "array":
+        return f"an unnamed array of shape {sig[1]}"
+    return f"a {sig[1]}"
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, NamedArray):
+        return f"a NamedArray with axes {x.axis_names}"
+    return f"a {type(x).__name__}"
+
+
+def _check_carry(what, label, name, tree_in, sig_in, new_carry) -> None:
+    """The carry must come back as it went in; say which part changed, before and after, in distmap's terms."""
+    tree_out, sig_out = _signature(new_carry)
+    if tree_out != tree_in:
+        raise errors.MappingError(
+            f"{what} over {name!r}: {label} changed the structure of the carry: it went in as {tree_in} and came "
+            f"back as {tree_out}. The carry must keep its structure from step to step."
+        )
+    paths = None
+    for i, (a, b) in enumerate(zip(sig_in, sig_out)):
+        if a == b or (a[0] == "value" and b[0] == "value"):
+            continue
+        if a[0] == b[0] == "named":
+            detail = f"axes {tuple((x.name, x.size) for x in a[1])} -> {tuple((x.name, x.size) for x in b[1])}"
+        else:
+            detail = f"{_show(a)} -> {_show(b)}"
+        if paths is None:
+            flat, _ = jax.tree_util.tree_flatten_with_path(new_carry, is_leaf=leaves_lib.is_named)
+            paths = ["carry" + jax.tree_util.keystr(p) for p, _ in flat]
+        raise errors.MappingError(
+            f"{what} over {name!r}: {label} changed {paths[i]}: {detail} (before -> after one step). The carry "
+            "must keep its named axes and shapes from step to step; return per-step values as scan's y instead."
+        )
