@@ -12,7 +12,8 @@ memory for recomputation, built on ``jax.checkpoint`` and ``jax.checkpoint_polic
 "carry"            checkpoint every layer keeping only the carry between layers; all of a
                    layer's internals are recomputed
 ``Checkpoint(every=k)``  keep the carry only every ``k`` layers (a scan of scans): the backward pass
-                   recomputes ``k`` layers at a time, so memory is about ``L/k + k`` carries
+                   runs ``k`` layers again at a time, each checkpointed, so memory is about
+                   ``L/k + k`` carries and one layer's internals (``k`` near ``sqrt(L)`` is least)
 =================  ============================================================================
 
 ``Checkpoint(save=("attn_out",))`` keeps values the layer tagged with
@@ -90,7 +91,7 @@ _NAMED = {
 }
 
 
-def as_checkpoint(spec: CheckpointSpec, *, what: str = "checkpoint") -> Checkpoint | None:
+def as_checkpoint(spec: CheckpointSpec, *, what: str = "checkpoint=...") -> Checkpoint | None:
     """Normalise ``None``/``False``, ``True``, ``"none"``/``"layer"``/``"carry"``, an int ``k`` or a ``Checkpoint``.
 
     Example:
@@ -108,7 +109,7 @@ def as_checkpoint(spec: CheckpointSpec, *, what: str = "checkpoint") -> Checkpoi
     if isinstance(spec, int) and spec >= 1:
         return Checkpoint(every=spec)
     raise errors.MappingError(
-        f"{what}=...: expected None, True, 'none', 'layer', 'carry', a positive int k (keep the carry every "
+        f"{what}: expected None, True, 'none', 'layer', 'carry', a positive int k (keep the carry every "
         f"k layers) or distmap.Checkpoint(...), got {spec!r}."
     )
 
@@ -135,10 +136,15 @@ def nested_scan(
         )
     blocks = [x.reshape((length // k, k) + x.shape[1:]) for x in xs]
 
-    def block(carry: Any, block_xs: Sequence[Any]) -> tuple[Any, Any]:
-        return jax.lax.scan(step, carry, block_xs, length=k, reverse=reverse, unroll=unroll)
+    inner = policy.wrap(step)
 
-    carry, ys = jax.lax.scan(policy.wrap(block), init, blocks, length=length // k, reverse=reverse)
+    def block(carry: Any, block_xs: Sequence[Any]) -> tuple[Any, Any]:
+        return jax.lax.scan(inner, carry, block_xs, length=k, reverse=reverse, unroll=unroll)
+
+    # The outer level keeps only each block's incoming carry; in the backward pass a block's k
+    # layers run again, each checkpointed by ``policy``.
+    outer = jax.checkpoint(block, prevent_cse=policy.prevent_cse)
+    carry, ys = jax.lax.scan(outer, init, blocks, length=length // k, reverse=reverse)
     return carry, jax.tree_util.tree_map(lambda y: y.reshape((length,) + y.shape[2:]), ys)
 
 

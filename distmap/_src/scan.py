@@ -113,7 +113,7 @@ def _make(fn, axis, what, default, args_spec, kwargs_spec, checkpoint, reverse, 
     specs.check_spec(default, "default")
     specs.check_spec(tuple(args_spec), "args")
     specs.check_spec(kwargs_spec, "kwargs")
-    policy = ckpt.as_checkpoint(checkpoint, what=f"{what}(checkpoint")
+    policy = ckpt.as_checkpoint(checkpoint, what=f"{what}(checkpoint=...)")
     unroll = check_unroll(unroll, what)
     label = label or _fn_name(fn)
 

@@ -132,7 +132,7 @@ class Stacked(eqx.Module, Generic[M]):
         if gradient_checkpointing is not None and checkpoint is not None:
             raise errors.MappingError("Stacked.init: pass checkpoint= or gradient_checkpointing=, not both.")
         policy = ckpt.as_checkpoint(checkpoint if checkpoint is not None else gradient_checkpointing,
-                                    what="Stacked.init(checkpoint")
+                                    what="Stacked.init(checkpoint=...)")
         scan_lib.check_unroll(unroll, "Stacked.init")
         explicit_specs = any(k in vmap_options for k in ("default", "args", "kwargs"))
 
