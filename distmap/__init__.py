@@ -8,8 +8,9 @@ Example:
 """
 
 from distmap import errors
-from distmap._src.axis import Axis, AxisSelection, AxisSelector, AxisSpec
+from distmap._src.axis import Axis, AxisSelection, AxisSelector, AxisSpec, SizedAxes
 from distmap._src.named import NamedArray, named
+from distmap._src import array_methods as _array_methods  # noqa: F401  (NamedArray's reduction methods)
 from distmap._src.reductions import all, any, argmax, argmin, logsumexp, max, mean, min, prod, std, sum, var
 
 # -- constructors and shape operations (distmap/_src/ops.py)
@@ -76,7 +77,7 @@ from distmap._src.math import (
 from distmap import random
 
 # -- named maps and collectives (distmap/_src/vmap.py, collectives.py)
-from distmap._src.vmap import vmap
+from distmap._src.map.api import vmap
 from distmap._src.collectives import all_gather, axis_index, axis_size, pmax, pmean, pmin, psum
 
 # -- meshes and axis mappings (distmap/_src/mesh.py, sharded.py)
@@ -92,13 +93,12 @@ from distmap._src.mesh import (
 )
 from distmap._src.layout import layout, visualize_shardings
 
-# -- loops over a named axis, checkpointing (distmap/_src/scan.py, checkpoint.py)
-from distmap._src.scan import fold, scan
-from distmap._src.checkpoint import Checkpoint
+# -- loops over a named axis, checkpointing (distmap/_src/map/scan.py, map/checkpoint.py)
+from distmap._src.map.scan import fold, scan
+from distmap._src.map.checkpoint import Checkpoint
 
-# -- comparisons by name (distmap/_src/compare.py); NamedArray.take (distmap/_src/named_extras.py)
+# -- comparisons by name (distmap/_src/compare.py)
 from distmap._src.compare import allclose, array_equal, isclose
-from distmap._src import named_extras as _named_extras  # noqa: F401  (attaches NamedArray.take)
 
 __version__ = "0.1.0"
 
@@ -122,6 +122,7 @@ __all__ = [
     "AxisSelector",
     "AxisSpec",
     "BlockSeq",
+    "SizedAxes",
     "broadcast_axis",
     "broadcast_to",
     "ceil",

@@ -144,12 +144,23 @@ def test_under_jit_and_vmap_inside_scan_keeps_names():
 
 
 def test_sizes_that_disagree_name_both_arguments():
-    with pytest.raises(errors.AxisSizeError, match=r"scan over 'layer': xs\[0\] has 4 elements along it but kxs?\W|xs\[1\]\['m'\] has 3"):
+    with pytest.raises(errors.AxisSizeError, match=r"^scan over 'layer': axis 'layer' has size 4 in xs\[0\] but size 3 in xs\[1\]\['m'\]"):
         distmap.scan(lambda c, a, b: (c, None), L)(0.0, _rand((L, F)), {"m": _rand((Axis("layer", 3),))})
-    with pytest.raises(errors.AxisSizeError, match=r"xs\[0\] has 4 elements along it but kwargs\['mask'\] has 5"):
+    with pytest.raises(errors.AxisSizeError, match=r"^fold over 'layer': axis 'layer' has size 4 in xs\[0\] but size 5 in kwargs\['mask'\]"):
         distmap.fold(lambda c, a, mask: c, "layer")(0.0, _rand((L, F)), mask=jnp.ones(5))
-    with pytest.raises(errors.AxisSizeError, match=r"the axis was given size 5 but xs\[0\] has size 4"):
+    with pytest.raises(errors.AxisSizeError, match=r"^fold over 'layer': axis 'layer' was given size 5 but has size 4 in xs\[0\]"):
         distmap.fold(lambda c, a: c, Axis("layer", 5))(0.0, _rand((L, F)))
+
+
+def test_specs_bind_to_the_parameters_after_the_carry():
+    xs = jnp.arange(12.0).reshape(3, 4)
+    # kwargs={"x": 1} names the parameter x, whether the call passes it by position or by keyword
+    by_pos = distmap.scan(lambda c, x: (c, x), "layer", kwargs={"x": 1})(0.0, xs)[1]
+    by_kw = distmap.scan(lambda c, x: (c, x), "layer", kwargs={"x": 1})(0.0, x=xs)[1]
+    np.testing.assert_array_equal(by_pos, xs.T)
+    np.testing.assert_array_equal(by_kw, xs.T)
+    with pytest.raises(errors.MappingError, match=r"^fold over 'layer': xs\[1\] is a float .*cannot be mapped on dim 0"):
+        distmap.fold(lambda c, x, s: c, "layer", args=(0, 0))(0.0, xs, 2.0)
 
 
 def test_a_carry_that_changes_its_axes_names_the_fold_the_function_and_both_axes():

@@ -348,7 +348,7 @@ def test_gradient_checkpointing_keeps_the_gradients(policy):
     keys = _keys(seed=26)
     plain = distmap.Stacked.init(L, Layer)(keys)
     ck = distmap.Stacked.init(L, Layer, checkpoint=policy)(keys)
-    assert ck.checkpoint == distmap._src.checkpoint.as_checkpoint(policy)
+    assert ck.checkpoint == distmap._src.map.checkpoint.as_checkpoint(policy)
     x = _x(0.1)
     loss = lambda n: (n.fold(x).array ** 2).sum()  # noqa: E731
     g1, g2 = eqx.filter_grad(loss)(plain), eqx.filter_jit(eqx.filter_grad(loss))(ck)

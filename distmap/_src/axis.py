@@ -75,8 +75,12 @@ AxisSelector = Union[Axis, str]
 AxisSelection = Union[AxisSelector, Sequence[AxisSelector], Mapping[str, Union[int, None]]]
 """Several axes: a selector, a sequence of selectors, or a ``{name: size | None}`` mapping."""
 
-AxisSpec = Union[Axis, Sequence[Axis], Mapping[str, int]]
+SizedAxes = Union[Axis, Sequence[Axis], Mapping[str, int]]
 """Axes with sizes, as constructors such as :func:`distmap.zeros` need them."""
+
+AxisSpec = SizedAxes
+"""Haliax's name for :data:`SizedAxes`, kept so that hax code reads the same. (Not an ``in_axes``
+spec: those are the ``default`` / ``args`` / ``kwargs`` specs of :func:`distmap.vmap`.)"""
 
 
 def axis_name(sel: AxisSelector) -> str:
@@ -154,7 +158,7 @@ def is_single_selector(sel: object) -> bool:
     return isinstance(sel, (Axis, str))
 
 
-def to_axes(spec: AxisSpec | AxisSelection, *, what: str = "axes") -> tuple[Axis, ...]:
+def to_axes(spec: SizedAxes | AxisSelection, *, what: str = "axes") -> tuple[Axis, ...]:
     """Turn a spec whose every axis has a size into a tuple of ``Axis``.
 
     Example:

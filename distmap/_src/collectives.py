@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distmap import errors
-from distmap._src import frames
+from distmap._src.map import frames
 from distmap._src.axis import Axis, AxisSelector, axis_name
 from distmap._src.named import NamedArray, _wrap
 

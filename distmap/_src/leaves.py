@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
 
-from distmap._src import specs
 from distmap._src.axis import Axis
 from distmap._src.named import NamedArray, _wrap
 
@@ -37,10 +37,15 @@ def is_named(x: Any) -> bool:
     return isinstance(x, NamedArray)
 
 
+def is_array(x: Any) -> bool:
+    """JAX arrays (tracers included) and numpy arrays; not Python scalars."""
+    return isinstance(x, (jax.Array, np.ndarray, np.generic))
+
+
 def kind_of(leaf: Any) -> Kind:
     if type(leaf) is NamedArray:
         return leaf.axes
-    if specs.is_array(leaf):
+    if is_array(leaf):
         return True
     return Static(leaf)
 

@@ -268,43 +268,6 @@ class NamedArray:
             )
         return _index(self, pairs)
 
-    # ------------------------------------------------------------- reductions
-    def sum(self, axis: AxisSelection | None = None, *, where: "NamedArray | None" = None) -> "NamedArray":
-        return _reductions.sum(self, axis, where=where)
-
-    def mean(self, axis: AxisSelection | None = None, *, where: "NamedArray | None" = None) -> "NamedArray":
-        return _reductions.mean(self, axis, where=where)
-
-    def max(self, axis: AxisSelection | None = None, *, where: "NamedArray | None" = None) -> "NamedArray":
-        return _reductions.max(self, axis, where=where)
-
-    def min(self, axis: AxisSelection | None = None, *, where: "NamedArray | None" = None) -> "NamedArray":
-        return _reductions.min(self, axis, where=where)
-
-    def prod(self, axis: AxisSelection | None = None, *, where: "NamedArray | None" = None) -> "NamedArray":
-        return _reductions.prod(self, axis, where=where)
-
-    def std(self, axis: AxisSelection | None = None, *, ddof: int = 0, where: "NamedArray | None" = None) -> "NamedArray":
-        return _reductions.std(self, axis, ddof=ddof, where=where)
-
-    def var(self, axis: AxisSelection | None = None, *, ddof: int = 0, where: "NamedArray | None" = None) -> "NamedArray":
-        return _reductions.var(self, axis, ddof=ddof, where=where)
-
-    def any(self, axis: AxisSelection | None = None, *, where: "NamedArray | None" = None) -> "NamedArray":
-        return _reductions.any(self, axis, where=where)
-
-    def all(self, axis: AxisSelection | None = None, *, where: "NamedArray | None" = None) -> "NamedArray":
-        return _reductions.all(self, axis, where=where)
-
-    def logsumexp(self, axis: AxisSelection | None = None) -> "NamedArray":
-        return _reductions.logsumexp(self, axis)
-
-    def argmax(self, axis: AxisSelector | None = None) -> "NamedArray":
-        return _reductions.argmax(self, axis)
-
-    def argmin(self, axis: AxisSelector | None = None) -> "NamedArray":
-        return _reductions.argmin(self, axis)
-
     # -------------------------------------------------------------- operators
     def __neg__(self) -> "NamedArray":
         return _wrap(-self.array, self.axes)
@@ -556,7 +519,3 @@ def _index(x: NamedArray, pairs: list[tuple[Any, Any]]) -> NamedArray:
                 f"{type(ix).__name__} {ix!r}; use distmap.take for array indices."
             )
     return _wrap(x.array[tuple(idx)], tuple(a for a in new_axes if a is not None))
-
-
-# The reduction methods delegate to the functions; imported last to break the cycle.
-from distmap._src import reductions as _reductions  # noqa: E402

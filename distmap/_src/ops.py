@@ -21,7 +21,7 @@ from distmap._src.axis import (
     Axis,
     AxisSelection,
     AxisSelector,
-    AxisSpec,
+    SizedAxes,
     axis_name,
     parse_selection,
     to_axes,
@@ -30,7 +30,7 @@ from distmap._src.named import NamedArray, _fmt_axes, _wrap, align, scalar_opera
 
 
 # --------------------------------------------------------------- constructors
-def zeros(axes: AxisSpec, dtype: Any = None) -> NamedArray:
+def zeros(axes: SizedAxes, dtype: Any = None) -> NamedArray:
     """An array of zeros with the given axes.
 
     Example:
@@ -42,7 +42,7 @@ def zeros(axes: AxisSpec, dtype: Any = None) -> NamedArray:
     return _wrap(jnp.zeros(tuple(a.size for a in ax), dtype), ax)
 
 
-def ones(axes: AxisSpec, dtype: Any = None) -> NamedArray:
+def ones(axes: SizedAxes, dtype: Any = None) -> NamedArray:
     """An array of ones with the given axes.
 
     Example:
@@ -54,7 +54,7 @@ def ones(axes: AxisSpec, dtype: Any = None) -> NamedArray:
     return _wrap(jnp.ones(tuple(a.size for a in ax), dtype), ax)
 
 
-def full(axes: AxisSpec, fill_value: Any, dtype: Any = None) -> NamedArray:
+def full(axes: SizedAxes, fill_value: Any, dtype: Any = None) -> NamedArray:
     """An array filled with ``fill_value``, with the given axes.
 
     Example:
@@ -318,7 +318,7 @@ def take(x: NamedArray, axis: AxisSelector, index: Any) -> NamedArray:
 
 
 # ----------------------------------------------------------------- broadcasting
-def broadcast_axis(x: NamedArray | Any, axes: AxisSpec) -> NamedArray:
+def broadcast_axis(x: NamedArray | Any, axes: SizedAxes) -> NamedArray:
     """Make sure ``x`` has ``axes``: the ones it lacks are added at the front, in the order given.
 
     An axis that ``x`` already has with the same size is left where it is (so
@@ -436,7 +436,7 @@ def flatten_axes(x: NamedArray, axes: AxisSelection, new_axis: AxisSelector) -> 
     return _wrap(jnp.reshape(moved.array, tuple(a.size for a in out_axes)), out_axes)
 
 
-def unflatten_axis(x: NamedArray, axis: AxisSelector, new_axes: AxisSpec) -> NamedArray:
+def unflatten_axis(x: NamedArray, axis: AxisSelector, new_axes: SizedAxes) -> NamedArray:
     """Split one axis into several, in place; their sizes must multiply to its size.
 
     The first new axis varies slowest (row-major, as ``reshape``), so

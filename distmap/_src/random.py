@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from distmap import errors
-from distmap._src.axis import Axis, AxisSelector, AxisSpec, to_axes
+from distmap._src.axis import Axis, AxisSelector, SizedAxes, to_axes
 from distmap._src.named import NamedArray, _wrap, align
 from distmap._src.ops import _check_subset, _scalar_operand, _single
 
@@ -49,7 +49,7 @@ def _shape(axes: tuple[Axis, ...]) -> tuple[int, ...]:
     return tuple(a.size for a in axes)
 
 
-def normal(key: Any, axes: AxisSpec, dtype: Any = jnp.float32) -> NamedArray:
+def normal(key: Any, axes: SizedAxes, dtype: Any = jnp.float32) -> NamedArray:
     """Standard normal samples with the given axes.
 
     Example:
@@ -66,7 +66,7 @@ def normal(key: Any, axes: AxisSpec, dtype: Any = jnp.float32) -> NamedArray:
 
 def uniform(
     key: Any,
-    axes: AxisSpec,
+    axes: SizedAxes,
     dtype: Any = jnp.float32,
     minval: NamedArray | float = 0.0,
     maxval: NamedArray | float = 1.0,
@@ -88,7 +88,7 @@ def uniform(
 
 def randint(
     key: Any,
-    axes: AxisSpec,
+    axes: SizedAxes,
     minval: NamedArray | int,
     maxval: NamedArray | int,
     dtype: Any = jnp.int32,
@@ -107,7 +107,7 @@ def randint(
     return _wrap(jax.random.randint(_check_key(key, "randint"), _shape(ax), lo, hi, dtype), ax)
 
 
-def bernoulli(key: Any, axes: AxisSpec, p: NamedArray | float = 0.5) -> NamedArray:
+def bernoulli(key: Any, axes: SizedAxes, p: NamedArray | float = 0.5) -> NamedArray:
     """Booleans that are ``True`` with probability ``p`` (a scalar or a NamedArray).
 
     Example:

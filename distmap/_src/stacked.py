@@ -14,7 +14,6 @@ with the same slicing rules, so a stacked model can be debugged layer by layer
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
@@ -25,13 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from distmap import errors
-from distmap._src import checkpoint as ckpt
+from distmap._src.map import checkpoint as ckpt
 from distmap._src import leaves as leaves_lib
-from distmap._src import scan as scan_lib
-from distmap._src import specs
-from distmap._src.axis import Axis, AxisSpec, to_axes
+from distmap._src.axis import Axis, SizedAxes, to_axes
+from distmap._src.leaves import is_array
+from distmap._src.map import scan as scan_lib
+from distmap._src.map import specs
+from distmap._src.map.api import vmap
 from distmap._src.named import NamedArray, _wrap
-from distmap._src.vmap import vmap
 
 M = TypeVar("M", bound=eqx.Module)
 
@@ -54,7 +54,7 @@ def _builder(module: Any, what: str) -> Callable[..., Any]:
 
 
 def _is_key(leaf: Any) -> bool:
-    return specs.is_array(leaf) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+    return is_array(leaf) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
 
 def _check_keys(axis: Axis, args: tuple, kwargs: dict, what: str) -> None:
@@ -62,7 +62,7 @@ def _check_keys(axis: Axis, args: tuple, kwargs: dict, what: str) -> None:
     flat, _ = jax.tree_util.tree_flatten_with_path((args, kwargs), is_leaf=leaves_lib.is_named)
     for path, leaf in flat:
         one_typed = _is_key(leaf) and leaf.ndim == 0
-        one_raw = specs.is_array(leaf) and leaf.shape == (2,) and leaf.dtype == np.uint32 and axis.size != 2
+        one_raw = is_array(leaf) and leaf.shape == (2,) and leaf.dtype == np.uint32 and axis.size != 2
         if one_typed or one_raw:
             where = specs.path_str(path)
             raise errors.MappingError(
@@ -100,7 +100,7 @@ class Stacked(eqx.Module, Generic[M]):
     @classmethod
     def init(
         cls,
-        axis: AxisSpec,
+        axis: SizedAxes,
         module: Callable[..., M],
         *,
         checkpoint: ckpt.CheckpointSpec = None,
@@ -160,12 +160,8 @@ class Stacked(eqx.Module, Generic[M]):
 
     def vmap_via(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """:meth:`vmap` calling ``fn(layer, *args, **kwargs)`` (for example an unbound method) per copy."""
-
-        def apply(m: M, a: tuple, k: dict) -> Any:
-            return fn(m, *a, **k)
-
-        mapped = vmap(apply, self.axis, default=None, args=(self._spec(),))
-        return lambda *args, **kwargs: mapped(self.stacked, args, kwargs)
+        mapped = vmap(_apply_via, self.axis, default=None, args=(None, self._spec()))
+        return lambda *args, **kwargs: mapped(fn, self.stacked, args, kwargs)
 
     # ------------------------------------------------------------------ in sequence
 
@@ -201,7 +197,7 @@ class Stacked(eqx.Module, Generic[M]):
 
         looped = scan_lib._make(
             step, self.axis, what, specs.default_spec, (self._spec(),), None, self.checkpoint, False,
-            self.unroll, returns_y=returns_y, label=label,
+            self.unroll, returns_y=returns_y, label=label, arg_label=_stacked_arg,
         )
         return lambda x, *args, **kwargs: looped(x, self.stacked, *args, **kwargs)
 
@@ -213,7 +209,7 @@ class Stacked(eqx.Module, Generic[M]):
                         f"Stacked over {self.axis.name!r}: field {jax.tree_util.keystr(path)} has "
                         f"{leaf.axis_size(self.axis.name)} elements along it, not {self.axis.size}."
                     )
-            elif specs.is_array(leaf) and leaf.ndim > 0 and leaf.shape[0] != self.axis.size:
+            elif is_array(leaf) and leaf.ndim > 0 and leaf.shape[0] != self.axis.size:
                 raise errors.AxisSizeError(
                     f"Stacked over {self.axis.name!r}: unnamed field {jax.tree_util.keystr(path)} has shape "
                     f"{leaf.shape}; its dim 0 should be the stacked axis (size {self.axis.size})."
@@ -224,7 +220,7 @@ class Stacked(eqx.Module, Generic[M]):
     def _sliced(self) -> scan_lib.Sliced:
         self._check_fields()
         return scan_lib.slice_args("Stacked", self.axis.name, self.axis.size, (self.stacked,), {},
-                                   args_spec=(self._spec(),))
+                                   args=(self._spec(),), arg_label=_stacked_arg)
 
     def get_layer(self, i: int) -> M:
         """Copy ``i`` (negative counts from the end) as a plain Module, without the stacked axis."""
@@ -283,7 +279,7 @@ class Stacked(eqx.Module, Generic[M]):
         new = []
         for path, leaf in leaves:
             name = _path_name(path)
-            if not (isinstance(leaf, NamedArray) or specs.is_array(leaf)):
+            if not (isinstance(leaf, NamedArray) or is_array(leaf)):
                 new.append(leaf)
                 continue
             arr = leaf.array if isinstance(leaf, NamedArray) else leaf
@@ -309,6 +305,11 @@ class Stacked(eqx.Module, Generic[M]):
         return Stacked(stacked, self.axis, self.checkpoint, self.unroll)
 
 
+def _stacked_arg(i: int) -> str:
+    # Position 0 of the loop is the stack itself; the caller's extra arguments follow it.
+    return "the stacked layers" if i == 0 else f"args[{i - 1}]"
+
+
 def _path_name(path: Sequence[Any]) -> str:
     parts = []
     for k in path:
@@ -328,7 +329,7 @@ def _flat_arrays(module: Any, prefix: str) -> dict[str, Any]:
     for path, leaf in jax.tree_util.tree_flatten_with_path(module, is_leaf=leaves_lib.is_named)[0]:
         if isinstance(leaf, NamedArray):
             leaf = leaf.array
-        elif not specs.is_array(leaf):
+        elif not is_array(leaf):
             continue
         out[f"{prefix}.{_path_name(path)}"] = leaf
     return out
@@ -355,7 +356,7 @@ class BlockSeq(eqx.Module, Generic[M]):
     axis: Axis = eqx.field(static=True)
 
     @classmethod
-    def init(cls, axis: AxisSpec, module: Callable[..., M], **options: Any) -> Callable[..., "BlockSeq[M]"]:
+    def init(cls, axis: SizedAxes, module: Callable[..., M], **options: Any) -> Callable[..., "BlockSeq[M]"]:
         """Like :meth:`Stacked.init`, building each layer by its own call (arguments sliced as ``Stacked.init`` maps them)."""
         (ax,) = to_axes(axis, what="BlockSeq.init(axis=...)")
         build_one = _builder(module, "BlockSeq.init")
@@ -363,7 +364,8 @@ class BlockSeq(eqx.Module, Generic[M]):
         def build(*args: Any, **kwargs: Any) -> BlockSeq[M]:
             if not options:
                 _check_keys(ax, args, kwargs, "BlockSeq.init")
-            sliced = scan_lib.slice_args("BlockSeq.init", ax.name, ax.size, args, kwargs, **options)
+            sliced = scan_lib.slice_args("BlockSeq.init", ax.name, ax.size, args, kwargs, **options, fn=build_one,
+                                         arg_label=lambda i: f"args[{i}]")
             blocks = []
             for i in range(ax.size):
                 a, k = sliced.index(i)
@@ -381,14 +383,14 @@ class BlockSeq(eqx.Module, Generic[M]):
             first = parts[0]
             if isinstance(first, NamedArray):
                 out.append(_wrap(jnp.stack([p.array for p in parts]), (self.axis,) + first.axes))
-            elif specs.is_array(first):
+            elif is_array(first):
                 out.append(jnp.stack(parts))
             else:
                 out.append(first)
         return Stacked(jax.tree_util.tree_unflatten(treedef, out), self.axis)
 
     def _per_layer(self, args: tuple, kwargs: dict, what: str) -> scan_lib.Sliced:
-        return scan_lib.slice_args(what, self.axis.name, self.axis.size, args, kwargs)
+        return scan_lib.slice_args(what, self.axis.name, self.axis.size, args, kwargs, arg_label=lambda i: f"args[{i}]")
 
     def fold_via(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """``x = fn(layer_i, x, *args_i, **kwargs_i)`` for each layer in order."""
@@ -466,6 +468,12 @@ class BlockSeq(eqx.Module, Generic[M]):
         return list(self.blocks)
 
 
+def _apply_via(fn: Callable[..., Any], module: Any, args: tuple, kwargs: dict) -> Any:
+    # Module-level (fn passed as a static argument), so a mesh call of Stacked.vmap keys its
+    # compilation on the same function every time.
+    return fn(module, *args, **kwargs)
+
+
 def _take_named(args: tuple, kwargs: dict, name: str, i: int) -> tuple[tuple, dict]:
     """``Stacked.vmap``'s rule: NamedArrays carrying ``name`` give element ``i``; everything else is broadcast."""
 
@@ -481,7 +489,7 @@ def _stack_outputs(outs: list[Any], axis: Axis) -> Any:
     def stack(*parts: Any) -> Any:
         if isinstance(parts[0], NamedArray):
             return _wrap(jnp.stack([p.array for p in parts]), (axis,) + parts[0].axes)
-        if specs.is_array(parts[0]):
+        if is_array(parts[0]):
             return jnp.stack(parts)
         return parts[0]
 

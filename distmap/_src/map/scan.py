@@ -15,6 +15,8 @@ structure, named axes, shapes and dtypes from step to step.
 from __future__ import annotations
 
 import functools
+import inspect
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,10 +24,11 @@ import jax
 import numpy as np
 
 from distmap import errors
-from distmap._src import checkpoint as ckpt
 from distmap._src import leaves as leaves_lib
-from distmap._src import specs
 from distmap._src.axis import Axis, AxisSelector, parse_selection
+from distmap._src.map import checkpoint as ckpt
+from distmap._src.map import plan as plan_lib
+from distmap._src.map import specs
 from distmap._src.named import NamedArray, _wrap
 
 
@@ -95,7 +98,8 @@ def fold(
     return _make(fn, axis, "fold", default, args, kwargs, checkpoint, reverse, unroll, returns_y=False)
 
 
-def _make(fn, axis, what, default, args_spec, kwargs_spec, checkpoint, reverse, unroll, *, returns_y, label=None):
+def _make(fn, axis, what, default, args_spec, kwargs_spec, checkpoint, reverse, unroll, *, returns_y, label=None,
+          arg_label=None):
     if not callable(fn):
         raise TypeError(f"{what}: fn must be callable, got {type(fn).__name__}.")
     parsed = parse_selection(axis, what=f"{what}(axis=...)")
@@ -116,12 +120,13 @@ def _make(fn, axis, what, default, args_spec, kwargs_spec, checkpoint, reverse, 
     policy = ckpt.as_checkpoint(checkpoint, what=f"{what}(checkpoint=...)")
     unroll = check_unroll(unroll, what)
     label = label or _fn_name(fn)
+    bind = params_after_carry(fn)
 
     @functools.wraps(fn)
     def looped(init: Any, *xs: Any, **kxs: Any) -> Any:
         return _run(
             fn, label, what, name, given, init, xs, kxs, default, tuple(args_spec), kwargs_spec, policy,
-            reverse, unroll, returns_y,
+            reverse, unroll, returns_y, bind, arg_label,
         )
 
     return looped
@@ -175,46 +180,65 @@ def slice_args(
     xs: Sequence[Any],
     kxs: Mapping[str, Any],
     default: Any = specs.default_spec,
-    args_spec: Sequence[Any] = (),
-    kwargs_spec: Mapping[str, Any] | None = None,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    fn: Callable[..., Any] | None = None,
+    arg_label: Callable[[int], str] | None = None,
 ) -> Sliced:
-    """Which leaves of ``(xs, kxs)`` are sliced along ``name``, and how many steps there are."""
-    xs = tuple(xs)
-    kwargs_spec = {} if kwargs_spec is None else kwargs_spec
-    leaves, treedef = jax.tree_util.tree_flatten((xs, dict(kxs)), is_leaf=leaves_lib.is_named)
-    leaf_specs = None
+    """Which leaves of ``(xs, kxs)`` are sliced along ``name``, and how many steps there are.
+
+    The leaves are resolved by the map engine's plan (:func:`distmap._src.map.plan.resolve`), the
+    one that decides ``vmap``'s mapped dimensions, so a spec, a size or an axis means the same in a
+    loop as in a map. ``fn``'s parameters (``xs`` onwards) are what ``args``/``kwargs`` bind to;
+    ``arg_label(i)`` names positional argument ``i`` in errors (default ``xs[i]``).
+    """
+    request = plan_lib.Request(((name, given),), default, tuple(args), dict(kwargs or {}), None, fn)
+    try:
+        plan, leaves = plan_lib.resolve(request, tuple(xs), dict(kxs))
+    except (errors.AxisSizeError, errors.MappingError) as e:
+        raise type(e)(_retitle(str(e), what, name, arg_label or (lambda i: f"xs[{i}]"))) from None
     scanned: list[Any] = []  # arrays with the looped axis at dim 0
     kinds: list[Any] = []  # per leaf: ("slice", inner axes | True) or ("whole", leaf)
-    sizes: list[tuple[int, int]] = []
     for i, leaf in enumerate(leaves):
-        if type(leaf) is NamedArray:
-            d = next((j for j, ax in enumerate(leaf.axes) if ax.name == name), None)
-            if d is None:
-                kinds.append(("whole", leaf))
-                continue
-            scanned.append(jax.numpy.moveaxis(leaf.array, d, 0) if d else leaf.array)
-            kinds.append(("slice", leaf.axes[:d] + leaf.axes[d + 1 :]))
-            sizes.append((leaf.axes[d].size, i))
-        elif specs.is_array(leaf):
-            if leaf_specs is None:
-                leaf_specs = specs.leaf_specs(xs, kxs, default, tuple(args_spec), kwargs_spec)
-            d = specs.resolve(
-                leaf_specs[i], leaf, leaf.shape, lambda: f"{what} over {name!r}: " + _arg(specs.leaf_paths(xs, kxs)[i])
-            )
-            if d is None:
-                kinds.append(("whole", leaf))
-                continue
-            scanned.append(jax.numpy.moveaxis(leaf, d, 0) if d else leaf)
-            kinds.append(("slice", True))
-            sizes.append((leaf.shape[d], i))
-        else:
+        row = plan.dims[i]
+        d = None if row is None else row[0]
+        if d is None:
             kinds.append(("whole", leaf))
-    length = _agree(what, name, given, sizes, xs, kxs)
-    return Sliced(treedef, kinds, scanned, Axis(name, length))
+            continue
+        arr = leaf.array if type(leaf) is NamedArray else leaf
+        scanned.append(jax.numpy.moveaxis(arr, d, 0) if d else arr)
+        kinds.append(("slice", plan.inner[i] if type(leaf) is NamedArray else True))
+    return Sliced(plan.treedef, kinds, scanned, Axis(name, plan.sizes[0]))
 
 
-def _run(fn, label, what, name, given, init, xs, kxs, default, args_spec, kwargs_spec, policy, reverse, unroll, returns_y):
-    sliced = slice_args(what, name, given, xs, kxs, default, args_spec, kwargs_spec)
+def _retitle(msg: str, what: str, name: str, arg_label: Callable[[int], str]) -> str:
+    """The plan's message in the loop's terms: the loop's name, and its arguments as the caller passed them."""
+    msg = msg.replace(f"vmap over {name!r}", f"{what} over {name!r}").replace("vmap: ", f"{what}: ")
+    msg = re.sub(r"\bargs\[(\d+)\]", lambda m: arg_label(int(m.group(1))), msg)
+    return msg if msg.startswith(what) else f"{what} over {name!r}: {msg}"
+
+
+def params_after_carry(fn: Callable[..., Any]) -> Callable[..., Any] | None:
+    """A stand-in whose signature is ``fn``'s without its first parameter (the carry), for spec binding."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    params = list(sig.parameters.values())
+    if not params or params[0].kind not in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        return None  # (*args) first: bind by the call's positions
+
+    def stand_in(*a: Any, **k: Any) -> None:  # never called
+        raise AssertionError
+
+    stand_in.__signature__ = sig.replace(parameters=params[1:])  # type: ignore[attr-defined]
+    return stand_in
+
+
+def _run(fn, label, what, name, given, init, xs, kxs, default, args_spec, kwargs_spec, policy, reverse, unroll,
+         returns_y, bind, arg_label):
+    sliced = slice_args(what, name, given, xs, kxs, default, args_spec, kwargs_spec, fn=bind, arg_label=arg_label)
     axis, length = sliced.axis, sliced.axis.size
 
     carry_tree, carry_sig = _signature(init)
@@ -254,40 +278,6 @@ def _run(fn, label, what, name, given, init, xs, kxs, default, args_spec, kwargs
         return carry
     y_tree, y_kinds = y_info
     return carry, leaves_lib.join(y_tree, y_kinds, ys, front=(axis,))
-
-
-def _agree(what, name, given, sizes, xs, kxs) -> int:
-    if not sizes:
-        if given is None:
-            raise errors.MappingError(
-                f"{what} over {name!r}: no argument has axis {name!r} (nor an unnamed array to slice) and no "
-                f"size was given; pass Axis({name!r}, n) to loop n times."
-            )
-        return given
-    first, i0 = sizes[0]
-    paths = None
-    if given is not None and given != first:
-        paths = specs.leaf_paths(xs, kxs)
-        raise errors.AxisSizeError(
-            f"{what} over {name!r}: the axis was given size {given} but {_arg(paths[i0])} has size {first} along it."
-        )
-    for s, i in sizes[1:]:
-        if s != first:
-            paths = paths or specs.leaf_paths(xs, kxs)
-            raise errors.AxisSizeError(
-                f"{what} over {name!r}: {_arg(paths[i0])} has {first} elements along it but {_arg(paths[i])} "
-                f"has {s}. Every sliced argument needs one element per step; pass a shared one whole "
-                "(spec None, or without the axis)."
-            )
-    return first
-
-
-def _arg(path: str) -> str:
-    # leaf paths count positional xs from 0; name them as the call sees them (the carry comes first)
-    if path.startswith("args["):
-        i = int(path[5 : path.index("]")])
-        return f"xs[{i}]" + path[path.index("]") + 1 :]
-    return path
 
 
 def _signature(tree: Any) -> tuple[Any, list[Any]]:
