@@ -275,3 +275,90 @@ def test_checkpointing_lowers_temporary_memory_of_the_backward_pass():
 
     none, carry, every4 = temp(None), temp("carry"), temp(4)
     assert carry < none and every4 < carry, (none, carry, every4)
+
+
+# ------------------------------------------------------------------------- on a mesh
+
+import re  # noqa: E402
+
+from jax.sharding import AxisType  # noqa: E402
+
+Emb, Hid, Bat = Axis("embed", 6), Axis("hidden", 6), Axis("batch", 8)
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+def _collectives(hlo: str) -> dict[str, int]:
+    return {k: len(re.findall(rf"= [^=]*\b{k}(?:-start)?\(", hlo)) for k in COLLECTIVES}
+
+
+def _contracting_layer(h, w):
+    return distmap.tanh(distmap.dot(h, w, axis="embed")).rename({"hidden": "embed"})
+
+
+def test_fold_over_layers_split_by_the_mapping_stays_split_and_matches_one_device(devices):
+    w = _rand((L, Emb, Hid), seed=40) * 0.3
+    x = _rand((Bat, Emb), seed=41)
+    ref = distmap.fold(_contracting_layer, L)(x, w)  # one device
+    mesh = distmap.make_mesh({"data": 4, "model": 2}, axis_types=AxisType.Auto)
+    mapping = {"batch": "data", "embed": "model"}
+    ws, xs = distmap.shard(w, mapping, mesh), distmap.shard(x, mapping, mesh)
+    assert {s.data.shape for s in ws.array.addressable_shards} == {(4, 3, 6)}  # each device: its half of embed
+    with jax.set_mesh(mesh), distmap.axis_mapping(mapping):
+        f = jax.jit(lambda x, w: distmap.fold(_contracting_layer, L)(x, w))
+        out = f(xs, ws)
+        hlo = f.lower(xs, ws).compile().as_text()
+    _close(out, ref, rtol=1e-5, atol=1e-6)
+    assert out.array.sharding.spec == jax.sharding.PartitionSpec("data", "model")
+    # The contraction over the split embed axis asks for one all-reduce per step; the stack is never gathered.
+    assert _collectives(hlo) == {**dict.fromkeys(COLLECTIVES, 0), "all-reduce": 1}, _collectives(hlo)
+
+
+def test_elementwise_layers_on_an_explicit_mesh_need_no_collectives(devices):
+    w = _rand((L, Emb), seed=42)
+    x = _rand((Bat, Emb), seed=43)
+    layer = lambda h, w: distmap.tanh(h * w) + h  # noqa: E731
+    ref = distmap.scan(lambda h, w: (layer(h, w), h.sum("embed")), L)(x, w)
+    mesh = distmap.make_mesh({"data": 4, "model": 2})
+    mapping = {"batch": "data", "embed": "model"}
+    with jax.set_mesh(mesh), distmap.axis_mapping(mapping):
+        ws, xs = distmap.shard(w, mapping), distmap.shard(x, mapping)
+        f = jax.jit(lambda x, w: distmap.scan(lambda h, w: (layer(h, w), h * 2.0), L)(x, w))
+        carry, ys = f(xs, ws)
+        hlo = f.lower(xs, ws).compile().as_text()
+    _close(carry, ref[0])
+    assert ys.axis_names == ("layer", "batch", "embed")
+    assert ys.array.sharding.spec == jax.sharding.PartitionSpec(None, "data", "model")
+    assert _collectives(hlo) == dict.fromkeys(COLLECTIVES, 0)
+
+
+def test_the_looped_axis_must_stay_whole_on_a_mesh(devices):
+    mesh = distmap.make_mesh({"data": 4, "model": 2})
+    with pytest.raises(errors.MeshError, match=r"fold over 'layer': the axis mapping splits 'layer' over mesh axes \('model',\)"):
+        distmap.fold(lambda h, w: h * w, L, mesh=mesh, axis_mapping={"layer": "model"})(distmap.ones(Emb), _rand((L, Emb)))
+    with pytest.raises(errors.MeshError, match=r"scan\(mesh=...\): expected a jax.sharding.Mesh"):
+        distmap.scan(lambda h, w: (h, h), L, mesh={"data": 4})
+
+
+def test_vmap_inside_scan_inside_a_mesh_map_keeps_every_name(devices):
+    heads = Axis("head", 2)
+    w = _rand((L, Emb), seed=44)
+    x = _rand((Bat, heads, Emb), seed=45)
+
+    def per_example(row):  # row: (head, embed); a loop over layers, each vmapping over heads
+        def layer(h, w):
+            def one_head(hh):
+                return distmap.tanh(hh * w) + distmap.pmean(hh, "batch") - distmap.pmean(hh, "head")
+
+            return distmap.vmap(one_head, "head")(h)
+
+        return distmap.fold(layer, L)(row, w)
+
+    ref = distmap.vmap(per_example, "batch")(x)  # one device
+    h = x.array
+    for i in range(L.size):
+        h = jnp.tanh(h * w.array[i]) + h.mean(0, keepdims=True) - h.mean(1, keepdims=True)
+    _close(ref.array, h, rtol=1e-5)
+    mesh = distmap.make_mesh({"data": 4, "model": 2})
+    out = jax.jit(distmap.vmap(per_example, "batch", mesh=mesh, axis_mapping={"batch": "data"}))(x)
+    assert out.axis_names == ("batch", "head", "embed")
+    _close(out, ref, rtol=1e-5)

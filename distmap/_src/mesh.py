@@ -341,19 +341,34 @@ def shard(x: Any, axis_mapping: AxisMappingLike | AxisMapping | None = None, mes
     def one(leaf: Any) -> Any:
         if not isinstance(leaf, NamedArray):
             return leaf
-        spec = _pspec(leaf, mapping, mesh, fn="shard")
-        sharding = NamedSharding(mesh, spec)
-        if isinstance(leaf.array, jax.core.Tracer):
-            # Inside jit, Explicit mesh axes are part of the array's type and change with reshard
-            # (with_sharding_constraint refuses them); Auto axes take a sharding constraint.
-            arr = leaf.array
-            if has_explicit_axes(mesh):
-                arr = jax.sharding.reshard(arr, NamedSharding(mesh, typed_part(spec, mesh, explicit=True)))
-            auto = typed_part(spec, mesh, explicit=False)
-            if any(p is not None for p in auto):
-                arr = jax.lax.with_sharding_constraint(arr, NamedSharding(mesh, auto))
-        else:
-            arr = jax.device_put(leaf.array, sharding)
-        return NamedArray(arr, leaf.axes)
+        return NamedArray(place(leaf.array, _pspec(leaf, mapping, mesh, fn="shard"), mesh), leaf.axes)
 
     return jax.tree_util.tree_map(one, x, is_leaf=lambda v: isinstance(v, NamedArray))
+
+
+def place(arr: Any, spec: PartitionSpec, mesh: Any) -> Any:
+    """``arr`` laid out as ``spec`` on ``mesh``: ``device_put`` outside ``jit``, a constraint inside."""
+    if isinstance(arr, jax.core.Tracer):
+        # Inside jit, Explicit mesh axes are part of the array's type and change with reshard
+        # (with_sharding_constraint refuses them); Auto axes take a sharding constraint.
+        if has_explicit_axes(mesh):
+            arr = jax.sharding.reshard(arr, NamedSharding(mesh, typed_part(spec, mesh, explicit=True)))
+        auto = typed_part(spec, mesh, explicit=False)
+        if any(p is not None for p in auto):
+            arr = jax.lax.with_sharding_constraint(arr, NamedSharding(mesh, auto))
+        return arr
+    return jax.device_put(arr, NamedSharding(mesh, spec))
+
+
+def loop_pspec(x: NamedArray, mapping: AxisMapping, mesh: Any, *, keep_whole: tuple[str, ...] = ()) -> PartitionSpec | None:
+    """The layout a loop step asks of one NamedArray: ``pspec_for``'s, with the axes in ``keep_whole``
+    left whole; ``None`` (no constraint: XLA chooses) where a mapped axis is uneven, since a step has
+    no better layout to ask for and refusing would fail a loop that JAX runs fine."""
+    found = mapping.resolve(x.axis_names, mesh)
+    parts = []
+    for ax in x.axes:
+        axes = () if ax.name in keep_whole else found.get(ax.name, ())
+        if axes and ax.size % math.prod(mesh.shape[a] for a in axes):
+            return None
+        parts.append(None if not axes else (axes[0] if len(axes) == 1 else axes))
+    return PartitionSpec(*parts)

@@ -25,8 +25,10 @@ import numpy as np
 
 from distmap import errors
 from distmap._src import leaves as leaves_lib
+from distmap._src import mesh as mesh_lib
 from distmap._src.axis import Axis, AxisSelector, parse_selection
 from distmap._src.map import checkpoint as ckpt
+from distmap._src.map import frames
 from distmap._src.map import plan as plan_lib
 from distmap._src.map import specs
 from distmap._src.named import NamedArray, _wrap
@@ -42,6 +44,8 @@ def scan(
     checkpoint: ckpt.CheckpointSpec = None,
     reverse: bool = False,
     unroll: int = 1,
+    mesh: Any = None,
+    axis_mapping: Any = None,
 ) -> Callable[..., tuple[Any, Any]]:
     """Loop ``carry, y = fn(carry, *x, **kx)`` over the named ``axis``; returns ``(carry, ys)``.
 
@@ -55,6 +59,13 @@ def scan(
             ``"carry"``, an int ``k`` (keep the carry every ``k`` steps) or a ``Checkpoint``.
         reverse: loop from the last element to the first (``ys`` stay in axis order).
         unroll: steps per loop iteration, passed to ``jax.lax.scan`` (``True``: unroll fully).
+        mesh, axis_mapping: on a mesh (given, or set with ``jax.set_mesh`` and
+            :func:`distmap.axis_mapping`), every NamedArray of the carry, of the sliced
+            arguments and of each step's ``y`` is laid out by its names at every step, so
+            a stack of parameters split by the mapping (``{"embed": "model"}``) stays split
+            and each step computes on local shards; XLA adds only the collectives the
+            layer's operations need. The looped axis itself must stay whole. Inside a
+            mesh ``vmap`` the arrays are already per-device and the loop runs on them as is.
 
     Returns:
         ``scanned(carry, *xs, **kxs) -> (carry, ys)``; ``ys`` carry ``axis`` at the front
@@ -70,7 +81,8 @@ def scan(
         >>> total.item(), running.axis_names, running.array.tolist()
         (6.0, ('step',), [0.0, 1.0, 3.0, 6.0])
     """
-    return _make(fn, axis, "scan", default, args, kwargs, checkpoint, reverse, unroll, returns_y=True)
+    return _make(fn, axis, "scan", default, args, kwargs, checkpoint, reverse, unroll, returns_y=True,
+                 mesh=mesh, axis_mapping=axis_mapping)
 
 
 def fold(
@@ -83,6 +95,8 @@ def fold(
     checkpoint: ckpt.CheckpointSpec = None,
     reverse: bool = False,
     unroll: int = 1,
+    mesh: Any = None,
+    axis_mapping: Any = None,
 ) -> Callable[..., Any]:
     """Loop ``carry = fn(carry, *x, **kx)`` over the named ``axis``; returns the last carry.
 
@@ -95,11 +109,12 @@ def fold(
         >>> distmap.fold(lambda h, w: h * w, Layer)(distmap.ones(Feature), w).array.tolist()
         [8.0, 8.0]
     """
-    return _make(fn, axis, "fold", default, args, kwargs, checkpoint, reverse, unroll, returns_y=False)
+    return _make(fn, axis, "fold", default, args, kwargs, checkpoint, reverse, unroll, returns_y=False,
+                 mesh=mesh, axis_mapping=axis_mapping)
 
 
 def _make(fn, axis, what, default, args_spec, kwargs_spec, checkpoint, reverse, unroll, *, returns_y, label=None,
-          arg_label=None):
+          arg_label=None, mesh=None, axis_mapping=None):
     if not callable(fn):
         raise TypeError(f"{what}: fn must be callable, got {type(fn).__name__}.")
     parsed = parse_selection(axis, what=f"{what}(axis=...)")
@@ -121,15 +136,55 @@ def _make(fn, axis, what, default, args_spec, kwargs_spec, checkpoint, reverse, 
     unroll = check_unroll(unroll, what)
     label = label or _fn_name(fn)
     bind = params_after_carry(fn)
+    mesh = mesh_lib.check_mesh(mesh, what)
+    fixed_mapping = None if axis_mapping is None else mesh_lib.as_axis_mapping(axis_mapping)
 
     @functools.wraps(fn)
     def looped(init: Any, *xs: Any, **kxs: Any) -> Any:
+        layout = _layout(what, name, mesh, fixed_mapping)
         return _run(
             fn, label, what, name, given, init, xs, kxs, default, tuple(args_spec), kwargs_spec, policy,
-            reverse, unroll, returns_y, bind, arg_label,
+            reverse, unroll, returns_y, bind, arg_label, layout,
         )
 
     return looped
+
+
+class _Layout:
+    """The mesh and axis mapping a loop lays its NamedArrays out by, at every step."""
+
+    __slots__ = ("mapping", "mesh")
+
+    def __init__(self, mapping: Any, mesh: Any):
+        self.mapping, self.mesh = mapping, mesh
+
+    def apply(self, tree: Any, keep_whole: tuple[str, ...] = ()) -> Any:
+        def one(leaf: Any) -> Any:
+            if type(leaf) is not NamedArray:
+                return leaf
+            spec = mesh_lib.loop_pspec(leaf, self.mapping, self.mesh, keep_whole=keep_whole)
+            return leaf if spec is None else _wrap(mesh_lib.place(leaf.array, spec, self.mesh), leaf.axes)
+
+        return jax.tree_util.tree_map(one, tree, is_leaf=leaves_lib.is_named)
+
+
+def _layout(what: str, name: str, mesh: Any, mapping: Any) -> _Layout | None:
+    """Where the loop runs: None on one device, or inside a mesh map (whose arrays are per-device already)."""
+    if any(f.mesh_axes for f in frames.current_frames()):
+        return None
+    mapping = mapping if mapping is not None else mesh_lib.current_axis_mapping()
+    if mapping is None:
+        return None
+    mesh = mesh if mesh is not None else mesh_lib.current_mesh()
+    if mesh is None:
+        return None
+    looped = mapping.resolve((name,), mesh).get(name)
+    if looped:
+        raise errors.MeshError(
+            f"{what} over {name!r}: the axis mapping splits {name!r} over mesh axes {looped}, but a loop visits its "
+            f"elements one after another, so the looped axis must stay whole; map {name!r} to None."
+        )
+    return _Layout(mapping, mesh)
 
 
 def check_unroll(unroll: Any, what: str) -> int | bool:
@@ -237,7 +292,10 @@ def params_after_carry(fn: Callable[..., Any]) -> Callable[..., Any] | None:
 
 
 def _run(fn, label, what, name, given, init, xs, kxs, default, args_spec, kwargs_spec, policy, reverse, unroll,
-         returns_y, bind, arg_label):
+         returns_y, bind, arg_label, layout):
+    if layout is not None:
+        init = layout.apply(init)
+        xs, kxs = layout.apply((tuple(xs), dict(kxs)), keep_whole=(name,))
     sliced = slice_args(what, name, given, xs, kxs, default, args_spec, kwargs_spec, fn=bind, arg_label=arg_label)
     axis, length = sliced.axis, sliced.axis.size
 
@@ -257,6 +315,8 @@ def _run(fn, label, what, name, given, init, xs, kxs, default, args_spec, kwargs
         else:
             new_carry, y = out, None
         _check_carry(what, label, name, carry_tree, carry_sig, new_carry)
+        if layout is not None:
+            new_carry, y = layout.apply((new_carry, y))
         y_tree, y_kinds, y_arrays = leaves_lib.split(y)
         for kind in y_kinds:
             if type(kind) is tuple and any(ax.name == name for ax in kind):
