@@ -70,6 +70,15 @@ def test_named_jit_in_and_out_mappings_and_the_context(mesh42):
     np.testing.assert_allclose(out.array, x.array * 2.0)
 
 
+def test_named_jit_takes_haliax_keyword_names(mesh42):
+    x = _x(6, batch=8, feature=4)
+    f = distmap.named_jit(lambda x: x * 2.0, axis_resources={}, in_axis_resources={"batch": "data"},
+                          out_axis_resources={"feature": "model"}, mesh=mesh42)
+    assert f(x).array.sharding.spec == P(None, "model")
+    with pytest.raises(errors.MeshError, match=r"pass axis_mapping= or axis_resources="):
+        distmap.named_jit(lambda x: x, {}, axis_resources={})
+
+
 def test_named_jit_refusals(mesh42):
     with pytest.raises(errors.MeshError, match=r"named_jit: no axis mapping given and none is current"):
         distmap.named_jit(lambda x: x, mesh=mesh42)(_x(batch=8))

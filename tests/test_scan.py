@@ -144,12 +144,36 @@ def test_under_jit_and_vmap_inside_scan_keeps_names():
 
 
 def test_sizes_that_disagree_name_both_arguments():
-    with pytest.raises(errors.AxisSizeError, match=r"^scan over 'layer': axis 'layer' has size 4 in xs\[0\] but size 3 in xs\[1\]\['m'\]"):
+    with pytest.raises(errors.AxisSizeError, match=r"^scan over 'layer': axis 'layer' has size 4 in a but size 3 in b\['m'\]"):
         distmap.scan(lambda c, a, b: (c, None), L)(0.0, _rand((L, F)), {"m": _rand((Axis("layer", 3),))})
-    with pytest.raises(errors.AxisSizeError, match=r"^fold over 'layer': axis 'layer' has size 4 in xs\[0\] but size 5 in kwargs\['mask'\]"):
+    with pytest.raises(errors.AxisSizeError, match=r"^fold over 'layer': axis 'layer' has size 4 in a but size 5 in kwargs\['mask'\]"):
         distmap.fold(lambda c, a, mask: c, "layer")(0.0, _rand((L, F)), mask=jnp.ones(5))
-    with pytest.raises(errors.AxisSizeError, match=r"^fold over 'layer': axis 'layer' was given size 5 but has size 4 in xs\[0\]"):
+    with pytest.raises(errors.AxisSizeError, match=r"^fold over 'layer': axis 'layer' was given size 5 but has size 4 in a\b"):
         distmap.fold(lambda c, a: c, Axis("layer", 5))(0.0, _rand((L, F)))
+
+
+def test_errors_name_parameters_and_module_fields():
+    import equinox as eqx
+
+    class Foo(eqx.Module):
+        my_array: jax.Array
+
+    with pytest.raises(errors.AxisSizeError, match=r"axis 'layer' has size 4 in x but size 3 in foo.my_array"):
+        distmap.scan(lambda c, x, foo: (c, x), "layer")(0.0, jnp.ones(4), Foo(jnp.zeros((3, 2))))
+    with pytest.raises(errors.AxisSizeError, match=r"size 4 in xs\[0\] but size 3 in xs\[1\]"):  # *args: positions
+        distmap.scan(lambda c, *xs: (c, xs[0]), "layer")(0.0, jnp.ones(4), jnp.ones(3))
+
+
+def test_haliax_spellings_is_scanned_and_remat():
+    xs, table = jnp.arange(8.0).reshape(4, 2), jnp.ones(3)
+    c, ys = distmap.scan(lambda c, x, t: (c + x.sum() + t.sum(), x), "layer",
+                         is_scanned=lambda leaf: leaf.shape != (3,))(0.0, xs, table)
+    assert float(c) == float(xs.sum() + 4 * 3) and ys.shape == (4, 2)
+    assert float(distmap.fold(lambda c, x: c + x.sum(), "layer", is_scanned=True, remat=True)(0.0, xs)) == float(xs.sum())
+    with pytest.raises(errors.MappingError, match=r"pass checkpoint= or remat="):
+        distmap.fold(lambda c: c, "layer", checkpoint="carry", remat=True)
+    with pytest.raises(errors.MappingError, match=r"pass default= or is_scanned="):
+        distmap.fold(lambda c: c, "layer", default=None, is_scanned=True)
 
 
 def test_specs_bind_to_the_parameters_after_the_carry():
@@ -159,7 +183,7 @@ def test_specs_bind_to_the_parameters_after_the_carry():
     by_kw = distmap.scan(lambda c, x: (c, x), "layer", kwargs={"x": 1})(0.0, x=xs)[1]
     np.testing.assert_array_equal(by_pos, xs.T)
     np.testing.assert_array_equal(by_kw, xs.T)
-    with pytest.raises(errors.MappingError, match=r"^fold over 'layer': xs\[1\] is a float .*cannot be mapped on dim 0"):
+    with pytest.raises(errors.MappingError, match=r"^fold over 'layer': s is a float .*cannot be mapped on dim 0"):
         distmap.fold(lambda c, x, s: c, "layer", args=(0, 0))(0.0, xs, 2.0)
 
 
@@ -199,7 +223,7 @@ def test_bad_arguments_are_refused_up_front():
         distmap.Checkpoint(every=0)
     with pytest.raises(errors.MappingError, match=r"Checkpoint\(every=3\) must divide the 4 steps.*near sqrt\(4\): \[2"):
         distmap.fold(lambda h, w: h * w, L, checkpoint=3)(distmap.ones(F), _rand((L, F)))
-    with pytest.raises(errors.MappingError, match=r"fold over .layer.: xs\[0\] has rank 1 here.*cannot be mapped on dim 2"):
+    with pytest.raises(errors.MappingError, match=r"fold over .layer.: a has rank 1 here.*cannot be mapped on dim 2"):
         distmap.fold(lambda c, a: c, L, args=(2,))(0.0, jnp.ones(4))
 
 

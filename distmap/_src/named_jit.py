@@ -27,6 +27,9 @@ def named_jit(
     out_axis_mapping: Any = None,
     mesh: Any = None,
     donate: str = "none",
+    axis_resources: Any = None,
+    in_axis_resources: Any = None,
+    out_axis_resources: Any = None,
 ) -> Any:
     """Jit ``fn`` with shardings for its NamedArray inputs and outputs derived from their axis names.
 
@@ -37,6 +40,7 @@ def named_jit(
         out_axis_mapping: how NamedArray results are laid out (default ``axis_mapping``).
         mesh: the mesh (default: the one set with ``jax.set_mesh`` at call time).
         donate: ``eqx.filter_jit``'s ``donate``: ``"none"``, ``"all"`` or ``"all-except-first"``.
+        axis_resources, in_axis_resources, out_axis_resources: Haliax's names for the three mappings.
 
     Example:
         >>> import distmap, jax
@@ -46,6 +50,9 @@ def named_jit(
         >>> tuple(y.array.sharding.spec), y.array.tolist()[0]
         (('data', None), [2.0, 2.0])
     """
+    axis_mapping = _one_of("axis_mapping", axis_mapping, "axis_resources", axis_resources)
+    in_axis_mapping = _one_of("in_axis_mapping", in_axis_mapping, "in_axis_resources", in_axis_resources)
+    out_axis_mapping = _one_of("out_axis_mapping", out_axis_mapping, "out_axis_resources", out_axis_resources)
     if fn is None:
         return functools.partial(
             named_jit, axis_mapping=axis_mapping, in_axis_mapping=in_axis_mapping,
@@ -84,3 +91,9 @@ def named_jit(
         return jitted((inner, out_map, the_mesh), args, kwargs)
 
     return call
+
+
+def _one_of(ours: str, a: Any, theirs: str, b: Any) -> Any:
+    if a is not None and b is not None:
+        raise errors.MeshError(f"named_jit: pass {ours}= or {theirs}= (Haliax's name), not both.")
+    return a if a is not None else b

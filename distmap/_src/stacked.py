@@ -14,6 +14,7 @@ with the same slicing rules, so a stacked model can be debugged layer by layer
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
@@ -145,11 +146,6 @@ class Stacked(eqx.Module, Generic[M]):
 
     # ------------------------------------------------------------------ in parallel
 
-    def _spec(self) -> Any:
-        # The stacked module's unnamed arrays are mapped on dim 0 (NamedArrays go by name). Rank-0
-        # arrays cannot carry the axis: they are shared values (a float field traced by jax.jit).
-        return jax.tree_util.tree_map(specs.default_spec, self.stacked, is_leaf=leaves_lib.is_named)
-
     def vmap(self, *args: Any, **kwargs: Any) -> Any:
         """Apply every copy to the same inputs, in parallel; outputs carry the stacked axis at the front.
 
@@ -160,7 +156,7 @@ class Stacked(eqx.Module, Generic[M]):
 
     def vmap_via(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """:meth:`vmap` calling ``fn(layer, *args, **kwargs)`` (for example an unbound method) per copy."""
-        mapped = vmap(_apply_via, self.axis, default=None, args=(None, self._spec()))
+        mapped = _vmapper(self.axis)
         return lambda *args, **kwargs: mapped(fn, self.stacked, args, kwargs)
 
     # ------------------------------------------------------------------ in sequence
@@ -189,38 +185,16 @@ class Stacked(eqx.Module, Generic[M]):
         return self._loop(fn, "Stacked.scan", returns_y=True)
 
     def _loop(self, fn: Callable[..., Any], what: str, *, returns_y: bool) -> Callable[..., Any]:
-        self._check_fields()
-        label = f"layer {type(self.stacked).__name__}.{getattr(fn, '__name__', 'fn')}"
-
-        def step(carry: Any, layer: M, *args: Any, **kwargs: Any) -> Any:
-            return fn(layer, carry, *args, **kwargs)
-
-        looped = scan_lib._make(
-            step, self.axis, what, specs.default_spec, (self._spec(),), None, self.checkpoint, False,
-            self.unroll, returns_y=returns_y, label=label, arg_label=_stacked_arg,
-        )
+        # (type(unroll) in the key: lru_cache would take True for 1)
+        looped = _stack_loop(fn, type(self.stacked).__name__, self.axis, what, self.checkpoint, self.unroll,
+                             type(self.unroll), returns_y)
         return lambda x, *args, **kwargs: looped(x, self.stacked, *args, **kwargs)
-
-    def _check_fields(self) -> None:
-        for path, leaf in jax.tree_util.tree_flatten_with_path(self.stacked, is_leaf=leaves_lib.is_named)[0]:
-            if isinstance(leaf, NamedArray):
-                if self.axis.name in leaf.axis_names and leaf.axis_size(self.axis.name) != self.axis.size:
-                    raise errors.AxisSizeError(
-                        f"Stacked over {self.axis.name!r}: field {jax.tree_util.keystr(path)} has "
-                        f"{leaf.axis_size(self.axis.name)} elements along it, not {self.axis.size}."
-                    )
-            elif is_array(leaf) and leaf.ndim > 0 and leaf.shape[0] != self.axis.size:
-                raise errors.AxisSizeError(
-                    f"Stacked over {self.axis.name!r}: unnamed field {jax.tree_util.keystr(path)} has shape "
-                    f"{leaf.shape}; its dim 0 should be the stacked axis (size {self.axis.size})."
-                )
 
     # ------------------------------------------------------------------ layers one by one
 
     def _sliced(self) -> scan_lib.Sliced:
-        self._check_fields()
         return scan_lib.slice_args("Stacked", self.axis.name, self.axis.size, (self.stacked,), {},
-                                   args=(self._spec(),), arg_label=_stacked_arg)
+                                   arg_label=_stacked_arg)
 
     def get_layer(self, i: int) -> M:
         """Copy ``i`` (negative counts from the end) as a plain Module, without the stacked axis."""
@@ -303,6 +277,30 @@ class Stacked(eqx.Module, Generic[M]):
             new.append(_wrap(value, leaf.axes) if isinstance(leaf, NamedArray) else value)
         stacked = jax.tree_util.tree_unflatten(treedef, new)
         return Stacked(stacked, self.axis, self.checkpoint, self.unroll)
+
+
+@functools.lru_cache(maxsize=512)
+def _stack_loop(fn: Callable[..., Any], type_name: str, axis: Axis, what: str, checkpoint: Any, unroll: Any,
+                unroll_type: type, returns_y: bool) -> Callable[..., Any]:
+    """The loop of ``Stacked.fold``/``scan`` running ``fn(layer, x, ...)``: built once per method and stack shape.
+
+    The stack is the loop's first sliced argument; the default spec slices its unnamed arrays on
+    dim 0 (rank-0 arrays cannot carry the axis: they are shared values, such as a float field
+    traced by ``jax.jit``) and its NamedArrays by name.
+    """
+
+    def step(carry: Any, layer: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(layer, carry, *args, **kwargs)
+
+    label = f"layer {type_name}.{getattr(fn, '__name__', 'fn')}"
+    return scan_lib._make(step, axis, what, specs.default_spec, (), None, checkpoint, False, unroll,
+                          returns_y=returns_y, label=label, arg_label=_stacked_arg)
+
+
+@functools.lru_cache(maxsize=64)
+def _vmapper(axis: Axis) -> Callable[..., Any]:
+    # fn is passed as a static argument and the stack's arrays take the default spec: one map per axis.
+    return vmap(_apply_via, axis, default=None, args=(None, specs.default_spec))
 
 
 def _stacked_arg(i: int) -> str:

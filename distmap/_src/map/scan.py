@@ -46,6 +46,8 @@ def scan(
     unroll: int = 1,
     mesh: Any = None,
     axis_mapping: Any = None,
+    is_scanned: Any = None,
+    remat: ckpt.CheckpointSpec = None,
 ) -> Callable[..., tuple[Any, Any]]:
     """Loop ``carry, y = fn(carry, *x, **kx)`` over the named ``axis``; returns ``(carry, ys)``.
 
@@ -81,6 +83,7 @@ def scan(
         >>> total.item(), running.axis_names, running.array.tolist()
         (6.0, ('step',), [0.0, 1.0, 3.0, 6.0])
     """
+    default, checkpoint = _haliax_options("scan", default, is_scanned, checkpoint, remat)
     return _make(fn, axis, "scan", default, args, kwargs, checkpoint, reverse, unroll, returns_y=True,
                  mesh=mesh, axis_mapping=axis_mapping)
 
@@ -97,6 +100,8 @@ def fold(
     unroll: int = 1,
     mesh: Any = None,
     axis_mapping: Any = None,
+    is_scanned: Any = None,
+    remat: ckpt.CheckpointSpec = None,
 ) -> Callable[..., Any]:
     """Loop ``carry = fn(carry, *x, **kx)`` over the named ``axis``; returns the last carry.
 
@@ -109,8 +114,33 @@ def fold(
         >>> distmap.fold(lambda h, w: h * w, Layer)(distmap.ones(Feature), w).array.tolist()
         [8.0, 8.0]
     """
+    default, checkpoint = _haliax_options("fold", default, is_scanned, checkpoint, remat)
     return _make(fn, axis, "fold", default, args, kwargs, checkpoint, reverse, unroll, returns_y=False,
                  mesh=mesh, axis_mapping=axis_mapping)
+
+
+def _haliax_options(what: str, default: Any, is_scanned: Any, checkpoint: Any, remat: Any) -> tuple[Any, Any]:
+    """``is_scanned`` as a ``default`` spec and ``remat`` as ``checkpoint`` (Haliax's spellings), one of each pair."""
+    if remat is not None:
+        if checkpoint is not None:
+            raise errors.MappingError(f"{what}: pass checkpoint= or remat= (Haliax's name), not both.")
+        checkpoint = remat
+    if is_scanned is None:
+        return default, checkpoint
+    if default is not specs.default_spec:
+        raise errors.MappingError(f"{what}: pass default= or is_scanned= (Haliax's form), not both.")
+    if isinstance(is_scanned, bool):
+        flag = is_scanned
+        test = lambda leaf: flag  # noqa: E731
+    elif callable(is_scanned):
+        test = is_scanned
+    else:
+        raise errors.MappingError(f"{what}(is_scanned=...): expected a bool or a callable leaf -> bool, got {is_scanned!r}.")
+
+    def spec(leaf: Any) -> int | None:
+        return 0 if leaves_lib.is_array(leaf) and leaf.ndim > 0 and test(leaf) else None
+
+    return spec, checkpoint
 
 
 def _make(fn, axis, what, default, args_spec, kwargs_spec, checkpoint, reverse, unroll, *, returns_y, label=None,
@@ -129,25 +159,32 @@ def _make(fn, axis, what, default, args_spec, kwargs_spec, checkpoint, reverse, 
     if kwargs_spec is not None and not isinstance(kwargs_spec, Mapping):
         raise errors.MappingError(f"{what}(kwargs=...): expected a dict of specs, got {type(kwargs_spec).__name__}.")
     kwargs_spec = {} if kwargs_spec is None else dict(kwargs_spec)
-    specs.check_spec(default, "default")
-    specs.check_spec(tuple(args_spec), "args")
-    specs.check_spec(kwargs_spec, "kwargs")
+    if default is not specs.default_spec:
+        specs.check_spec(default, "default")
+    if args_spec:
+        specs.check_spec(tuple(args_spec), "args")
+    if kwargs_spec:
+        specs.check_spec(kwargs_spec, "kwargs")
     policy = ckpt.as_checkpoint(checkpoint, what=f"{what}(checkpoint=...)")
     unroll = check_unroll(unroll, what)
     label = label or _fn_name(fn)
-    bind = params_after_carry(fn)
     mesh = mesh_lib.check_mesh(mesh, what)
     fixed_mapping = None if axis_mapping is None else mesh_lib.as_axis_mapping(axis_mapping)
+    # One request per looped function: the specs bind to fn's parameters after the carry, read on first need.
+    after = _AfterCarry(fn)
+    request = plan_lib.Request(((name, given),), default, tuple(args_spec), kwargs_spec, None, after)
+    arg_label = arg_label or after.label
 
     @functools.wraps(fn)
     def looped(init: Any, *xs: Any, **kxs: Any) -> Any:
         layout = _layout(what, name, mesh, fixed_mapping)
-        return _run(
-            fn, label, what, name, given, init, xs, kxs, default, tuple(args_spec), kwargs_spec, policy,
-            reverse, unroll, returns_y, bind, arg_label, layout,
-        )
+        return _run(fn, label, what, request, init, xs, kxs, policy, reverse, unroll, returns_y, arg_label, layout)
 
     return looped
+
+
+def _xs_label(i: int) -> str:
+    return f"xs[{i}]"
 
 
 class _Layout:
@@ -249,10 +286,18 @@ def slice_args(
     ``arg_label(i)`` names positional argument ``i`` in errors (default ``xs[i]``).
     """
     request = plan_lib.Request(((name, given),), default, tuple(args), dict(kwargs or {}), None, fn)
+    return resolve_slices(request, what, xs, kxs, arg_label or _xs_label)
+
+
+def resolve_slices(
+    request: plan_lib.Request, what: str, xs: Sequence[Any], kxs: Mapping[str, Any], arg_label: Callable[[int], str]
+) -> Sliced:
+    """:func:`slice_args` for a request built once (the loop's axis is its only level)."""
+    name = request.names[0]
     try:
         plan, leaves = plan_lib.resolve(request, tuple(xs), dict(kxs))
     except (errors.AxisSizeError, errors.MappingError) as e:
-        raise type(e)(_retitle(str(e), what, name, arg_label or (lambda i: f"xs[{i}]"))) from None
+        raise type(e)(_retitle(str(e), what, name, arg_label)) from None
     scanned: list[Any] = []  # arrays with the looped axis at dim 0
     kinds: list[Any] = []  # per leaf: ("slice", inner axes | True) or ("whole", leaf)
     for i, leaf in enumerate(leaves):
@@ -274,32 +319,49 @@ def _retitle(msg: str, what: str, name: str, arg_label: Callable[[int], str]) ->
     return msg if msg.startswith(what) else f"{what} over {name!r}: {msg}"
 
 
-def params_after_carry(fn: Callable[..., Any]) -> Callable[..., Any] | None:
-    """A stand-in whose signature is ``fn``'s without its first parameter (the carry), for spec binding."""
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return None
-    params = list(sig.parameters.values())
-    if not params or params[0].kind not in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
-        return None  # (*args) first: bind by the call's positions
+class _AfterCarry:
+    """Stands for ``fn`` in spec binding: its signature is ``fn``'s without the first parameter (the
+    carry), computed only if a spec needs binding (``inspect`` reads ``__signature__``)."""
 
-    def stand_in(*a: Any, **k: Any) -> None:  # never called
-        raise AssertionError
+    __slots__ = ("fn",)
 
-    stand_in.__signature__ = sig.replace(parameters=params[1:])  # type: ignore[attr-defined]
-    return stand_in
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn = fn
+
+    def __call__(self, *a: Any, **k: Any) -> None:  # never called: only its signature is read
+        raise AssertionError("_AfterCarry stands in for a signature only")
+
+    def label(self, i: int) -> str:
+        """Positional argument ``i`` (after the carry) by its parameter's name where there is one, else ``xs[i]``."""
+        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        names = [p.name for p in self.__signature__.parameters.values() if p.kind in kinds]
+        return names[i] if i < len(names) else f"xs[{i}]"
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        try:
+            sig = inspect.signature(self.fn)
+        except (TypeError, ValueError):
+            return inspect.Signature([inspect.Parameter("xs", inspect.Parameter.VAR_POSITIONAL)])
+        params = list(sig.parameters.values())
+        if params and params[0].kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            params = params[1:]
+        else:  # (*args) first: bind by the call's positions
+            params = [inspect.Parameter("xs", inspect.Parameter.VAR_POSITIONAL)]
+        return sig.replace(parameters=params)
 
 
-def _run(fn, label, what, name, given, init, xs, kxs, default, args_spec, kwargs_spec, policy, reverse, unroll,
-         returns_y, bind, arg_label, layout):
+def _run(fn, label, what, request, init, xs, kxs, policy, reverse, unroll, returns_y, arg_label, layout):
+    name = request.names[0]
     if layout is not None:
         init = layout.apply(init)
         xs, kxs = layout.apply((tuple(xs), dict(kxs)), keep_whole=(name,))
-    sliced = slice_args(what, name, given, xs, kxs, default, args_spec, kwargs_spec, fn=bind, arg_label=arg_label)
+    sliced = resolve_slices(request, what, xs, kxs, arg_label)
     axis, length = sliced.axis, sliced.axis.size
 
-    carry_tree, carry_sig = _signature(init)
+    # NamedArrays flatten with their axes in the treedef, so jax.lax.scan itself refuses a carry
+    # whose axes changed; the step keeps what it returned so the refusal can be explained.
+    returned: list[Any] = []
     y_info: list[Any] = []
 
     def step(carry: Any, slices: Sequence[Any]) -> tuple[Any, Any]:
@@ -314,7 +376,7 @@ def _run(fn, label, what, name, given, init, xs, kxs, default, args_spec, kwargs
             new_carry, y = out
         else:
             new_carry, y = out, None
-        _check_carry(what, label, name, carry_tree, carry_sig, new_carry)
+        returned[:] = [new_carry]
         if layout is not None:
             new_carry, y = layout.apply((new_carry, y))
         y_tree, y_kinds, y_arrays = leaves_lib.split(y)
@@ -327,13 +389,18 @@ def _run(fn, label, what, name, given, init, xs, kxs, default, args_spec, kwargs
         y_info[:] = [y_tree, y_kinds]
         return new_carry, y_arrays
 
-    with jax.named_scope(f"{what}({name})"):
+    try:
         if policy is None:
             carry, ys = jax.lax.scan(step, init, sliced.arrays, length=length, reverse=reverse, unroll=unroll)
         else:
             carry, ys = ckpt.nested_scan(
-                step, init, sliced.arrays, length, policy, reverse=reverse, unroll=unroll, what=f"{what} over {name!r}"
+                step, init, sliced.arrays, length, policy, reverse=reverse, unroll=unroll,
+                what=f"{what} over {name!r}",
             )
+    except TypeError:
+        if returned:  # JAX refused the carry: say which part changed, in distmap's terms (raises if found)
+            _check_carry(what, label, name, *_signature(init), returned[0])
+        raise
     if not returns_y:
         return carry
     y_tree, y_kinds = y_info
