@@ -172,7 +172,9 @@ def _make(fn, axis, what, default, args_spec, kwargs_spec, checkpoint, reverse, 
     fixed_mapping = None if axis_mapping is None else mesh_lib.as_axis_mapping(axis_mapping)
     # One request per looped function: the specs bind to fn's parameters after the carry, read on first need.
     after = _AfterCarry(fn)
-    request = plan_lib.Request(((name, given),), default, tuple(args_spec), kwargs_spec, None, after)
+    # With no args/kwargs specs there is nothing to bind, so the signature is never read (fn=None).
+    bound = after if (args_spec or kwargs_spec) else None
+    request = plan_lib.Request(((name, given),), default, tuple(args_spec), kwargs_spec, None, bound)
     arg_label = arg_label or after.label
 
     @functools.wraps(fn)
