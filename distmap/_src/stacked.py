@@ -293,7 +293,7 @@ def _stack_loop(fn: Callable[..., Any], type_name: str, axis: Axis, what: str, c
         return fn(layer, carry, *args, **kwargs)
 
     label = f"layer {type_name}.{getattr(fn, '__name__', 'fn')}"
-    return scan_lib._make(step, axis, what, specs.default_spec, (), None, checkpoint, False, unroll,
+    return scan_lib.make_loop(step, axis, what, specs.default_spec, (), None, checkpoint, False, unroll,
                           returns_y=returns_y, label=label, arg_label=_stacked_arg)
 
 

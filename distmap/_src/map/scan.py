@@ -8,8 +8,16 @@ last carry and the ``y`` of every step stacked along ``axis``. ``fold`` is the s
 Which leaves of ``xs`` are sliced follows ``vmap``'s rules: a NamedArray carrying ``axis``
 is sliced along it wherever it sits, other NamedArrays are passed whole to every step;
 unnamed leaves follow the ``default``/``args``/``kwargs`` specs (arrays of rank >= 1 on dim 0,
-scalars and non-arrays passed whole). The carry is never sliced: it must keep its
-structure, named axes, shapes and dtypes from step to step.
+scalars and non-arrays passed whole). That decision is the map engine's: the loop's axis is
+resolved by :func:`distmap._src.map.plan.resolve`, as one level of a ``vmap`` would be, so a
+spec, a size or an argument path means the same in both. The carry is never sliced: it must
+keep its structure, named axes and shapes from step to step.
+
+On a mesh (an axis mapping and a mesh, given or current) the loop is still one
+``jax.lax.scan``; every NamedArray of the carry, of the sliced arguments and of each ``y`` is
+laid out by its names at each step (:func:`distmap._src.mesh.loop_pspec`), so XLA partitions
+the loop body on local shards. Inside a mesh ``vmap`` the arrays are per-device already and
+the loop runs on them as they are.
 """
 
 from __future__ import annotations
@@ -84,7 +92,7 @@ def scan(
         (6.0, ('step',), [0.0, 1.0, 3.0, 6.0])
     """
     default, checkpoint = _haliax_options("scan", default, is_scanned, checkpoint, remat)
-    return _make(fn, axis, "scan", default, args, kwargs, checkpoint, reverse, unroll, returns_y=True,
+    return make_loop(fn, axis, "scan", default, args, kwargs, checkpoint, reverse, unroll, returns_y=True,
                  mesh=mesh, axis_mapping=axis_mapping)
 
 
@@ -115,7 +123,7 @@ def fold(
         [8.0, 8.0]
     """
     default, checkpoint = _haliax_options("fold", default, is_scanned, checkpoint, remat)
-    return _make(fn, axis, "fold", default, args, kwargs, checkpoint, reverse, unroll, returns_y=False,
+    return make_loop(fn, axis, "fold", default, args, kwargs, checkpoint, reverse, unroll, returns_y=False,
                  mesh=mesh, axis_mapping=axis_mapping)
 
 
@@ -143,8 +151,13 @@ def _haliax_options(what: str, default: Any, is_scanned: Any, checkpoint: Any, r
     return spec, checkpoint
 
 
-def _make(fn, axis, what, default, args_spec, kwargs_spec, checkpoint, reverse, unroll, *, returns_y, label=None,
-          arg_label=None, mesh=None, axis_mapping=None):
+def make_loop(fn, axis, what, default, args_spec, kwargs_spec, checkpoint, reverse, unroll, *, returns_y, label=None,
+              arg_label=None, mesh=None, axis_mapping=None):
+    """The looped function behind ``scan``/``fold``/``Stacked``: everything checked here, once.
+
+    ``what`` names the loop in errors ("scan", "Stacked.fold"), ``label`` the function,
+    ``arg_label(i)`` positional argument ``i``.
+    """
     if not callable(fn):
         raise TypeError(f"{what}: fn must be callable, got {type(fn).__name__}.")
     parsed = parse_selection(axis, what=f"{what}(axis=...)")
