@@ -41,6 +41,15 @@ class AxisSelectorError(DistmapError, TypeError):
     """Something that is not an ``Axis``, a name or a selection of them was given as one."""
 
 
+class AxisIndexError(DistmapError, IndexError):
+    """An integer index is out of range for the named axis it indexes."""
+
+
+class ArgumentTypeError(DistmapError, TypeError):
+    """An argument of the wrong kind: a plain array where a NamedArray is needed, an object array,
+    a non-key where a PRNG key is needed, a NamedArray where it has no meaning (``len``, ``bool``)."""
+
+
 class MappingError(DistmapError, ValueError):
     """A map over named axes was set up wrongly (missing size, bad spec, collective outside its map)."""
 
@@ -60,6 +69,8 @@ __all__ = [
     "AxisSizeError",
     "ShapeMismatchError",
     "AxisSelectorError",
+    "AxisIndexError",
+    "ArgumentTypeError",
     "MappingError",
     "MeshError",
     "DistributedError",

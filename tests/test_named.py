@@ -278,6 +278,15 @@ class TestIndexing:
             np.testing.assert_array_equal(r.array, arr(2, 3, 4)[:, i])
         np.testing.assert_array_equal(f(x, jnp.asarray(-1)).array, arr(2, 3, 4)[:, -1])
 
+    def test_traced_out_of_range_is_clamped_as_documented(self, x):
+        # A traced index has no value to check: JAX's rule applies (negatives count from the end,
+        # the rest clamp), as __getitem__'s docstring says; an eager int raises instead.
+        f = jax.jit(lambda y, i: y["b", i])
+        np.testing.assert_array_equal(f(x, jnp.asarray(7)).array, arr(2, 3, 4)[:, 2])
+        np.testing.assert_array_equal(f(x, jnp.asarray(-9)).array, arr(2, 3, 4)[:, 0])
+        with pytest.raises(errors.AxisIndexError, match="axis 'b' of size 3"):
+            x["b", 7]
+
     def test_out_of_range(self, x):
         with pytest.raises(IndexError, match="axis 'b' of size 3"):
             x["b", 3]
@@ -330,6 +339,39 @@ class TestIndexing:
 # -------------------------------------------------------------------- operators
 BINARY = [operator.add, operator.sub, operator.mul, operator.truediv, operator.pow, operator.floordiv, operator.mod]
 COMPARE = [operator.lt, operator.le, operator.gt, operator.ge, operator.eq, operator.ne]
+
+
+class TestNumpyInterop:
+    def test_asarray_keeps_axis_order(self, x):
+        out = np.asarray(x)
+        assert isinstance(out, np.ndarray) and out.shape == (2, 3, 4)
+        np.testing.assert_array_equal(out, arr(2, 3, 4))
+        np.testing.assert_array_equal(np.asarray(x.rearrange(("c", ...))), np.moveaxis(arr(2, 3, 4), 2, 0))
+        assert np.asarray(x, dtype=np.int64).dtype == np.int64
+        assert jnp.asarray(x).shape == (2, 3, 4)
+
+    def test_asarray_refuses_no_copy_and_tracers(self, x):
+        if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
+            with pytest.raises(ValueError, match="copy"):
+                np.asarray(x, copy=False)
+        with pytest.raises(jax.errors.TracerArrayConversionError):
+            jax.jit(lambda y: np.asarray(y))(x)
+
+    def test_ufuncs_act_by_name(self, x):
+        y = np.exp(x)
+        assert isinstance(y, NamedArray) and y.axes == x.axes
+        np.testing.assert_allclose(y.array, np.exp(arr(2, 3, 4)), rtol=1e-6)
+        z = np.float32(2.0) * x
+        assert isinstance(z, NamedArray) and z.axes == x.axes
+        m = np.maximum(x["a", 0], x)  # broadcast by name, the left operand's axes first
+        assert m.axis_names == ("b", "c", "a")
+        with pytest.raises(errors.ShapeMismatchError, match="shape"):
+            np.zeros((2, 3, 4)) + x
+
+    def test_other_numpy_functions_refused(self, x):
+        for fn in (np.sum, np.mean, np.shape, lambda v: np.concatenate([v, v]), np.add.reduce):
+            with pytest.raises(errors.ArgumentTypeError, match="axis names"):
+                fn(x)
 
 
 class TestOperators:

@@ -95,9 +95,9 @@ def test_errors():
         distmap.random.normal(jax.random.split(k, 3), AXES)
     with pytest.raises(errors.ShapeMismatchError, match="one key"):
         distmap.random.normal(jax.random.split(jax.random.PRNGKey(0), 3), AXES)
-    with pytest.raises(errors.ShapeMismatchError):
+    with pytest.raises(errors.ArgumentTypeError, match="dtype float32"):  # not a key: the wrong kind, not shape
         distmap.random.normal(jnp.zeros(2), AXES)
-    with pytest.raises(TypeError, match="PRNG key"):
+    with pytest.raises(errors.ArgumentTypeError, match="PRNG key"):
         distmap.random.normal(0, AXES)
     with pytest.raises(errors.AxisNotFoundError, match="minval"):
         distmap.random.uniform(k, AXES, minval=distmap.zeros({"other": 2}))

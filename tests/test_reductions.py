@@ -115,6 +115,28 @@ def test_where_errors():
         distmap.sum(x(), "a", where=np.ones(DATA.shape, bool))
 
 
+WHERE_TAKERS = ["sum", "mean", "max", "min", "prod", "std", "var", "any", "all"]
+
+
+@pytest.mark.parametrize("name", WHERE_TAKERS)
+@pytest.mark.parametrize("method", [False, True])
+def test_where_mask_mistakes_named_for_every_reduction(name, method):
+    # The class, not the example: every function that takes where= checks the mask by name, as
+    # the operators check their operands: a wrong size, an axis x lacks, an unnamed or non-bool mask.
+    data = x() > 0 if name in BOOL_REDUCTIONS else x()
+    fn = getattr(data, name) if method else (lambda *a, **k: getattr(distmap, name)(data, *a, **k))
+    with pytest.raises(errors.AxisSizeError, match=r"where=.*'b' of size 5.*size 3"):
+        fn("a", where=distmap.ones({"b": 5}, dtype=bool))
+    with pytest.raises(errors.AxisNotFoundError, match=r"where=.*'z'"):
+        fn("a", where=distmap.ones({"z": 3}, dtype=bool))
+    with pytest.raises(errors.ArgumentTypeError, match=r"where=.*NamedArray"):
+        fn("a", where=np.ones(DATA.shape, bool))
+    with pytest.raises(errors.ArgumentTypeError, match=r"where=.*bools"):
+        fn("a", where=distmap.ones({"b": 3}))
+    ok = fn("a", where=distmap.named(np.array([True, False, True]), "b"))  # a mask over some axes broadcasts
+    assert ok.axis_names == ("b", "c")
+
+
 @pytest.mark.parametrize("name, ref", [("argmax", np.argmax), ("argmin", np.argmin)])
 def test_arg_reductions(name, ref):
     fn = getattr(distmap, name)

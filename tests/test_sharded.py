@@ -584,12 +584,15 @@ def test_chunk_size_composes(n):
     for chunk in (1, 3):
         out = distmap.vmap(triple, "batch", mesh=mesh, axis_mapping={"batch": "data"}, chunk_size=chunk)(x)
         assert_same(out, one_device(triple, "batch")(x))
-    # the chunks are within each device's shard: one chunk per shard still allows collectives
+    # Whether the map is chunked is decided on the whole axis, as on one device: a chunk as large
+    # as one device's share still refuses collectives (one device would), a chunk of the whole allows them.
     local = -(-n // 4)
-    out = distmap.vmap(padding_probe, "batch", mesh=mesh, axis_mapping={"batch": "data"}, chunk_size=local)(x)
+    for f in (distmap.vmap(with_psum, "batch", chunk_size=local),
+              distmap.vmap(with_psum, "batch", mesh=mesh, axis_mapping={"batch": "data"}, chunk_size=local)):
+        with pytest.raises(errors.MappingError, match=r"psum\('batch'\): the map over 'batch' runs in chunks"):
+            f(x)
+    out = distmap.vmap(padding_probe, "batch", mesh=mesh, axis_mapping={"batch": "data"}, chunk_size=n)(x)
     assert_same(out, one_device(padding_probe, "batch")(x))
-    with pytest.raises(errors.MappingError, match=r"psum\('batch'\): the map over 'batch' runs in chunks"):
-        distmap.vmap(with_psum, "batch", mesh=mesh, axis_mapping={"batch": "data"}, chunk_size=local - 1)(x)
 
 
 # ------------------------------------------------------------------------------ nesting
@@ -663,12 +666,16 @@ def test_not_a_mesh():
         distmap.vmap(triple, "batch", mesh="data", axis_mapping={"batch": "data"})(ints([("batch", 8)]))
 
 
-def test_mapping_naming_no_mapped_axis_runs_on_one_device():
-    # a mapping that mentions none of the mapped axes leaves the call as on one device
+def test_explicit_mapping_naming_no_mapped_axis_is_refused():
+    # an axis mapping given to vmap applies to its mapped axes only: a key among none of them
+    # (a typo such as "btach") would split nothing, so it is refused, naming the key and the map
     mesh = mesh_of("4x2")
     x = ints([("batch", 8), ("feature", 3)])
-    out = distmap.vmap(with_psum, "batch", mesh=mesh, axis_mapping={"other": "data"})(x)
-    assert_same(out, one_device(with_psum, "batch")(x))
+    with pytest.raises(errors.MeshError, match=r"\['other'\].*\('batch',\)"):
+        distmap.vmap(with_psum, "batch", mesh=mesh, axis_mapping={"other": "data"})(x)
+    # a context mapping is a rule set for the whole program: names a call lacks are ignored
+    with distmap.axis_mapping({"other": "data"}), jax.set_mesh(mesh):
+        assert_same(distmap.vmap(with_psum, "batch")(x), one_device(with_psum, "batch")(x))
 
 
 # ------------------------------------------------------------------------------ property test

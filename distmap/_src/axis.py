@@ -132,14 +132,21 @@ def parse_selection(sel: AxisSelection, *, what: str = "axis") -> tuple[tuple[st
             elif isinstance(item, str):
                 out.append((axis_name(item), None))
             else:
+                hint = ""
+                if isinstance(item, int):
+                    hint = (
+                        "; distmap takes axes by name, not positions or shapes: give names with sizes, "
+                        "e.g. {'batch': 2, 'feature': 3} or (Axis('batch', 2), Axis('feature', 3))"
+                    )
                 raise errors.AxisSelectorError(
                     f"{what}: expected an Axis or an axis name (str) in the sequence, "
-                    f"got {type(item).__name__} {item!r}."
+                    f"got {type(item).__name__} {item!r}{hint}."
                 )
     else:
+        hint = " (axes go by name, not by position)" if isinstance(sel, int) else ""
         raise errors.AxisSelectorError(
             f"{what}: expected an Axis, an axis name, a sequence of them or a {{name: size}} mapping, "
-            f"got {type(sel).__name__} {sel!r}."
+            f"got {type(sel).__name__} {sel!r}{hint}."
         )
     names = [n for n, _ in out]
     if len(set(names)) != len(names):

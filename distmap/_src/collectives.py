@@ -19,7 +19,7 @@ import numpy as np
 from distmap import errors
 from distmap._src.map import frames
 from distmap._src.axis import Axis, AxisSelector, axis_name
-from distmap._src.named import NamedArray, _wrap
+from distmap._src.named import NamedArray, _wrap, as_jax_array
 
 AxisNames = AxisSelector | Sequence[AxisSelector]
 
@@ -83,20 +83,58 @@ def _global_index(f: frames.MapFrame) -> jax.Array:
     return shard * f.local_size + local
 
 
-def _map_leaves(fn, x: Any) -> Any:
+def _array(leaf: Any, fn: str) -> jax.Array:
+    """A pytree leaf given to a collective, as an array (numbers and arrays only)."""
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype") and not isinstance(leaf, np.ndarray):
+        return leaf  # a jax array or tracer
+    return as_jax_array(leaf, fn)
+
+
+def _map_leaves(fn, x: Any, name: str = "collective") -> Any:
     def one(leaf):
         if isinstance(leaf, NamedArray):
             return _wrap(fn(leaf.array), leaf.axes)
-        return fn(jnp.asarray(leaf))
+        return fn(_array(leaf, name))
 
     return jax.tree_util.tree_map(one, x, is_leaf=lambda v: isinstance(v, NamedArray))
 
 
-def _masked(fs, values, fill):
+def _masked(fs, values, fill, name: str = "collective"):
     if not any(f.padded for f in fs):
         return values
     _, valid = _flat_index(fs)
-    return _map_leaves(lambda a: jnp.where(valid, a, jnp.asarray(fill(a.dtype), a.dtype)), values)
+    return _map_leaves(lambda a: jnp.where(valid, a, jnp.asarray(fill(a.dtype), a.dtype)), values, name)
+
+
+def _explicit_typed(a: jax.Array) -> bool:
+    """Whether ``a``'s type carries a sharding on a mesh with Explicit axes (traced under ``jax.set_mesh``).
+
+    Under ``jax.vmap``, JAX 0.12's psum/pmax/pmin batching rule keeps the whole batch's sharding
+    on each element's type and fails ("Length of sharding.spec ... must be equal to aval's
+    ndim"); ``all_gather`` has no such trouble, so such operands reduce over the vmap axis by a
+    gather and a local reduction (the same values), and over mesh axes as usual.
+    """
+    sharding = getattr(jax.typeof(a), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    explicit = jax.sharding.AxisType.Explicit
+    return mesh is not None and any(t == explicit for t in getattr(mesh, "axis_types", ()))
+
+
+def _reduce(a: jax.Array, fs: list[frames.MapFrame], how: str) -> jax.Array:
+    """``a`` reduced (``how``: "sum", "max" or "min") over every element of the maps ``fs``."""
+    names = _jax_names(fs)
+    lax_op = {"sum": jax.lax.psum, "max": jax.lax.pmax, "min": jax.lax.pmin}[how]
+    if not _explicit_typed(a):
+        if how == "sum":
+            return lax_op(a, names)
+        return _extreme_of(a, names, how == "max")
+    local = getattr(jnp, how)
+    for f in fs:
+        a = local(jax.lax.all_gather(a, f.vmap_name, axis=0), axis=0).astype(a.dtype)
+    mesh_axes = tuple(n for f in fs for n in f.mesh_axes)
+    if not mesh_axes:
+        return a
+    return lax_op(a, mesh_axes) if how == "sum" else _extreme_of(a, mesh_axes, how == "max")
 
 
 def psum(x: Any, axis: AxisNames) -> Any:
@@ -109,14 +147,14 @@ def psum(x: Any, axis: AxisNames) -> Any:
         Array([6, 6, 6, 6], dtype=int32)
     """
     fs = _frames(axis, "psum")
-    return _map_leaves(lambda a: jax.lax.psum(a, _jax_names(fs)), _masked(fs, x, lambda d: 0))
+    return _map_leaves(lambda a: _reduce(a, fs, "sum"), _masked(fs, x, lambda d: 0, "psum"), "psum")
 
 
 def pmean(x: Any, axis: AxisNames) -> Any:
     """Mean of ``x`` over every (real) element of the named map(s)."""
     fs = _frames(axis, "pmean")
     count = int(np.prod([f.size for f in fs]))
-    total = _map_leaves(lambda a: jax.lax.psum(a, _jax_names(fs)), _masked(fs, x, lambda d: 0))
+    total = _map_leaves(lambda a: _reduce(a, fs, "sum"), _masked(fs, x, lambda d: 0, "pmean"), "pmean")
     return _map_leaves(lambda a: a / count, total)
 
 
@@ -152,13 +190,17 @@ def _extreme_of(a: jax.Array, names: tuple[str, ...], high: bool) -> jax.Array:
 def pmax(x: Any, axis: AxisNames) -> Any:
     """Maximum of ``x`` over every element of the named map(s); differentiable (ties share the gradient)."""
     fs = _frames(axis, "pmax")
-    return _map_leaves(lambda a: _extreme_of(a, _jax_names(fs), True), _masked(fs, x, lambda d: _extreme(d, False)))
+    return _map_leaves(
+        lambda a: _reduce(a, fs, "max"), _masked(fs, x, lambda d: _extreme(d, False), "pmax"), "pmax"
+    )
 
 
 def pmin(x: Any, axis: AxisNames) -> Any:
     """Minimum of ``x`` over every element of the named map(s); differentiable (ties share the gradient)."""
     fs = _frames(axis, "pmin")
-    return _map_leaves(lambda a: _extreme_of(a, _jax_names(fs), False), _masked(fs, x, lambda d: _extreme(d, True)))
+    return _map_leaves(
+        lambda a: _reduce(a, fs, "min"), _masked(fs, x, lambda d: _extreme(d, True), "pmin"), "pmin"
+    )
 
 
 def axis_index(axis: AxisNames) -> jax.Array:
@@ -222,7 +264,7 @@ def all_gather(x: Any, axis: AxisNames) -> Any:
             for f in reversed(fs):  # the last name gathered first, so the first ends up in front
                 out = gather(out, f)
             return _wrap(out, tuple(Axis(f.name, f.size) for f in fs) + leaf.axes)
-        out = jnp.asarray(leaf)
+        out = _array(leaf, "all_gather")
         for f in reversed(fs):
             out = gather(out, f)
         return out

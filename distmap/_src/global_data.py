@@ -76,6 +76,7 @@ def host_local_to_global(
     def one(leaf: Any) -> Any:
         if not isinstance(leaf, NamedArray):
             return leaf
+        mapping.resolve(leaf.axis_names, mesh)  # names a mesh axis the mesh lacks before JAX does
         spec = _pspec(leaf, mapping, None)
         blocks = _process_blocks(mesh, spec, leaf.ndim)
         global_shape = tuple(a.size * b for a, b in zip(leaf.axes, blocks))

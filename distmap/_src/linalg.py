@@ -27,13 +27,13 @@ def _subscript(k: int) -> str:
 
 def _check_arrays(arrays: Sequence[Any], fn: str) -> list[NamedArray]:
     if not arrays:
-        raise TypeError(f"{fn}: needs at least one NamedArray.")
+        raise errors.ArgumentTypeError(f"{fn}: needs at least one NamedArray.")
     for i, a in enumerate(arrays):
         if not isinstance(a, NamedArray):
             hint = ""
             if isinstance(a, (str, Axis)) and fn == "dot":
                 hint = " (the axes to contract go in the keyword argument: dot(x, y, axis=...))"
-            raise TypeError(f"{fn}: arrays[{i}] must be a NamedArray, got {type(a).__name__} {a!r}{hint}.")
+            raise errors.ArgumentTypeError(f"{fn}: arrays[{i}] must be a NamedArray, got {type(a).__name__} {a!r}{hint}.")
     return list(arrays)
 
 

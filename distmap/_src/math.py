@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from distmap import errors
 from distmap._src.axis import AxisSelection
 from distmap._src.named import NamedArray, _wrap, binary_op
 from distmap._src.ops import _as_named, _broadcast_operands, _check_named
@@ -163,7 +164,7 @@ def clip(x: NamedArray | Any, lo: NamedArray | Any = None, hi: NamedArray | Any 
     """
     axes, (a, l, h) = _broadcast_operands((("x", x), ("lo", lo), ("hi", hi)), "clip", allow_none=True)
     if a is None:
-        raise TypeError("clip: x must be a NamedArray or a scalar, got None.")
+        raise errors.ArgumentTypeError("clip: x must be a NamedArray or a scalar, got None.")
     return _wrap(jnp.clip(a, l, h), axes)
 
 
@@ -177,7 +178,7 @@ def softmax(x: NamedArray, axis: AxisSelection | None) -> NamedArray:
         [[0.25, 0.25, 0.25, 0.25], [0.25, 0.25, 0.25, 0.25]]
     """
     x = _check_named(x, "softmax")
-    return _wrap(jax.nn.softmax(x.array, axis=_dims(x, axis)), x.axes)
+    return _wrap(jax.nn.softmax(x.array, axis=_dims(x, axis, "softmax")), x.axes)
 
 
 def log_softmax(x: NamedArray, axis: AxisSelection | None) -> NamedArray:
@@ -189,7 +190,7 @@ def log_softmax(x: NamedArray, axis: AxisSelection | None) -> NamedArray:
         [0.5, 0.5]
     """
     x = _check_named(x, "log_softmax")
-    return _wrap(jax.nn.log_softmax(x.array, axis=_dims(x, axis)), x.axes)
+    return _wrap(jax.nn.log_softmax(x.array, axis=_dims(x, axis, "log_softmax")), x.axes)
 
 
 __all__ = [name for name, *_ in _UNARY] + [

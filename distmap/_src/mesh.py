@@ -210,13 +210,26 @@ def make_mesh(
             )
         sizes[sizes.index(-1)] = len(devs) // known
     if math.prod(sizes) != len(devs):
+        hint = ""
+        if devices is None and math.prod(sizes) > len(devs) and devs and devs[0].platform == "cpu":
+            hint = (
+                f" On CPU, simulate {math.prod(sizes)} devices: start Python with "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={math.prod(sizes)}, or call "
+                f"distmap.distributed.initialize(cpu_devices={math.prod(sizes)}) before any JAX work."
+            )
         raise errors.MeshError(
             f"make_mesh: mesh {dict(zip(names, sizes))} needs {math.prod(sizes)} devices, but {len(devs)} were given."
+            + hint
         )
     if axis_types is None:
         axis_types = (jax.sharding.AxisType.Explicit,) * len(names)
     elif not isinstance(axis_types, (tuple, list)):
         axis_types = (axis_types,) * len(names)
+    if len(axis_types) != len(names) or not all(isinstance(t, jax.sharding.AxisType) for t in axis_types):
+        raise errors.MeshError(
+            f"make_mesh(axis_types=...): expected one jax.sharding.AxisType (e.g. AxisType.Explicit or "
+            f"AxisType.Auto) or one per mesh axis {tuple(names)}, got {axis_types!r}."
+        )
     return jax.make_mesh(tuple(sizes), tuple(names), axis_types=tuple(axis_types), devices=devs)
 
 

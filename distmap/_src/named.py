@@ -50,10 +50,8 @@ class NamedArray:
     axes: tuple[Axis, ...]
 
     def __init__(self, array: Any, axes: Sequence[Axis]):
-        if not hasattr(array, "shape") or not hasattr(array, "dtype"):
-            array = jnp.asarray(array)
-        elif isinstance(array, np.ndarray) or np.isscalar(array):
-            array = jnp.asarray(array)
+        if not hasattr(array, "shape") or not hasattr(array, "dtype") or isinstance(array, np.ndarray) or np.isscalar(array):
+            array = as_jax_array(array, "NamedArray")
         axes = tuple(axes)
         for ax in axes:
             if not isinstance(ax, Axis):
@@ -114,17 +112,68 @@ class NamedArray:
     __hash__ = None  # type: ignore[assignment]  # == is elementwise, as for jax arrays
 
     def __bool__(self) -> bool:
+        if self.size != 1:
+            raise errors.ArgumentTypeError(
+                f"the truth value of a NamedArray with axes {_fmt_axes(self.axes)} is ambiguous; reduce it first, "
+                "e.g. x.any() or x.all() (or x.any('axis') for one axis)."
+            )
         return bool(self.array)
 
     def __len__(self) -> int:
-        raise TypeError(
+        raise errors.ArgumentTypeError(
             f"len() of a NamedArray is ambiguous; use x.axis_size(name) (axes: {self.axis_names})."
         )
 
     def __iter__(self):
-        raise TypeError(
+        raise errors.ArgumentTypeError(
             f"a NamedArray cannot be iterated without naming an axis; use x[name, i] or "
             f"distmap.unstack (axes: {self.axis_names})."
+        )
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """``np.asarray(x)``: the data as a numpy array, its dimensions in the order of ``x.axes``.
+
+        The names are dropped (numpy has none); ``x.axis_names`` says which dimension is which.
+        Use ``x.rearrange(order)`` first for another order. Under ``jax.jit`` this fails as it
+        does for any traced array: there is no value to copy to the host yet.
+
+        Example:
+            >>> import distmap, numpy as np
+            >>> np.asarray(distmap.ones({"batch": 2, "feature": 3})).shape
+            (2, 3)
+        """
+        if copy is False:
+            raise ValueError("np.asarray(NamedArray, copy=False): the data lives in a JAX array, so a copy is needed.")
+        return np.asarray(self.array, dtype=dtype)
+
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> "NamedArray":
+        """numpy ufuncs act elementwise by name, as the operators do: ``np.float32(2) * x``, ``np.exp(x)``.
+
+        The jnp function of the same name does the work, so the result is a NamedArray. ufunc
+        methods (``np.add.reduce``) and ``out=`` are refused: reduce by name with distmap.
+        """
+        fn = getattr(jnp, ufunc.__name__, None)
+        if method != "__call__" or kwargs or fn is None:
+            what = f"np.{ufunc.__name__}" + ("" if method == "__call__" else f".{method}")
+            raise errors.ArgumentTypeError(
+                f"{what}({', '.join(sorted(kwargs)) + '=...' if kwargs else '...'}) on a NamedArray: numpy does not know "
+                f"axis names; use distmap's functions (distmap.sum(x, 'axis'), ...) or np.asarray(x) for a plain array "
+                f"(axes {self.axis_names})."
+            )
+        if len(inputs) == 1:
+            return _wrap(fn(self.array), self.axes)
+        if len(inputs) == 2:
+            return binary_op(fn, inputs[0], inputs[1], ufunc.__name__)
+        raise errors.ArgumentTypeError(f"np.{ufunc.__name__} on a NamedArray: only ufuncs of one or two operands are supported.")
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        # np.sum, np.concatenate, np.shape ... would read a NamedArray by position, or call its
+        # methods with numpy's keywords: refuse, naming the way by name.
+        name = getattr(func, "__name__", str(func))
+        raise errors.ArgumentTypeError(
+            f"np.{name} on a NamedArray: numpy does not know axis names. Use distmap's function, which takes "
+            f"axes by name (distmap.sum(x, 'batch'), distmap.concatenate('batch', xs), ...), or np.asarray(x) "
+            f"for a plain array in the order of x.axes {self.axis_names}."
         )
 
     # ------------------------------------------------------------- axis lookup
@@ -228,6 +277,10 @@ class NamedArray:
         new = list(self.axes)
         for old, to in mapping.items():
             i = self._index_of(old)
+            if not isinstance(to, (str, Axis)):
+                raise errors.AxisSelectorError(
+                    f"rename: the new name of {axis_name(old)!r} must be a str or an Axis, got {type(to).__name__} {to!r}."
+                )
             to_name = axis_name(to)
             if isinstance(to, Axis) and to.size != new[i].size:
                 raise errors.AxisSizeError(
@@ -238,7 +291,8 @@ class NamedArray:
         return _wrap(self.array, tuple(new))
 
     def astype(self, dtype: Any) -> "NamedArray":
-        return _wrap(self.array.astype(dtype), self.axes)
+        """The same axes, the data converted to ``dtype``."""
+        return _wrap(self.array.astype(check_dtype(dtype, "astype")), self.axes)
 
     def scalar(self) -> jax.Array:
         """The 0-d JAX array held by an array of size one (any axes of size 1 are dropped)."""
@@ -255,7 +309,19 @@ class NamedArray:
     def __getitem__(self, key: Any) -> "NamedArray":
         """Index by name: ``x["batch", 0]``, ``x["batch", 1:3, "feature", 2]`` or ``x[{"batch": 0}]``.
 
-        An integer drops the axis; a slice keeps it (resized).
+        An integer drops the axis; a slice keeps it (resized). A Python int out of range raises
+        :class:`~distmap.errors.AxisIndexError`. A traced index (a 0-d integer array under
+        ``jax.jit``) cannot be checked, since its value is not known when the program is built:
+        it follows JAX's rule for out-of-bound indices, so a negative one counts from the end and
+        one still out of range is clamped to the nearest end (``x["batch", 9]`` of a ``batch`` of
+        size 4 gives the last row, not an error). Check the index yourself where that matters,
+        e.g. with ``jax.experimental.checkify``.
+
+        Example:
+            >>> import distmap, jax, jax.numpy as jnp
+            >>> x = distmap.named(jnp.arange(4), "batch")
+            >>> jax.jit(lambda i: x["batch", i])(9).item()  # clamped, as in JAX
+            3
         """
         if isinstance(key, Mapping):
             pairs = list(key.items())
@@ -280,6 +346,14 @@ class NamedArray:
 
     def __invert__(self) -> "NamedArray":
         return _wrap(~self.array, self.axes)
+
+    def __matmul__(self, other: Any) -> "NamedArray":
+        raise errors.ArgumentTypeError(
+            f"x @ y on NamedArrays: a contraction needs the axes to sum over by name; use "
+            f"distmap.dot(x, y, axis=...) (x has axes {self.axis_names}) or distmap.einsum."
+        )
+
+    __rmatmul__ = __matmul__
 
 
 def _make_binary(op: Callable[[Any, Any], Any], name: str) -> tuple[Callable, Callable]:
@@ -376,6 +450,42 @@ def _check_unique(names: tuple[str, ...], where: str) -> None:
         raise errors.DuplicateAxisError(f"{where}: axis name(s) {dup} appear more than once in {names}.")
 
 
+def check_dtype(dtype: Any, fn: str) -> Any:
+    """``dtype`` as given, once numpy has understood it (``None`` passes: the default)."""
+    if dtype is not None:
+        try:
+            jnp.dtype(dtype)
+        except TypeError as e:
+            raise errors.ArgumentTypeError(f"{fn}: dtype {dtype!r} is not a dtype ({e}).") from None
+    return dtype
+
+
+def as_jax_array(value: Any, fn: str) -> jax.Array:
+    """``jnp.asarray(value)`` for array data (numbers, bools, nested lists, numpy arrays); anything else raises.
+
+    JAX holds numbers only: an object array, strings or a ragged list would otherwise end in JAX's
+    staging error or numpy's, neither of which names the call.
+    """
+    if isinstance(value, NamedArray):
+        raise errors.ArgumentTypeError(f"{fn}: got a NamedArray; use its .array, or .rename/.rearrange to change its axes.")
+    if isinstance(value, (str, bytes)):
+        raise errors.ArgumentTypeError(f"{fn}: expected array data (numbers), got the {type(value).__name__} {value!r}.")
+    try:
+        host = value if isinstance(value, np.ndarray) else np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise errors.ArgumentTypeError(
+            f"{fn}: could not make an array of the {type(value).__name__} given ({e}); nested lists must be "
+            "rectangular and hold numbers."
+        ) from None
+    if host.dtype.kind in "OUSV":
+        raise errors.ArgumentTypeError(
+            f"{fn}: JAX arrays hold numbers and bools, but this array has dtype {host.dtype} "
+            f"({'object' if host.dtype.kind == 'O' else 'strings or raw bytes'}); convert it, e.g. "
+            "np.asarray(a, dtype=np.float32)."
+        )
+    return jnp.asarray(value)
+
+
 def is_named(x: Any) -> bool:
     return isinstance(x, NamedArray)
 
@@ -395,7 +505,9 @@ def named(array: Any, axes: AxisSelection) -> NamedArray:
             f"named(): the array already has axes {array.axis_names}; use .rename or .rearrange."
         )
     if not hasattr(array, "shape") or isinstance(array, np.ndarray) or isinstance(array, numbers.Number):
-        array = jnp.asarray(array)
+        array = as_jax_array(array, "named()")
+    elif not hasattr(array, "dtype"):
+        raise errors.ArgumentTypeError(f"named(): expected an array, got {type(array).__name__}.")
     parsed = parse_selection(axes, what="named(axes=...)")
     shape = tuple(array.shape)
     if len(parsed) != len(shape):
@@ -431,20 +543,26 @@ def broadcast_axes(*axes_lists: Sequence[Axis], where: str = "broadcast") -> tup
     return tuple(out)
 
 
-def align(x: NamedArray, axes: tuple[Axis, ...]) -> jax.Array:
+def align(x: NamedArray, axes: tuple[Axis, ...], what: str = "the operand") -> jax.Array:
     """``x.array`` transposed and reshaped so it broadcasts against ``axes`` (missing axes become size 1).
 
-    Every axis of ``x`` must be in ``axes``.
+    Every axis of ``x`` must be in ``axes`` with the same size; ``what`` names ``x`` in the error otherwise.
     """
     if x.axes == axes:
         return x.array
     pos = {a.name: i for i, a in enumerate(axes)}
-    try:
-        order = sorted(range(x.ndim), key=lambda i: pos[x.axes[i].name])
-    except KeyError as e:
-        raise errors.AxisNotFoundError(
-            f"axis {e.args[0]!r} of the operand is not among the target axes {tuple(a.name for a in axes)}."
-        ) from None
+    for a in x.axes:
+        i = pos.get(a.name)
+        if i is None:
+            raise errors.AxisNotFoundError(
+                f"{what} has axis {a.name!r}, which is not among the target axes {tuple(b.name for b in axes)}."
+            )
+        if axes[i].size != a.size:
+            raise errors.AxisSizeError(
+                f"{what} has axis {a.name!r} of size {a.size}, but it has size {axes[i].size} in the target "
+                f"{_fmt_axes(axes)}; arrays combined by name must agree on each shared axis."
+            )
+    order = sorted(range(x.ndim), key=lambda i: pos[x.axes[i].name])
     arr = x.array
     if order != list(range(x.ndim)):
         arr = jnp.transpose(arr, order)
@@ -465,7 +583,7 @@ def scalar_operand(x: Any, where: str) -> Any:
             f"{where} is an unnamed array of shape {tuple(x.shape)}; a NamedArray combines with NamedArrays, "
             "scalars and arrays of shape () only. Name its axes with distmap.named first."
         )
-    raise TypeError(f"{where} must be a NamedArray or a scalar, got {type(x).__name__} {x!r}.")
+    raise errors.ArgumentTypeError(f"{where} must be a NamedArray or a scalar, got {type(x).__name__} {x!r}.")
 
 
 def binary_op(op: Callable[[Any, Any], Any], a: Any, b: Any, name: str = "op") -> NamedArray:
@@ -507,10 +625,13 @@ def _index(x: NamedArray, pairs: list[tuple[Any, Any]]) -> NamedArray:
         elif isinstance(ix, (numbers.Integral, np.integer)):
             ix = int(ix)
             if not -ax.size <= ix < ax.size:
-                raise IndexError(f"index {ix} is out of range for axis {ax.name!r} of size {ax.size}.")
+                raise errors.AxisIndexError(f"index {ix} is out of range for axis {ax.name!r} of size {ax.size}.")
             idx[i] = ix % ax.size
             new_axes[i] = None
         elif hasattr(ix, "shape") and tuple(ix.shape) == () and jnp.issubdtype(ix.dtype, jnp.integer):
+            if not isinstance(ix, jax.core.Tracer) and not -ax.size <= int(ix) < ax.size:
+                # A concrete 0-d array is checked as an int is; only a traced one follows JAX's clamping.
+                raise errors.AxisIndexError(f"index {int(ix)} is out of range for axis {ax.name!r} of size {ax.size}.")
             idx[i] = ix
             new_axes[i] = None
         else:

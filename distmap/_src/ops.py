@@ -26,7 +26,7 @@ from distmap._src.axis import (
     parse_selection,
     to_axes,
 )
-from distmap._src.named import NamedArray, _fmt_axes, _wrap, align, scalar_operand
+from distmap._src.named import NamedArray, _fmt_axes, _wrap, align, check_dtype, scalar_operand
 
 
 # --------------------------------------------------------------- constructors
@@ -39,7 +39,7 @@ def zeros(axes: SizedAxes, dtype: Any = None) -> NamedArray:
         {'batch': 2, 'feature': 3}
     """
     ax = to_axes(axes, what="zeros(axes=...)")
-    return _wrap(jnp.zeros(tuple(a.size for a in ax), dtype), ax)
+    return _wrap(jnp.zeros(tuple(a.size for a in ax), check_dtype(dtype, "zeros")), ax)
 
 
 def ones(axes: SizedAxes, dtype: Any = None) -> NamedArray:
@@ -51,11 +51,13 @@ def ones(axes: SizedAxes, dtype: Any = None) -> NamedArray:
         Array([1., 1.], dtype=float32)
     """
     ax = to_axes(axes, what="ones(axes=...)")
-    return _wrap(jnp.ones(tuple(a.size for a in ax), dtype), ax)
+    return _wrap(jnp.ones(tuple(a.size for a in ax), check_dtype(dtype, "ones")), ax)
 
 
 def full(axes: SizedAxes, fill_value: Any, dtype: Any = None) -> NamedArray:
     """An array filled with ``fill_value``, with the given axes.
+
+    ``fill_value`` is a scalar or a NamedArray whose axes are among ``axes`` (broadcast by name).
 
     Example:
         >>> import distmap
@@ -63,7 +65,11 @@ def full(axes: SizedAxes, fill_value: Any, dtype: Any = None) -> NamedArray:
         [7, 7]
     """
     ax = to_axes(axes, what="full(axes=...)")
-    return _wrap(jnp.full(tuple(a.size for a in ax), fill_value, dtype), ax)
+    if isinstance(fill_value, NamedArray):
+        fill_value = align(_check_subset(fill_value, ax, "full", "fill_value"), ax)
+    else:
+        fill_value = _scalar_operand(fill_value, "full", "fill_value")
+    return _wrap(jnp.full(tuple(a.size for a in ax), fill_value, check_dtype(dtype, "full")), ax)
 
 
 def arange(axis: Axis, *, start: int = 0, step: int = 1, dtype: Any = None) -> NamedArray:
@@ -74,8 +80,14 @@ def arange(axis: Axis, *, start: int = 0, step: int = 1, dtype: Any = None) -> N
         >>> distmap.arange(distmap.Axis("batch", 4)).array
         Array([0, 1, 2, 3], dtype=int32)
     """
-    (ax,) = to_axes(axis, what="arange(axis=...)")
-    return _wrap(jnp.arange(start, start + step * ax.size, step, dtype=dtype)[: ax.size], (ax,))
+    axes = to_axes(axis, what="arange(axis=...)")
+    if len(axes) != 1:
+        raise errors.AxisSelectorError(
+            f"arange: expected one axis (an Axis or {{name: size}}), got {len(axes)}: {_fmt_axes(axes)}; "
+            "build one arange per axis and combine them by name."
+        )
+    (ax,) = axes
+    return _wrap(jnp.arange(start, start + step * ax.size, step, dtype=check_dtype(dtype, "arange"))[: ax.size], (ax,))
 
 
 def zeros_like(x: NamedArray, dtype: Any = None) -> NamedArray:
@@ -87,7 +99,7 @@ def zeros_like(x: NamedArray, dtype: Any = None) -> NamedArray:
         Array([0, 0], dtype=int32)
     """
     x = _check_named(x, "zeros_like")
-    return _wrap(jnp.zeros_like(x.array, dtype=dtype), x.axes)
+    return _wrap(jnp.zeros_like(x.array, dtype=check_dtype(dtype, "zeros_like")), x.axes)
 
 
 def ones_like(x: NamedArray, dtype: Any = None) -> NamedArray:
@@ -99,7 +111,7 @@ def ones_like(x: NamedArray, dtype: Any = None) -> NamedArray:
         Array([1., 1.], dtype=float32)
     """
     x = _check_named(x, "ones_like")
-    return _wrap(jnp.ones_like(x.array, dtype=dtype), x.axes)
+    return _wrap(jnp.ones_like(x.array, dtype=check_dtype(dtype, "ones_like")), x.axes)
 
 
 def full_like(x: NamedArray, fill_value: Any, dtype: Any = None) -> NamedArray:
@@ -118,7 +130,7 @@ def full_like(x: NamedArray, fill_value: Any, dtype: Any = None) -> NamedArray:
         fill_value = align(_check_subset(fill_value, x.axes, "full_like", "fill_value"), x.axes)
     else:
         fill_value = _scalar_operand(fill_value, "full_like", "fill_value")
-    return _wrap(jnp.full_like(x.array, fill_value, dtype=dtype), x.axes)
+    return _wrap(jnp.full_like(x.array, fill_value, dtype=check_dtype(dtype, "full_like")), x.axes)
 
 
 # ------------------------------------------------------- joining and cutting
@@ -138,7 +150,7 @@ def stack(axis: AxisSelector, arrays: Sequence[NamedArray]) -> NamedArray:
         >>> y.array.tolist()
         [[0, 0], [1, 1], [2, 2]]
     """
-    name = axis_name(axis)
+    name = axis_name(_single(axis, "stack"))
     arrays = _named_list(arrays, "stack")
     if isinstance(axis, Axis) and axis.size != len(arrays):
         raise errors.AxisSizeError(
@@ -167,7 +179,7 @@ def concatenate(axis: AxisSelector, arrays: Sequence[NamedArray]) -> NamedArray:
         >>> distmap.concatenate("seq", [a, b]).shape
         {'batch': 2, 'seq': 4}
     """
-    name = axis_name(axis)
+    name = axis_name(_single(axis, "concatenate"))
     arrays = _named_list(arrays, "concatenate")
     for i, a in enumerate(arrays):
         if name not in a.axis_names:
@@ -517,7 +529,7 @@ def where(condition: NamedArray | Any, x: NamedArray | Any, y: NamedArray | Any)
 # -------------------------------------------------------------------- helpers
 def _check_named(x: Any, fn: str, what: str = "x") -> NamedArray:
     if not isinstance(x, NamedArray):
-        raise TypeError(
+        raise errors.ArgumentTypeError(
             f"{fn}: {what} must be a NamedArray, got {type(x).__name__}; give an array names with distmap.named."
         )
     return x
@@ -525,19 +537,27 @@ def _check_named(x: Any, fn: str, what: str = "x") -> NamedArray:
 
 def _single(axis: Any, fn: str) -> AxisSelector:
     if not isinstance(axis, (Axis, str)):
-        raise errors.AxisSelectorError(f"{fn}: axis must be one Axis or axis name, got {type(axis).__name__} {axis!r}.")
+        hint = ""
+        if isinstance(axis, (list, tuple)) and any(isinstance(a, NamedArray) for a in axis):
+            hint = f" (the axis comes first: {fn}(axis, arrays))"
+        shown = axis if not isinstance(axis, (list, tuple)) else f"of length {len(axis)}"
+        raise errors.AxisSelectorError(
+            f"{fn}: axis must be one Axis or axis name, got {type(axis).__name__} {shown}{hint}."
+        )
     return axis
 
 
 def _named_list(arrays: Any, fn: str) -> list[NamedArray]:
     if isinstance(arrays, NamedArray) or not isinstance(arrays, Iterable):
-        raise TypeError(f"{fn}: expected a sequence of NamedArrays, got {type(arrays).__name__}.")
+        raise errors.ArgumentTypeError(f"{fn}: expected a sequence of NamedArrays, got {type(arrays).__name__}.")
     out = list(arrays)
     if not out:
         raise errors.ShapeMismatchError(f"{fn}: needs at least one array, got an empty sequence.")
     for i, a in enumerate(out):
         if not isinstance(a, NamedArray):
-            raise TypeError(f"{fn}: arrays[{i}] must be a NamedArray, got {type(a).__name__}.")
+            raise errors.ArgumentTypeError(
+                f"{fn}: arrays[{i}] must be a NamedArray, got {type(a).__name__}; give it names with distmap.named."
+            )
     return out
 
 

@@ -22,8 +22,9 @@ from distmap._src.ops import _check_subset, _scalar_operand, _single
 
 def _check_key(key: Any, fn: str) -> Any:
     if isinstance(key, NamedArray) or not hasattr(key, "dtype") or not hasattr(key, "shape"):
-        raise TypeError(
-            f"{fn}: key must be a PRNG key from jax.random.key or jax.random.PRNGKey, got {type(key).__name__}."
+        hint = " (an int seed goes through jax.random.key(seed) first)" if isinstance(key, int) else ""
+        raise errors.ArgumentTypeError(
+            f"{fn}: key must be a PRNG key from jax.random.key or jax.random.PRNGKey, got {type(key).__name__}{hint}."
         )
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         if tuple(key.shape) != ():
@@ -31,7 +32,12 @@ def _check_key(key: Any, fn: str) -> Any:
                 f"{fn}: expected one key, got an array of keys of shape {tuple(key.shape)}; "
                 "split it and pass one key per call (or map by name with distmap.vmap)."
             )
-    elif key.dtype != jnp.uint32 or len(key.shape) != 1:
+    elif key.dtype != jnp.uint32:
+        raise errors.ArgumentTypeError(
+            f"{fn}: key must be a PRNG key from jax.random.key (or a raw uint32 key from jax.random.PRNGKey), got "
+            f"an array of dtype {key.dtype} and shape {tuple(key.shape)}."
+        )
+    elif len(key.shape) != 1:
         raise errors.ShapeMismatchError(
             f"{fn}: expected one key (a typed key, or a raw uint32 key of shape (2,)), got dtype {key.dtype} and "
             f"shape {tuple(key.shape)}."
@@ -43,6 +49,17 @@ def _param(value: Any, axes: tuple[Axis, ...], fn: str, what: str) -> Any:
     if isinstance(value, NamedArray):
         return align(_check_subset(value, axes, fn, what), axes)
     return _scalar_operand(value, fn, what)
+
+
+def _dtype(dtype: Any, kinds: Any, fn: str, what: str) -> Any:
+    """``dtype`` checked against the kinds ``fn`` can sample (``jnp.floating``, ``jnp.integer``)."""
+    try:
+        d = jnp.dtype(dtype)
+    except TypeError as e:
+        raise errors.ArgumentTypeError(f"{fn}: dtype {dtype!r} is not a dtype ({e}).") from None
+    if not any(jnp.issubdtype(d, k) for k in kinds):
+        raise errors.ArgumentTypeError(f"{fn}: dtype must be {what}, got {d}.")
+    return dtype
 
 
 def _shape(axes: tuple[Axis, ...]) -> tuple[int, ...]:
@@ -61,6 +78,7 @@ def normal(key: Any, axes: SizedAxes, dtype: Any = jnp.float32) -> NamedArray:
         True
     """
     ax = to_axes(axes, what="normal(axes=...)")
+    dtype = _dtype(dtype, (jnp.floating, jnp.complexfloating), "normal", "a float or complex dtype")
     return _wrap(jax.random.normal(_check_key(key, "normal"), _shape(ax), dtype), ax)
 
 
@@ -81,6 +99,7 @@ def uniform(
         Array(True, dtype=bool)
     """
     ax = to_axes(axes, what="uniform(axes=...)")
+    dtype = _dtype(dtype, (jnp.floating,), "uniform", "a float dtype")
     lo = _param(minval, ax, "uniform", "minval")
     hi = _param(maxval, ax, "uniform", "maxval")
     return _wrap(jax.random.uniform(_check_key(key, "uniform"), _shape(ax), dtype, lo, hi), ax)
@@ -102,6 +121,7 @@ def randint(
         (dtype('int32'), True)
     """
     ax = to_axes(axes, what="randint(axes=...)")
+    dtype = _dtype(dtype, (jnp.integer,), "randint", "an integer dtype")
     lo = _param(minval, ax, "randint", "minval")
     hi = _param(maxval, ax, "randint", "maxval")
     return _wrap(jax.random.randint(_check_key(key, "randint"), _shape(ax), lo, hi, dtype), ax)
@@ -130,7 +150,9 @@ def categorical(key: Any, logits: NamedArray, axis: AxisSelector) -> NamedArray:
         [0, 1]
     """
     if not isinstance(logits, NamedArray):
-        raise TypeError(f"categorical: logits must be a NamedArray, got {type(logits).__name__}.")
+        raise errors.ArgumentTypeError(
+            f"categorical: logits must be a NamedArray, got {type(logits).__name__}; name its axes with distmap.named."
+        )
     i = logits.axis_indices(_single(axis, "categorical"))
     rest = logits.axes[:i] + logits.axes[i + 1 :]  # type: ignore[operator]
     return _wrap(jax.random.categorical(_check_key(key, "categorical"), logits.array, axis=i), rest)

@@ -16,21 +16,24 @@ import jax
 import jax.numpy as jnp
 
 from distmap import errors
-from distmap._src.axis import Axis, AxisSelection, AxisSelector
+from distmap._src.axis import Axis, AxisSelection, AxisSelector, parse_selection
 from distmap._src.named import NamedArray, _wrap, align
 
 
 def _check_named(x: Any, fn: str) -> NamedArray:
     if not isinstance(x, NamedArray):
-        raise TypeError(f"{fn}: expected a NamedArray, got {type(x).__name__}.")
+        raise errors.ArgumentTypeError(
+            f"{fn}: expected a NamedArray, got {type(x).__name__}; give an array names with distmap.named."
+        )
     return x
 
 
-def _dims(x: NamedArray, axis: AxisSelection | None) -> tuple[int, ...]:
+def _dims(x: NamedArray, axis: AxisSelection | None, fn: str = "axis") -> tuple[int, ...]:
     if axis is None:
         return tuple(range(x.ndim))
     if isinstance(axis, (str, Axis)):
         return (x.axis_indices(axis),)  # type: ignore[return-value]
+    parse_selection(axis, what=f"{fn}(axis=...)")  # a bad selection is named by the function it was given to
     return x.axis_indices(axis)  # type: ignore[return-value]  # checks sizes given with the names
 
 
@@ -38,8 +41,15 @@ def _where(x: NamedArray, where: NamedArray | None, fn: str) -> jax.Array | None
     if where is None:
         return None
     if not isinstance(where, NamedArray):
-        raise TypeError(f"{fn}(where=...): expected a NamedArray mask, got {type(where).__name__}.")
-    return jnp.broadcast_to(align(where, x.axes), x.array.shape)
+        raise errors.ArgumentTypeError(
+            f"{fn}(where=...): expected a NamedArray mask of bools, got {type(where).__name__}; name its axes "
+            "with distmap.named."
+        )
+    if not jnp.issubdtype(where.dtype, jnp.bool_):
+        raise errors.ArgumentTypeError(
+            f"{fn}(where=...): the mask must hold bools, got dtype {where.dtype}; compare first, e.g. where=m > 0."
+        )
+    return jnp.broadcast_to(align(where, x.axes, f"{fn}(where=...): the mask"), x.array.shape)
 
 
 def _extreme(dtype: Any, lowest: bool) -> Any:
@@ -52,12 +62,37 @@ def _extreme(dtype: Any, lowest: bool) -> Any:
     return -jnp.inf if lowest else jnp.inf
 
 
+def _check_keywords(kw: dict[str, Any], allowed: tuple[str, ...], fn: str) -> None:
+    """Refuse keywords the reduction does not take: passed on to jnp they could change the result's
+    shape behind the axes' back (``keepdims``, ``return_sign``) or write elsewhere (``out``)."""
+    for k in kw:
+        if k not in allowed:
+            hint = ""
+            if k == "keepdims":
+                hint = (
+                    " The reduced axis is dropped by name; to combine the result with the input, just use it: "
+                    "operators broadcast by name (x - x.mean('batch'))."
+                )
+            raise errors.ArgumentTypeError(
+                f"{fn}: unknown keyword {k!r}; {fn} takes axis{''.join(', ' + a + '=' for a in allowed)}.{hint}"
+            )
+
+
 def _reducer(
-    jfn: Callable[..., jax.Array], name: str, *, takes_where: bool = True, lowest: bool | None = None, **fixed: Any
+    jfn: Callable[..., jax.Array],
+    name: str,
+    *,
+    takes_where: bool = True,
+    lowest: bool | None = None,
+    keywords: tuple[str, ...] = (),
+    **fixed: Any,
 ):
+    allowed = (("where",) if takes_where else ()) + keywords
+
     def reduce(x: NamedArray, axis: AxisSelection | None = None, **kw: Any) -> NamedArray:
         x = _check_named(x, name)
-        dims = _dims(x, axis)
+        _check_keywords(kw, allowed, name)
+        dims = _dims(x, axis, name)
         if takes_where:
             kw["where"] = _where(x, kw.get("where"), name)
             # max and min have no identity, so jnp asks for ``initial`` with a mask; supply the dtype's extreme.
@@ -78,15 +113,15 @@ def _reducer(
     return reduce
 
 
-sum = _reducer(jnp.sum, "sum")
-mean = _reducer(jnp.mean, "mean")
-max = _reducer(jnp.max, "max", lowest=True)
-min = _reducer(jnp.min, "min", lowest=False)
-prod = _reducer(jnp.prod, "prod")
+sum = _reducer(jnp.sum, "sum", keywords=("dtype",))
+mean = _reducer(jnp.mean, "mean", keywords=("dtype",))
+max = _reducer(jnp.max, "max", lowest=True, keywords=("initial",))
+min = _reducer(jnp.min, "min", lowest=False, keywords=("initial",))
+prod = _reducer(jnp.prod, "prod", keywords=("dtype",))
 any = _reducer(jnp.any, "any")
 all = _reducer(jnp.all, "all")
-std = _reducer(jnp.std, "std")
-var = _reducer(jnp.var, "var")
+std = _reducer(jnp.std, "std", keywords=("ddof", "dtype"))
+var = _reducer(jnp.var, "var", keywords=("ddof", "dtype"))
 logsumexp = _reducer(jax.nn.logsumexp, "logsumexp", takes_where=False)
 
 

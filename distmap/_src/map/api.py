@@ -37,15 +37,16 @@ def vmap(
 
     NamedArrays with the axis are mapped along it wherever it sits; NamedArrays
     without it are broadcast. Unnamed leaves follow ``default`` (arrays of rank >= 1
-    on dim 0; rank-0 arrays, PRNG keys included, and non-array leaves unmapped),
-    overridden per positional argument by ``args`` and per keyword by ``kwargs``.
-    A spec is an int, ``None`` (not mapped), a callable ``leaf -> int | None``, or a
-    pytree prefix of these.
+    on dim 0; rank-0 arrays, typed PRNG keys included, and non-array leaves unmapped),
+    overridden per parameter by ``args`` (positional parameters, in order) and ``kwargs``
+    (by name), bound through ``fn``'s signature as in Haliax. A spec is an int, ``None``
+    (not mapped), a callable ``leaf -> int | None``, or a pytree prefix of these.
 
     Several axes are mapped in turn, the first given outermost; outputs carry them at
     the front in the order given (NamedArrays by name, unnamed arrays at dim 0...).
-    Outputs that do not depend on the mapped inputs are broadcast; non-array outputs
-    are returned as they are. An axis no input carries is created, and then needs
+    Outputs that do not depend on the mapped inputs are broadcast, Python scalars
+    included (as ``jax.vmap`` does); other non-array outputs (a string, ``None``) are
+    returned as they are. An axis no input carries is created, and then needs
     a size (``Axis("batch", 4)`` or ``{"batch": 4}``).
 
     Inside ``fn`` the named collectives (:func:`distmap.psum`, ``pmean``, ``pmax``,
@@ -103,6 +104,8 @@ def vmap(
     def mapped(*call_args: Any, **call_kwargs: Any) -> Any:
         lowering = sharded.resolve(request.names, mesh, axis_mapping)
         plan, leaves = plan_lib.resolve(request, call_args, call_kwargs)
+        if lowering is None:  # no mapping splits the map: inputs already split along it still say where it lives
+            lowering = sharded.from_inputs(plan, leaves, mesh)
         if lowering is not None:
             return sharded.call(fn, chunk_size, lowering, plan, leaves)
         arrays = [leaves[i].array if type(plan.kinds[i]) is tuple else leaves[i] for i in plan.arrays]

@@ -37,7 +37,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from distmap import errors
 from distmap._src import leaves as leaves_lib
 from distmap._src.map import frames, local, specs
-from distmap._src.map.plan import Plan, Scalar, StaticKind
+from distmap._src.map.plan import Plan, StaticKind
 from distmap._src.mesh import AxisMapping, as_axis_mapping, current_axis_mapping, current_mesh, typed_part
 
 
@@ -68,7 +68,17 @@ def resolve(names: Sequence[str], mesh: Any, axis_mapping: Any) -> Lowering | No
     """The mesh lowering for a map over ``names``, or None when it runs on one device."""
     if mesh is not None and not isinstance(mesh, (Mesh, jax.sharding.AbstractMesh)):
         raise errors.MeshError(f"vmap(mesh=...): expected a jax.sharding.Mesh, got {type(mesh).__name__}.")
-    mapping: AxisMapping | None = as_axis_mapping(axis_mapping) if axis_mapping is not None else current_axis_mapping()
+    if axis_mapping is not None:
+        mapping: AxisMapping | None = as_axis_mapping(axis_mapping)
+        unused = sorted({n for n, _ in mapping.rules} - set(names))  # type: ignore[union-attr]
+        if unused:
+            raise errors.MeshError(
+                f"vmap(axis_mapping=...): the mapping names {unused}, but this map is over {tuple(names)}; "
+                "an axis mapping given to vmap splits only the mapped axes. Fix the name, or set mappings meant "
+                "for the whole program with distmap.axis_mapping(...)."
+            )
+    else:
+        mapping = current_axis_mapping()
     if mapping is None:
         if mesh is None:
             return None
@@ -93,6 +103,68 @@ def resolve(names: Sequence[str], mesh: Any, axis_mapping: Any) -> Lowering | No
                 "in one call, distmap.vmap(fn, (outer, inner)), or leave the inner axis out of the axis mapping."
             )
     return Lowering(the_mesh, tuple((n, found[n]) for n in names if n in found))
+
+
+def from_inputs(plan: Plan, leaves: list[Any], mesh: Any) -> Lowering | None:
+    """The lowering the inputs already ask for, when no axis mapping splits any mapped axis.
+
+    An input split on the mesh along a mapped axis (by :func:`distmap.shard`, say) says where that
+    axis lives: the map is split over those mesh axes, as if the axis mapping said so, and the input
+    is used as it is. (Left to one device, a named collective over such an axis would fail inside
+    JAX under ``jit``.) The first input split along an axis decides it; inputs laid out otherwise
+    are resharded once. Returns None when no input is split along a mapped axis.
+    """
+    if any(f.mesh_axes for f in frames.current_frames()):
+        return None  # inside a map already split over the mesh: the inputs are each device's blocks
+    found: dict[str, tuple[str, ...]] = {}
+    the_mesh = None
+    for i in plan.arrays:
+        row = plan.dims[i]
+        arr = leaves[i].array if type(plan.kinds[i]) is tuple else leaves[i]
+        sharding = _sharding_of(arr)
+        if sharding is None:
+            continue
+        spec = tuple(sharding.spec) + (None,) * (np.ndim(arr) - len(sharding.spec))
+        for level, name in enumerate(plan.names):
+            d = row[level]
+            if d is None or name in found or spec[d] is None:
+                continue
+            axes = (spec[d],) if isinstance(spec[d], str) else tuple(spec[d])
+            if not axes or any(a in v for v in found.values() for a in axes):
+                continue
+            found[name] = axes
+            the_mesh = the_mesh if the_mesh is not None else sharding.mesh
+    if not found:
+        return None
+    if mesh is None:
+        mesh = current_mesh()
+    if mesh is None or tuple(mesh.axis_names) != tuple(the_mesh.axis_names):
+        mesh = the_mesh
+    if not isinstance(mesh, Mesh) and current_mesh() is None:
+        # Traced without a mesh context, only the abstract mesh of the inputs' type is known.
+        raise errors.MeshError(
+            f"vmap over {plan.names}: inputs are split along "
+            + ", ".join(f"{n!r} over mesh axes {a}" for n, a in found.items())
+            + ", but under jax.jit no mesh is set; wrap the call in `with jax.set_mesh(mesh):` or pass "
+            "vmap(..., mesh=mesh)."
+        )
+    return Lowering(mesh, tuple((n, found[n]) for n in plan.names if n in found))
+
+
+def _sharding_of(arr: Any) -> NamedSharding | None:
+    """The ``NamedSharding`` of a concrete array, or of a traced one where its type carries one (Explicit axes)."""
+    if _is_tracer(arr):
+        try:
+            sharding = getattr(jax.typeof(arr), "sharding", None)
+        except Exception:  # an aval without sharding (older tracers)
+            return None
+    else:
+        sharding = getattr(arr, "sharding", None)
+    if not isinstance(sharding, NamedSharding) or not sharding.mesh.axis_names:
+        return None
+    if getattr(sharding.mesh, "empty", False):
+        return None
+    return sharding
 
 
 class _Static:
@@ -151,12 +223,11 @@ def call(fn: Callable[..., Any], chunk_size: int | None, lowering: Lowering, pla
     Already traced (inside ``jit``, or under an eager ``vmap``/``grad``), the call nests in
     that trace: a ``reshard`` (Explicit meshes) evaluated eagerly under ``vmap`` would fail.
     """
-    dyn_idx = [i for i, k in enumerate(plan.kinds) if k is True or type(k) is tuple or type(k) is Scalar]
-    values = [leaves[i].array if type(plan.kinds[i]) is tuple else leaves[i] for i in dyn_idx]
+    values = [leaves[i].array if type(plan.kinds[i]) is tuple else leaves[i] for i in plan.traced]
     traced = any(_is_tracer(v) for v in values)
     padded: list[frozenset[int]] = [frozenset()] * len(plan.arrays)
     if not traced:
-        values, padded = _place(plan, lowering, dyn_idx, values, leaves)
+        values, padded = _place(plan, lowering, values, leaves)
     # The function is data too: an equinox Module's arrays are traced, the rest is static.
     fn_leaves, fn_def = jax.tree_util.tree_flatten(fn)
     fn_kinds = tuple(True if leaves_lib.is_array(x) else StaticKind(x) for x in fn_leaves)
@@ -189,7 +260,7 @@ def _split_levels(plan: Plan, lowering: Lowering) -> list[tuple[int, str, tuple[
     return out
 
 
-def _place(plan: Plan, lowering: Lowering, dyn_idx: list[int], values: list[Any], leaves: list[Any]):
+def _place(plan: Plan, lowering: Lowering, values: list[Any], leaves: list[Any]):
     """Put arrays that are not yet on the mesh on it, split as the map wants, uneven axes padded first.
 
     Host (numpy) arrays and ``jax.Array`` s held elsewhere (one device, another mesh) are placed
@@ -203,7 +274,7 @@ def _place(plan: Plan, lowering: Lowering, dyn_idx: list[int], values: list[Any]
     padded: list[frozenset[int]] = []
     out = list(values)
     array_pos = {i: j for j, i in enumerate(plan.arrays)}
-    for v, i in enumerate(dyn_idx):
+    for v, i in enumerate(plan.traced):
         if i not in array_pos:
             continue  # a Python scalar
         arr = values[v]
@@ -279,10 +350,9 @@ def _run(static: _Static, fn_arrays: list[Any], *values: Any) -> Any:
     local_sizes = tuple(-(-n // split[l][1]) if l in split else n for l, n in enumerate(plan.sizes))
     even = {l for l in split if plan.sizes[l] % split[l][1] == 0}
 
-    dyn_idx = [i for i, k in enumerate(plan.kinds) if k is True or type(k) is tuple or type(k) is Scalar]
     array_pos = {i: j for j, i in enumerate(plan.arrays)}
     in_specs, takes = [], []
-    for v, i in enumerate(dyn_idx):
+    for v, i in enumerate(plan.traced):
         if i not in array_pos:
             in_specs.append(PartitionSpec())
             takes.append(())
@@ -307,7 +377,7 @@ def _run(static: _Static, fn_arrays: list[Any], *values: Any) -> Any:
             for d, l in todo:
                 blocks[v] = _take_local(blocks[v], d, plan.sizes[l], local_sizes[l], split[l][0])
         leaves = [k.value if isinstance(k, StaticKind) else None for k in plan.kinds]
-        for v, i in enumerate(dyn_idx):
+        for v, i in enumerate(plan.traced):
             leaves[i] = blocks[v]
         arrays = [leaves[i] for i in plan.arrays]
         out = local.run(
@@ -325,7 +395,7 @@ def _run(static: _Static, fn_arrays: list[Any], *values: Any) -> Any:
     uneven = [l for l in split if l not in even]
     out_arrays = [_cut_back(a, plan, split, uneven, mesh) for a in out_arrays]
     out_kinds = [_StaticOutKind(k.value) if isinstance(k, leaves_lib.Static) else k for k in out_kinds]
-    return leaves_lib.join(out_tree, out_kinds, out_arrays, front=plan.front)
+    return leaves_lib.join(out_tree, out_kinds, out_arrays, front=plan.front())
 
 
 class _StaticOutKind(leaves_lib.Static):
