@@ -402,7 +402,7 @@ def test_a_single_key_is_refused_with_the_fix():
         distmap.Stacked.init(Axis("layer", 3), RawLayer)(jax.random.key(0))
     assert "Stacked.init: args[0] is a single PRNG key" in str(info.value)
     assert "jax.random.split(key, 3)" in str(info.value) and "identical" in str(info.value)
-    with pytest.raises(errors.MappingError, match=r"kwargs\['key'\] is a single PRNG key"):
+    with pytest.raises(errors.MappingError, match=r"kwargs\['key'\] looks like a single raw PRNG key \(uint32\[2\]\)"):
         distmap.Stacked.init(Axis("layer", 3), RawLayer)(key=jax.random.PRNGKey(0))  # raw uint32[2] key
     with pytest.raises(errors.MappingError, match=r"BlockSeq.init: args\[0\] is a single PRNG key"):
         distmap.BlockSeq.init(Axis("layer", 3), RawLayer)(jax.random.key(0))
@@ -414,6 +414,8 @@ def test_a_single_key_is_refused_with_the_fix():
 def test_a_module_that_is_not_callable_names_stacked_init():
     with pytest.raises(TypeError, match=r"Stacked.init: module must be an equinox Module class .*got int 3"):
         distmap.Stacked.init(L, 3)
+    with pytest.raises(errors.AxisSelectorError, match=r"Stacked.init\(axis=...\): expected one axis to stack along, got 2"):
+        distmap.Stacked.init({"layer": 2, "block": 3}, RawLayer)
 
 
 def test_a_layer_that_changes_the_carry_axes_names_fold_the_layer_and_the_axes():

@@ -54,6 +54,15 @@ def _builder(module: Any, what: str) -> Callable[..., Any]:
     return module
 
 
+def _one_axis(axis: Any, what: str) -> Axis:
+    axes = to_axes(axis, what=f"{what}(axis=...)")
+    if len(axes) != 1:
+        raise errors.AxisSelectorError(
+            f"{what}(axis=...): expected one axis to stack along, got {len(axes)} ({[a.name for a in axes]})."
+        )
+    return axes[0]
+
+
 def _is_key(leaf: Any) -> bool:
     return is_array(leaf) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
@@ -66,8 +75,9 @@ def _check_keys(axis: Axis, args: tuple, kwargs: dict, what: str) -> None:
         one_raw = is_array(leaf) and leaf.shape == (2,) and leaf.dtype == np.uint32 and axis.size != 2
         if one_typed or one_raw:
             where = specs.path_str(path)
+            kind = "is a single PRNG key" if one_typed else "looks like a single raw PRNG key (uint32[2])"
             raise errors.MappingError(
-                f"{what}: {where} is a single PRNG key, so all {axis.size} copies along {axis.name!r} would be "
+                f"{what}: {where} {kind}, so all {axis.size} copies along {axis.name!r} would be "
                 f"built from it and be identical. Pass one key per copy: jax.random.split(key, {axis.size})."
             )
 
@@ -128,7 +138,7 @@ class Stacked(eqx.Module, Generic[M]):
             >>> distmap.Stacked.init(distmap.Axis("layer", 3), Bias)(jax.random.split(jax.random.key(0), 3)).stacked.b.shape
             (3, 2)
         """
-        (ax,) = to_axes(axis, what="Stacked.init(axis=...)")
+        ax = _one_axis(axis, "Stacked.init")
         build_one = _builder(module, "Stacked.init")
         if gradient_checkpointing is not None and checkpoint is not None:
             raise errors.MappingError("Stacked.init: pass checkpoint= or gradient_checkpointing=, not both.")
@@ -356,7 +366,7 @@ class BlockSeq(eqx.Module, Generic[M]):
     @classmethod
     def init(cls, axis: SizedAxes, module: Callable[..., M], **options: Any) -> Callable[..., "BlockSeq[M]"]:
         """Like :meth:`Stacked.init`, building each layer by its own call (arguments sliced as ``Stacked.init`` maps them)."""
-        (ax,) = to_axes(axis, what="BlockSeq.init(axis=...)")
+        ax = _one_axis(axis, "BlockSeq.init")
         build_one = _builder(module, "BlockSeq.init")
 
         def build(*args: Any, **kwargs: Any) -> BlockSeq[M]:
