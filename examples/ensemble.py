@@ -120,7 +120,7 @@ def main(argv: list[str]) -> int:
     import jax
     import numpy as np
 
-    mesh = distmap.make_mesh(distmap.flags.mesh_shape_from_flags())
+    mesh = distmap.flags.mesh_from_flags()  # --mesh, and --dcn_mesh on devices that span TPU slices
     mapping = distmap.flags.axis_mapping_from_flags()
     rank, nproc = jax.process_index(), jax.process_count()
     say = print if rank == 0 else (lambda *a, **k: None)
