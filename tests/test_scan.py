@@ -255,6 +255,8 @@ def test_grads_through_fold_equal_a_python_loop_for_every_policy(policy):
 
     g = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(w, b, x)
     r = jax.grad(loss_loop, argnums=(0, 1, 2))(w, b, x)
+    # the policy reaches JAX: the loop body is under jax.checkpoint (remat) exactly when one is given
+    assert ("remat" in str(jax.make_jaxpr(loss)(w, b, x))) == (policy is not None)
     np.testing.assert_allclose(float(loss(w, b, x)), float(loss_loop(w, b, x)), rtol=1e-5)
     for a, e in zip(g, r):
         _close(a, e, rtol=1e-4, atol=1e-5)
