@@ -162,12 +162,12 @@ class Stacked(eqx.Module, Generic[M]):
         Inputs are broadcast to every copy (unnamed arrays included); a NamedArray input that
         carries the stacked axis is mapped along it, one slice per copy.
         """
-        return self.vmap_via(type(self.stacked).__call__)(*args, **kwargs)
+        return _vmapper(self.axis)(type(self.stacked).__call__, self.stacked, args, kwargs)
 
     def vmap_via(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """:meth:`vmap` calling ``fn(layer, *args, **kwargs)`` (for example an unbound method) per copy."""
-        mapped = _vmapper(self.axis)
-        return lambda *args, **kwargs: mapped(fn, self.stacked, args, kwargs)
+        mapped, stacked = _vmapper(self.axis), self.stacked
+        return lambda *args, **kwargs: mapped(fn, stacked, args, kwargs)
 
     # ------------------------------------------------------------------ in sequence
 
@@ -177,34 +177,24 @@ class Stacked(eqx.Module, Generic[M]):
         ``args_i`` is layer ``i``'s slice of ``args`` (see the module docstring); runs as one
         ``jax.lax.scan``, so it traces the layer once.
         """
-        return self.fold_via(type(self.stacked).__call__)(x, *args, **kwargs)
+        return _loop(self, type(self.stacked).__call__, "Stacked.fold", False)(x, *args, **kwargs)
 
     def scan(self, x: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
         """Like :meth:`fold`, for layers that return ``(carry, y)``; returns ``(carry, ys)``.
 
         ``ys`` carry the stacked axis at the front: NamedArrays by name, unnamed arrays at dim 0.
         """
-        return self.scan_via(type(self.stacked).__call__)(x, *args, **kwargs)
+        return _loop(self, type(self.stacked).__call__, "Stacked.scan", True)(x, *args, **kwargs)
 
     def fold_via(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """:meth:`fold` calling ``fn(layer, x, *args, **kwargs)`` per layer, e.g. ``Layer.intermediate``."""
-        return self._loop(fn, "Stacked.fold", returns_y=False)
+        return _loop(self, fn, "Stacked.fold", False)
 
     def scan_via(self, fn: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[Any, Any]]:
         """:meth:`scan` calling ``fn(layer, x, *args, **kwargs)`` per layer; ``fn`` returns ``(x, y)``."""
-        return self._loop(fn, "Stacked.scan", returns_y=True)
-
-    def _loop(self, fn: Callable[..., Any], what: str, *, returns_y: bool) -> Callable[..., Any]:
-        # (type(unroll) in the key: lru_cache would take True for 1)
-        looped = _stack_loop(fn, type(self.stacked).__name__, self.axis, what, self.checkpoint, self.unroll,
-                             type(self.unroll), returns_y)
-        return lambda x, *args, **kwargs: looped(x, self.stacked, *args, **kwargs)
+        return _loop(self, fn, "Stacked.scan", True)
 
     # ------------------------------------------------------------------ layers one by one
-
-    def _sliced(self) -> scan_lib.Sliced:
-        return scan_lib.slice_args("Stacked", self.axis.name, self.axis.size, (self.stacked,), {},
-                                   arg_label=_stacked_arg)
 
     def get_layer(self, i: int) -> M:
         """Copy ``i`` (negative counts from the end) as a plain Module, without the stacked axis."""
@@ -213,12 +203,12 @@ class Stacked(eqx.Module, Generic[M]):
         n = self.axis.size
         if not -n <= i < n:
             raise IndexError(f"Stacked.get_layer({i}): the stack has {n} layers along {self.axis.name!r}.")
-        (layer,), _ = self._sliced().index(int(i) % n)
+        (layer,), _ = _sliced(self).index(int(i) % n)
         return layer
 
     def unstacked(self) -> list[M]:
         """The copies as a list of separate Modules."""
-        sliced = self._sliced()
+        sliced = _sliced(self)
         return [sliced.index(i)[0][0] for i in range(self.axis.size)]
 
     def as_block_seq(self) -> "BlockSeq[M]":
@@ -289,6 +279,16 @@ class Stacked(eqx.Module, Generic[M]):
         return Stacked(stacked, self.axis, self.checkpoint, self.unroll)
 
 
+def _loop(stack: Stacked, fn: Callable[..., Any], what: str, returns_y: bool) -> Callable[..., Any]:
+    # A function, not a method: an equinox Module builds a bound-method Module on every method access
+    # (tens of microseconds), which Stacked's own calls need not pay on every trace.
+    # (type(unroll) in the key: lru_cache would take True for 1)
+    looped = _stack_loop(fn, type(stack.stacked).__name__, stack.axis, what, stack.checkpoint, stack.unroll,
+                         type(stack.unroll), returns_y)
+    stacked = stack.stacked
+    return lambda x, *args, **kwargs: looped(x, stacked, *args, **kwargs)
+
+
 @functools.lru_cache(maxsize=512)
 def _stack_loop(fn: Callable[..., Any], type_name: str, axis: Axis, what: str, checkpoint: Any, unroll: Any,
                 unroll_type: type, returns_y: bool) -> Callable[..., Any]:
@@ -311,6 +311,11 @@ def _stack_loop(fn: Callable[..., Any], type_name: str, axis: Axis, what: str, c
 def _vmapper(axis: Axis) -> Callable[..., Any]:
     # fn is passed as a static argument and the stack's arrays take the default spec: one map per axis.
     return vmap(_apply_via, axis, default=None, args=(None, specs.default_spec))
+
+
+def _sliced(stack: Stacked) -> scan_lib.Sliced:
+    return scan_lib.slice_args("Stacked", stack.axis.name, stack.axis.size, (stack.stacked,), {},
+                               arg_label=_stacked_arg)
 
 
 def _stacked_arg(i: int) -> str:
