@@ -78,7 +78,7 @@ def _documents(text: str) -> list[dict]:
 
 def _job(num_processes: int = 2, **options) -> k8s.K8sJob:
     return k8s.K8sJob(program=["python", "examples/ensemble.py", *HOSTILE], image="ghcr.io/me/distmap:1",
-                      name="ens", num_processes=num_processes, run_id="r 1", port=23456, **options)
+                      name="ens", num_processes=num_processes, run_id="r1", port=23456, **options)
 
 
 def _combinations():
@@ -119,14 +119,17 @@ def test_exclusive_options_are_refused_before_rendering():
 @pytest.mark.parametrize("extra", [
     [],
     ["--namespace=team-a", "--cpu=16", "--memory=64Gi", "--node_selector=pool=a100", "--timeout=7200",
-     "--grace_period=20", "--env=XLA_FLAGS=--x=$(y)", "--job_name=ens-run", "--num_processes=4", "--mesh=data=16,model=2"],
+     "--grace_period=20", "--env=XLA_FLAGS=--x=$(y)", "--job_name=ens-run"],
     ["--gpus_per_process=0", "--devices_per_process=4", "--mesh=data=4,model=2"],
 ], ids=["config", "config+options", "config+cpu"])
 def test_launcher_dry_run_of_the_config_is_valid_kubernetes(extra):
     """What ``launch/k8s.py --dry_run`` prints for ``configs/k8s_gpu.flags`` (YAML or JSON)."""
     flagfile = "--flagfile=" + os.path.join(ROOT, "configs", "k8s_gpu.flags")
     proc = subprocess.run([PY, LAUNCHER, flagfile, "--dry_run", "--run_id=schema", *extra, "--", "python",
-                           "examples/ensemble.py", flagfile, *HOSTILE], capture_output=True, text=True, timeout=60)
+                           "examples/ensemble.py", flagfile,
+                           # the program's own mesh must fit the devices the launch starts (the launcher checks)
+                           *(["--mesh=data=4,model=2"] if "--devices_per_process=4" in extra else []),
+                           *HOSTILE], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     docs = _documents(proc.stdout)
     assert sorted(d["kind"] for d in docs) == ["Job", "Service"]
