@@ -80,7 +80,7 @@ def vmap(
     if not parsed:
         return fn
     if not callable(fn):
-        raise TypeError(f"vmap: fn must be callable, got {type(fn).__name__}.")
+        raise errors.ArgumentTypeError(f"vmap: fn must be callable, got {type(fn).__name__}.")
     if chunk_size is not None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
             raise errors.MappingError(f"vmap(chunk_size=...): expected a positive int or None, got {chunk_size!r}.")
