@@ -63,7 +63,9 @@ def vmap(
         mesh: a ``jax.sharding.Mesh`` to split mapped axes over (defaults to the mesh
             set by ``jax.set_mesh`` when an axis mapping is active).
         axis_mapping: which mesh axes each named axis is split over, e.g.
-            ``{"batch": "data"}`` (defaults to :func:`distmap.axis_mapping`'s context).
+            ``{"batch": "data"}`` (defaults to :func:`distmap.axis_mapping`'s context). Given
+            here, every key must be a mapped axis. Where no mapping splits a mapped axis, an
+            input already split on the mesh along it decides the split.
 
     Returns:
         The mapped function.
