@@ -1,4 +1,4 @@
-"""absl flags for programs: ``--mesh``, ``--axis_mapping``, ``--cpu_devices`` and start-up flags.
+"""absl flags for programs: ``--mesh``, ``--axis_mapping``, ``--dcn_mesh``, ``--cpu_devices`` and start-up flags.
 
 Example:
     >>> from absl import flags
@@ -15,9 +15,12 @@ from distmap._src.flags import (
     MeshParser,
     axis_mapping_from_flags,
     cpu_devices_from_flags,
+    dcn_mesh_from_flags,
+    define_dcn_mesh_flag,
     define_distributed_flags,
     define_mesh_flags,
     format_mesh,
+    mesh_from_flags,
     mesh_shape_from_flags,
     parse_axis_mapping,
     parse_mesh,
@@ -28,9 +31,12 @@ __all__ = [
     "MeshParser",
     "axis_mapping_from_flags",
     "cpu_devices_from_flags",
+    "dcn_mesh_from_flags",
+    "define_dcn_mesh_flag",
     "define_distributed_flags",
     "define_mesh_flags",
     "format_mesh",
+    "mesh_from_flags",
     "mesh_shape_from_flags",
     "parse_axis_mapping",
     "parse_mesh",

@@ -123,7 +123,7 @@ def main(argv: list[str]) -> int:
     import jax
     import numpy as np
 
-    mesh = distmap.make_mesh(distmap.flags.mesh_shape_from_flags())
+    mesh = distmap.flags.mesh_from_flags()  # --mesh, and --dcn_mesh on devices that span TPU slices
     try:  # a rule for an axis the program lacks (a typo) would split nothing: refuse it
         mapping = distmap.flags.axis_mapping_from_flags(axis_names=AXES)
     except ValueError as e:

@@ -13,7 +13,9 @@ process group; when a rank fails or the launcher is stopped, the launcher ends t
 over ssh, since killing an ``ssh`` client does not kill the remote program.
 
 The program starts in ``--remote_dir`` (default: this directory's path, so a shared file
-system or the same checkout on every host). ``--dry_run`` prints the ssh commands.
+system or the same checkout on every host). ``--ssh_config=FILE`` gives every ssh a client
+config (``ssh -F FILE``: ports, users, keys, known hosts); ``--ssh_option`` adds ``-o`` options.
+``--dry_run`` prints the ssh commands.
 Everything after ``--`` reaches the program unchanged.
 """
 
@@ -44,6 +46,10 @@ _COORDINATOR_HOST = flags.DEFINE_string("coordinator_host", None, "The address t
 _REMOTE_DIR = flags.DEFINE_string("remote_dir", None, "Where the program starts on every host (default: this "
                                   "directory's path).")
 _SSH_OPTION = flags.DEFINE_multi_string("ssh_option", list(ssh.DEFAULT_SSH_OPTIONS), "ssh -o options.")
+_SSH_CONFIG = flags.DEFINE_string("ssh_config", None, "An ssh client config file for every connection (ssh -F "
+                                  "FILE): host names, ports, users, keys, known hosts. Default: ~/.ssh/config.")
+flags.register_validator("ssh_config", lambda path: path is None or os.path.isfile(path),
+                         "--ssh_config must name an existing ssh client config file (ssh -F FILE).")
 
 
 def main(argv: list[str]) -> None:
@@ -68,6 +74,7 @@ def main(argv: list[str]) -> None:
         processes_per_host=_PER_HOST.value, coordinator_host=_COORDINATOR_HOST.value,
         devices_per_process=fv.devices_per_process, gpu_ids=gpu_ids, init_timeout=fv.init_timeout,
         env=cluster.env_from_flags(), remote_dir=_REMOTE_DIR.value or os.getcwd(), ssh_options=_SSH_OPTION.value,
+        ssh_config=os.path.abspath(_SSH_CONFIG.value) if _SSH_CONFIG.value else None,
     )
     try:
         if fv.dry_run:
@@ -78,7 +85,7 @@ def main(argv: list[str]) -> None:
                 print(shell.join(w.argv))
             print("# If a rank fails or the launch is stopped, on every host:")
             for a in ssh.cleanup_argvs(hosts, options.run_id, _PER_HOST.value, options.grace_period,
-                                       ssh_options=_SSH_OPTION.value):
+                                       ssh_options=_SSH_OPTION.value, ssh_config=kwargs["ssh_config"]):
                 print(shell.join(a))
             return
         result = ssh.run_ssh(program, hosts, coordinator_port=fv.coordinator_port, options=options, **kwargs)

@@ -144,6 +144,7 @@ class _Dev:
     process_index: int
     slice_index: int | None = None
     platform: str = "cpu"
+    device_kind: str = "cpu"  # read by jax.experimental.mesh_utils
 
 
 def test_hybrid_layout_with_processes_as_granules():

@@ -47,3 +47,11 @@ def test_needs_a_mesh_and_a_mapping():
         host_local_to_global(x, None, {"batch": "data"})
     with pytest.raises(distmap.errors.MeshError, match="axis mapping"):
         host_local_to_global(x, distmap.make_mesh({"data": 8}))
+
+
+def test_a_mesh_axis_the_mesh_lacks_is_named(mesh):
+    x = distmap.zeros({"batch": 8})
+    with pytest.raises(distmap.errors.MeshError, match="mesh axis 'dat', but the mesh has axes \\('data', 'model'\\)"):
+        host_local_to_global(x, mesh, {"batch": "dat"})
+    with pytest.raises(distmap.errors.MeshError, match="mesh axis 'dat'"):
+        distmap.shard(x, mesh, {"batch": "dat"})  # the same error as shard's

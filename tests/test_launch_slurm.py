@@ -179,6 +179,7 @@ def test_cluster_configs_parse_for_the_program():
         "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
         "import distmap.flags as df\n"
         "for cfg in sys.argv[1:]:\n"
+        "    flags.FLAGS.unparse_flags()  # each config alone (the multi-slice one sets --dcn_mesh)\n"
         "    flags.FLAGS(['ensemble.py', '--flagfile=' + cfg])\n"
         "    print(json.dumps([df.mesh_shape_from_flags(), str(df.axis_mapping_from_flags())]))\n"
     )

@@ -584,12 +584,15 @@ def test_chunk_size_composes(n):
     for chunk in (1, 3):
         out = distmap.vmap(triple, "batch", mesh=mesh, axis_mapping={"batch": "data"}, chunk_size=chunk)(x)
         assert_same(out, one_device(triple, "batch")(x))
-    # the chunks are within each device's shard: one chunk per shard still allows collectives
+    # Whether the map is chunked is decided on the whole axis, as on one device: a chunk as large
+    # as one device's share still refuses collectives (one device would), a chunk of the whole allows them.
     local = -(-n // 4)
-    out = distmap.vmap(padding_probe, "batch", mesh=mesh, axis_mapping={"batch": "data"}, chunk_size=local)(x)
+    for f in (distmap.vmap(with_psum, "batch", chunk_size=local),
+              distmap.vmap(with_psum, "batch", mesh=mesh, axis_mapping={"batch": "data"}, chunk_size=local)):
+        with pytest.raises(errors.MappingError, match=r"psum\('batch'\): the map over 'batch' runs in chunks"):
+            f(x)
+    out = distmap.vmap(padding_probe, "batch", mesh=mesh, axis_mapping={"batch": "data"}, chunk_size=n)(x)
     assert_same(out, one_device(padding_probe, "batch")(x))
-    with pytest.raises(errors.MappingError, match=r"psum\('batch'\): the map over 'batch' runs in chunks"):
-        distmap.vmap(with_psum, "batch", mesh=mesh, axis_mapping={"batch": "data"}, chunk_size=local - 1)(x)
 
 
 # ------------------------------------------------------------------------------ nesting

@@ -28,9 +28,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from distmap import errors
+from distmap._src.hybrid_mesh import hybrid_device_array, make_hybrid_mesh  # re-exported: hybrid meshes
 from distmap._src.launch import contract
 
 _PER_RANK_FLAGS = frozenset({"process_id", "local_device_ids"})
@@ -773,95 +772,6 @@ def shutdown() -> None:
         jax.distributed.shutdown()
     _STATE.config = None
     _STATE.checks = 0
-
-
-# --------------------------------------------------------------------------------------
-# Hybrid (ICI x DCN) meshes
-
-
-def _granules(devices: Sequence[Any], wanted: int) -> tuple[str, dict[int, list[Any]]]:
-    """Group devices into granules: TPU slices where they report several, else processes.
-
-    Devices of a multi-process CPU or GPU run report one ``slice_index`` (0) or none, so
-    there the process is the granule.
-    """
-    slices = {getattr(d, "slice_index", None) for d in devices}
-    by_slice = None not in slices and (len(slices) > 1 or wanted == 1)
-    out: dict[int, list[Any]] = {}
-    for d in devices:
-        key = int(d.slice_index) if by_slice else int(d.process_index)
-        out.setdefault(key, []).append(d)
-    return ("slice" if by_slice else "process"), out
-
-
-def hybrid_device_array(ici: Mapping[str, int], dcn: Mapping[str, int], devices: Sequence[Any]) -> tuple[tuple[str, ...], np.ndarray]:
-    """The device layout of :func:`make_hybrid_mesh`: axis names and an array of devices.
-
-    Split out so the layout can be checked without real multi-slice hardware.
-    """
-    names = list(ici) + [k for k in dcn if k not in ici]
-    for what, shape in (("ici", ici), ("dcn", dcn)):
-        for k, v in shape.items():
-            if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise errors.MeshError(f"make_hybrid_mesh: {what} axis {k!r} has size {v!r}; expected a positive int.")
-    ici_shape = [int(ici.get(k, 1)) for k in names]
-    dcn_shape = [int(dcn.get(k, 1)) for k in names]
-    kind, granules = _granules(devices, math.prod(dcn_shape))
-    if len(granules) != math.prod(dcn_shape):
-        raise errors.MeshError(
-            f"make_hybrid_mesh: dcn {dict(dcn)} needs {math.prod(dcn_shape)} {kind}(s), but the devices come from "
-            f"{len(granules)} {kind}(s)."
-        )
-    per = {len(v) for v in granules.values()}
-    if per != {math.prod(ici_shape)}:
-        raise errors.MeshError(
-            f"make_hybrid_mesh: ici {dict(ici)} needs {math.prod(ici_shape)} devices in each {kind}, but they have "
-            f"{sorted(per)}."
-        )
-    blocks = []
-    for key in sorted(granules):
-        devs = sorted(granules[key], key=lambda d: d.id)
-        block = None
-        if getattr(devs[0], "platform", "") == "tpu":
-            try:  # follow the physical torus within a slice
-                from jax.experimental import mesh_utils
-
-                block = mesh_utils.create_device_mesh(ici_shape, devs, allow_split_physical_axes=True)
-            except Exception:  # noqa: BLE001 - fall back to id order
-                block = None
-        if block is None:
-            block = np.empty(len(devs), dtype=object)
-            block[:] = devs
-            block = block.reshape(ici_shape)
-        blocks.append(block)
-    # Axis by axis: the across-granule index is the outer part, the within-granule the inner.
-    out = np.empty([i * d for i, d in zip(ici_shape, dcn_shape)], dtype=object)
-    for pos in np.ndindex(*dcn_shape):
-        sl = tuple(slice(p * i, (p + 1) * i) for p, i in zip(pos, ici_shape))
-        out[sl] = blocks[int(np.ravel_multi_index(pos, dcn_shape))]
-    return tuple(names), out
-
-
-def make_hybrid_mesh(ici: Mapping[str, int], dcn: Mapping[str, int], devices: Sequence[Any] | None = None) -> Any:
-    """A mesh over granules (TPU slices, else processes): ``ici`` within one, ``dcn`` across them.
-
-    Each mesh axis has size ``ici[name] * dcn[name]`` (a name missing from one side counts 1);
-    axis order is ``ici``'s, then any ``dcn``-only names. Neighbours along an axis share a
-    granule as long as possible, so collectives over the ``ici`` part stay on the fast
-    links. Devices that report no ``slice_index`` are grouped by process.
-
-    Example:
-        >>> import jax
-        >>> from distmap import distributed
-        >>> mesh = distributed.make_hybrid_mesh({"data": 1, "model": 8}, {"data": 1}, jax.devices()[:8])
-        >>> dict(mesh.shape)
-        {'data': 1, 'model': 8}
-    """
-    import jax
-
-    devs = list(jax.devices() if devices is None else devices)
-    names, array = hybrid_device_array(ici, dcn, devs)
-    return jax.sharding.Mesh(array, names)
 
 
 __all__ = [

@@ -12,6 +12,13 @@ so a typo ends the program before anything starts, with a message naming the bad
     --axis_mapping=batch=data,batch=replica an ordered rule list: per array, the first rule
                                             whose mesh axes are still free wins
 
+Devices that span several TPU slices (multi-slice) need a hybrid mesh, which
+``jax.make_mesh`` does not make: ``--dcn_mesh`` says how much of each ``--mesh`` axis goes
+across slices, and :func:`mesh_from_flags` then builds it with ``make_hybrid_mesh``::
+
+    --mesh=replica=2,data=-1,model=4 --dcn_mesh=replica=2   two slices: replica across them,
+                                                            data and model within each
+
 Flagfiles in ``configs/`` set these; later flags override earlier ones, so
 ``--flagfile=configs/cpu_8dev.flags --mesh=data=8`` changes only the mesh.
 
@@ -189,7 +196,7 @@ def define_mesh_flags(
     axis_mapping: str | None = None,
     cpu_devices: bool = True,
 ) -> None:
-    """Define ``--mesh``, ``--axis_mapping`` and (unless ``cpu_devices=False``) ``--cpu_devices``.
+    """Define ``--mesh``, ``--axis_mapping``, ``--dcn_mesh`` and (unless ``cpu_devices=False``) ``--cpu_devices``.
 
     Flags already defined are left alone, so two modules may both call this. The mesh and
     the mapping are validated against each other once all flags are parsed.
@@ -225,6 +232,7 @@ def define_mesh_flags(
         flags.register_multi_flags_validator(
             ["mesh", "axis_mapping"], _check_mapping_fits_mesh, flag_values=flag_values
         )
+    define_dcn_mesh_flag(flag_values)
     if cpu_devices and "cpu_devices" not in flag_values:
         flags.DEFINE_integer(
             "cpu_devices", None,
@@ -232,6 +240,54 @@ def define_mesh_flags(
             "$DISTMAP_CPU_DEVICES from a launcher, else JAX's default.",
             lower_bound=1, flag_values=flag_values,
         )
+
+
+def _check_dcn_fits_mesh(values: Mapping[str, Any]) -> bool:
+    mesh, dcn = values.get("mesh"), values.get("dcn_mesh")
+    if not dcn:
+        return True
+    for name, size in dcn.items():
+        if size == -1:
+            raise flags.ValidationError(
+                f"--dcn_mesh={format_mesh(dcn)}: give {name!r} the number of slices it spans, not -1."
+            )
+        if mesh is None:
+            continue  # the program's own default mesh: mesh_from_flags checks it
+        if name not in mesh:
+            raise flags.ValidationError(
+                f"--dcn_mesh={format_mesh(dcn)} splits mesh axis {name!r} across slices, but --mesh={format_mesh(mesh)} "
+                f"has no axis {name!r}; "
+                "each --dcn_mesh axis must be a --mesh axis."
+            )
+        if mesh[name] != -1 and mesh[name] % size:
+            raise flags.ValidationError(
+                f"--dcn_mesh={format_mesh(dcn)}: mesh axis {name!r} has size {mesh[name]} (--mesh={format_mesh(mesh)}), "
+                f"which {size} slices do not divide."
+            )
+    return True
+
+
+def define_dcn_mesh_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Define ``--dcn_mesh`` (the part of each ``--mesh`` axis across slices); :func:`define_mesh_flags` does.
+
+    Example:
+        >>> from absl import flags
+        >>> fv = flags.FlagValues()
+        >>> define_mesh_flags(fv)
+        >>> _ = fv(["prog", "--mesh=replica=2,data=-1", "--dcn_mesh=replica=2"])
+        >>> dcn_mesh_from_flags(fv)
+        {'replica': 2}
+    """
+    if "dcn_mesh" in flag_values:
+        return
+    flags.DEFINE(
+        MeshParser(), "dcn_mesh", None,
+        "For devices that span TPU slices (multi-slice; elsewhere processes): how many slices each --mesh axis is "
+        "split across, MESH_AXIS=SLICES, e.g. replica=2. Each --mesh axis is then its --dcn_mesh part across slices "
+        "times the rest within each slice (a hybrid mesh). Unset: one slice.",
+        flag_values=flag_values, serializer=_Serializer(format_mesh),
+    )
+    flags.register_multi_flags_validator(["mesh", "dcn_mesh"], _check_dcn_fits_mesh, flag_values=flag_values)
 
 
 def define_distributed_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -317,6 +373,66 @@ def axis_mapping_from_flags(
                     f"arrays has (its axes: {', '.join(known)}); a rule for it would split nothing."
                 )
     return rules
+
+
+def dcn_mesh_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> MeshShape | None:
+    """The parsed ``--dcn_mesh`` (``{mesh axis: slices}``), or ``None`` when unset or not defined."""
+    value = _value(flag_values, "dcn_mesh")
+    return dict(value) if value else None
+
+
+def mesh_from_flags(
+    flag_values: flags.FlagValues = flags.FLAGS, devices: Any = None, default: Mapping[str, int] | None = None
+) -> Any:
+    """The program's mesh from ``--mesh`` and ``--dcn_mesh``, over ``devices`` (default: all).
+
+    Without ``--dcn_mesh`` this is ``distmap.make_mesh(--mesh)``. With it, ``--mesh`` is the
+    whole mesh (one size may be -1) and each axis ``a`` is split as ``dcn_mesh[a]`` slices
+    times ``mesh[a] / dcn_mesh[a]`` devices within each, by ``make_hybrid_mesh`` (slices are
+    the devices' ``slice_index``; where devices report a single slice, processes). Devices
+    that span several slices without ``--dcn_mesh`` are refused with an error naming it.
+
+    Example:
+        >>> import jax
+        >>> from absl import flags
+        >>> fv = flags.FlagValues()
+        >>> define_mesh_flags(fv)
+        >>> _ = fv(["prog", "--mesh=data=-1,model=2", "--dcn_mesh=data=1"])
+        >>> dict(mesh_from_flags(fv, jax.devices()[:8]).shape)
+        {'data': 4, 'model': 2}
+    """
+    import jax
+
+    from distmap import errors
+    from distmap._src import hybrid_mesh, mesh
+
+    shape = mesh_shape_from_flags(flag_values, default)
+    dcn = dcn_mesh_from_flags(flag_values)
+    devs = list(jax.devices() if devices is None else devices)
+    if not dcn:
+        slices = {getattr(d, "slice_index", None) for d in devs}
+        if None not in slices and len(slices) > 1:
+            raise errors.MeshError(
+                f"the {len(devs)} devices span {len(slices)} TPU slices, and a mesh over several slices must say which "
+                f"axes cross them: give --dcn_mesh, e.g. --dcn_mesh={next(iter(shape))}={len(slices)} with "
+                f"--mesh={format_mesh(shape)}."
+            )
+        return mesh.make_mesh(shape, devs)
+    total = mesh_size(shape, len(devs))
+    if total != len(devs):
+        raise errors.MeshError(f"--mesh={format_mesh(shape)} does not fit the {len(devs)} devices.")
+    known = 1
+    for v in shape.values():
+        known *= v if v != -1 else 1
+    sizes = {k: (v if v != -1 else len(devs) // known) for k, v in shape.items()}
+    for k, n in dcn.items():
+        if k not in sizes or sizes[k] % n:
+            raise errors.MeshError(
+                f"--dcn_mesh={format_mesh(dcn)} does not divide --mesh={format_mesh(shape)} ({format_mesh(sizes)} "
+                f"over {len(devs)} devices)."
+            )
+    ici = {k: v // dcn.get(k, 1) for k, v in sizes.items()}
+    return hybrid_mesh.make_hybrid_mesh(ici, dcn, devs)
 
 
 def cpu_devices_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> int | None:

@@ -4,14 +4,19 @@ In a multi-process run each process feeds its own slice of a mapped axis;
 :func:`host_local_to_global` stitches those slices into one global ``jax.Array`` per
 NamedArray, split over the mesh as the axis mapping says, so a sharded
 ``distmap.vmap`` sees one global array. :func:`global_to_host_local` is the inverse.
+Both are JAX's own (``jax.make_array_from_process_local_data``,
+``multihost_utils.global_array_to_host_local_array``); what distmap adds is the partition
+spec from the axis names and errors that name the axis.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from distmap import errors
@@ -30,28 +35,12 @@ def _mesh(mesh: Mesh | None, fn: str) -> Mesh:
     return mesh
 
 
-def _process_blocks(mesh: Mesh, spec: Any, ndim: int) -> list[int]:
-    """For each dimension, how many processes' slices it is made of (1 where it is not split across processes)."""
-    out = []
-    pid = np.vectorize(lambda d: d.process_index)(mesh.devices)
-    names = list(mesh.axis_names)
-    for d in range(ndim):
-        part = spec[d] if d < len(spec) else None
-        axes = () if part is None else ((part,) if isinstance(part, str) else tuple(part))
-        if not axes:
-            out.append(1)
-            continue
-        # Count the distinct processes met walking along these mesh axes from this process's first device.
-        idx = [int(i[0]) for i in np.nonzero(pid == jax.process_index())]
-        procs = set()
-        moving = [names.index(a) for a in axes]
-        for pos in np.ndindex(*[mesh.devices.shape[m] for m in moving]):
-            at = list(idx)
-            for m, p in zip(moving, pos):
-                at[m] = p
-            procs.add(int(pid[tuple(at)]))
-        out.append(len(procs))
-    return out
+def _local_devices_along(mesh: Mesh, part: Any) -> tuple[tuple[str, ...], int, int]:
+    """The mesh axes of one ``PartitionSpec`` entry, the devices along them and this process's share of those."""
+    axes = () if part is None else ((part,) if isinstance(part, str) else tuple(part))
+    n = math.prod(mesh.shape[a] for a in axes)
+    local = math.prod(mesh.local_mesh.shape[a] for a in axes)
+    return axes, n, local
 
 
 def host_local_to_global(
@@ -76,24 +65,19 @@ def host_local_to_global(
     def one(leaf: Any) -> Any:
         if not isinstance(leaf, NamedArray):
             return leaf
-        mapping.resolve(leaf.axis_names, mesh)  # names a mesh axis the mesh lacks before JAX does
-        spec = _pspec(leaf, mapping, None)
-        blocks = _process_blocks(mesh, spec, leaf.ndim)
-        global_shape = tuple(a.size * b for a, b in zip(leaf.axes, blocks))
-        for a, b, g in zip(leaf.axes, blocks, global_shape):
-            parts = dict(zip(leaf.axis_names, spec)).get(a.name)
-            if parts is not None:
-                axes = (parts,) if isinstance(parts, str) else parts
-                n = int(np.prod([mesh.shape[m] for m in axes]))
-                if g % n:
-                    raise errors.AxisSizeError(
-                        f"host_local_to_global: axis {a.name!r} has {a.size} elements in this process "
-                        f"({g} in all over {b} process(es)), which mesh axes {axes} ({n} devices) do not divide."
-                    )
-        arr = jax.make_array_from_process_local_data(
-            NamedSharding(mesh, spec), np.asarray(leaf.array), global_shape
-        )
-        return _wrap(arr, tuple(a.resize(g) for a, g in zip(leaf.axes, global_shape)))
+        mapping.resolve(leaf.axis_names, mesh)  # a mesh axis the mesh lacks: the MeshError distmap.shard raises
+        spec = _pspec(leaf, mapping, None)  # split as mapped: divisibility is checked on the global sizes below
+        for a, part in zip(leaf.axes, tuple(spec) + (None,) * (leaf.ndim - len(spec))):
+            axes, n, local = _local_devices_along(mesh, part)
+            if a.size % local:
+                g = a.size * (n // local)
+                raise errors.AxisSizeError(
+                    f"host_local_to_global: axis {a.name!r} has {a.size} elements in this process "
+                    f"({g} in all over {n // local} process(es)), which mesh axes {axes} ({n} devices) do not divide."
+                )
+        # JAX infers the global shape: each process holds its own block of every dimension split across processes.
+        arr = jax.make_array_from_process_local_data(NamedSharding(mesh, spec), np.asarray(leaf.array))
+        return _wrap(arr, tuple(a.resize(g) for a, g in zip(leaf.axes, arr.shape)))
 
     return jax.tree_util.tree_map(one, x, is_leaf=_is_named)
 
@@ -101,8 +85,9 @@ def host_local_to_global(
 def global_to_host_local(x: Any) -> Any:
     """This process's part of every global NamedArray in ``x``, as host-local NamedArrays.
 
-    The inverse of :func:`host_local_to_global`: each dimension keeps the span of indices
-    that this process's devices hold.
+    The inverse of :func:`host_local_to_global` (JAX's
+    ``multihost_utils.global_array_to_host_local_array``): each dimension keeps the block of
+    indices that this process's devices hold. An array one process holds whole is returned as is.
 
     Example:
         >>> import distmap, jax
@@ -116,13 +101,15 @@ def global_to_host_local(x: Any) -> Any:
         if not isinstance(leaf, NamedArray):
             return leaf
         arr = leaf.array
-        shards = arr.addressable_shards
-        lo = [min(s.index[d].indices(n)[0] for s in shards) for d, n in enumerate(arr.shape)]
-        hi = [max(s.index[d].indices(n)[1] for s in shards) for d, n in enumerate(arr.shape)]
-        out = np.empty(tuple(h - l for l, h in zip(lo, hi)), arr.dtype)
-        for s in shards:
-            where = tuple(slice(sl.indices(n)[0] - l, sl.indices(n)[1] - l) for sl, n, l in zip(s.index, arr.shape, lo))
-            out[where] = np.asarray(s.data)
-        return _wrap(jax.numpy.asarray(out), tuple(a.resize(h - l) for a, l, h in zip(leaf.axes, lo, hi)))
+        if arr.is_fully_addressable:
+            return leaf  # one process holds all of it already
+        sharding = arr.sharding
+        if not isinstance(sharding, NamedSharding) or not isinstance(sharding.mesh, Mesh):
+            raise errors.MeshError(
+                f"global_to_host_local: an array of axes {leaf.axis_names} is laid out by {type(sharding).__name__}, "
+                "not a NamedSharding over a concrete mesh; reshard it with distmap.shard first."
+            )
+        local = multihost_utils.global_array_to_host_local_array(arr, sharding.mesh, sharding.spec)
+        return _wrap(local, tuple(a.resize(n) for a, n in zip(leaf.axes, local.shape)))
 
     return jax.tree_util.tree_map(one, x, is_leaf=_is_named)

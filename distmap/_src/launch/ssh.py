@@ -83,11 +83,17 @@ def remote_command(program: Sequence[str], env: Mapping[str, str], pid: str, wor
 
 
 def ssh_argv(
-    host: str, command: str, *, ssh: str = "ssh", ssh_options: Sequence[str] = DEFAULT_SSH_OPTIONS
+    host: str, command: str, *, ssh: str = "ssh", ssh_options: Sequence[str] = DEFAULT_SSH_OPTIONS,
+    ssh_config: str | None = None,
 ) -> list[str]:
-    """``ssh -o OPT ... HOST COMMAND``."""
+    """``ssh [-F CONFIG] -o OPT ... HOST COMMAND``.
+
+    Example:
+        >>> ssh_argv("node1", "true", ssh_options=["BatchMode=yes"], ssh_config="/etc/cluster/ssh_config")
+        ['ssh', '-F', '/etc/cluster/ssh_config', '-o', 'BatchMode=yes', 'node1', 'true']
+    """
     opts = [a for o in ssh_options for a in ("-o", o)]
-    return [ssh, *opts, host, command]
+    return [ssh, *(["-F", ssh_config] if ssh_config else []), *opts, host, command]
 
 
 def ssh_workers(
@@ -106,6 +112,7 @@ def ssh_workers(
     remote_dir: str | None = None,
     ssh: str = "ssh",
     ssh_options: Sequence[str] = DEFAULT_SSH_OPTIONS,
+    ssh_config: str | None = None,
 ) -> list[Worker]:
     """The ranks of one start: ``processes_per_host`` per host, rank 0 on the first host."""
     hosts = check_hosts(hosts)
@@ -126,19 +133,20 @@ def ssh_workers(
             rank_env = contract.rank_env(spec)
             rank_env.update(env or {})
             command = remote_command(program, rank_env, pid_file(run_id, rank), remote_dir)
-            workers.append(Worker(rank, ssh_argv(host, command, ssh=ssh, ssh_options=ssh_options),
+            workers.append(Worker(rank, ssh_argv(host, command, ssh=ssh, ssh_options=ssh_options, ssh_config=ssh_config),
                                   label=f"rank {rank} {host}"))
     return workers
 
 
 def cleanup_argvs(hosts: Sequence[str], run_id: str, processes_per_host: int, grace_period: float, *,
-                  ssh: str = "ssh", ssh_options: Sequence[str] = DEFAULT_SSH_OPTIONS) -> list[list[str]]:
+                  ssh: str = "ssh", ssh_options: Sequence[str] = DEFAULT_SSH_OPTIONS,
+                  ssh_config: str | None = None) -> list[list[str]]:
     """One ``ssh`` per host that ends the process groups of that host's ranks."""
     out = []
     for h, host in enumerate(hosts):
         ranks = range(h * processes_per_host, (h + 1) * processes_per_host)
         script = "; ".join(shell.kill_group_script(pid_file(run_id, r), grace_period) for r in ranks)
-        out.append(ssh_argv(host, script, ssh=ssh, ssh_options=ssh_options))
+        out.append(ssh_argv(host, script, ssh=ssh, ssh_options=ssh_options, ssh_config=ssh_config))
     return out
 
 
@@ -174,6 +182,7 @@ def run_ssh(
     remote_dir: str | None = None,
     ssh: str = "ssh",
     ssh_options: Sequence[str] = DEFAULT_SSH_OPTIONS,
+    ssh_config: str | None = None,
     options: SupervisorOptions | None = None,
     out: IO[str] | None = None,
     err: IO[str] | None = None,
@@ -193,6 +202,7 @@ def run_ssh(
         env: more variables for every rank.
         remote_dir: the folder the program starts in on every host (default: the remote home).
         ssh, ssh_options: the ssh command and its ``-o`` options.
+        ssh_config: an ssh client config file (``ssh -F FILE``) for every connection.
         options: supervisor options (timeout, restarts, logs).
         out, err: prefixed rank output; the launcher's messages.
 
@@ -219,6 +229,7 @@ def run_ssh(
             program, hosts, port=port, run_id=run_id, attempt=attempt, processes_per_host=processes_per_host,
             coordinator_host=coordinator_host, devices_per_process=devices_per_process, gpu_ids=gpu_ids,
             init_timeout=init_timeout, env=env, remote_dir=remote_dir, ssh=ssh, ssh_options=ssh_options,
+            ssh_config=ssh_config,
         )
 
     def port_was_taken(result: AttemptResult) -> bool:
@@ -231,7 +242,8 @@ def run_ssh(
             return
         err.write(f"distmap ssh: ending the remote programs on {len(hosts)} host(s).\n")
         err.flush()
-        argvs = cleanup_argvs(hosts, run_id, processes_per_host, options.grace_period, ssh=ssh, ssh_options=ssh_options)
+        argvs = cleanup_argvs(hosts, run_id, processes_per_host, options.grace_period, ssh=ssh, ssh_options=ssh_options,
+                              ssh_config=ssh_config)
         _cleanup(argvs, options.grace_period + 30.0, err)
 
     return supervise(make_workers, options, out=out, err=err, retry_for_free=port_was_taken, on_attempt_end=clean_up)

@@ -37,15 +37,16 @@ def vmap(
 
     NamedArrays with the axis are mapped along it wherever it sits; NamedArrays
     without it are broadcast. Unnamed leaves follow ``default`` (arrays of rank >= 1
-    on dim 0; rank-0 arrays, PRNG keys included, and non-array leaves unmapped),
-    overridden per positional argument by ``args`` and per keyword by ``kwargs``.
-    A spec is an int, ``None`` (not mapped), a callable ``leaf -> int | None``, or a
-    pytree prefix of these.
+    on dim 0; rank-0 arrays, typed PRNG keys included, and non-array leaves unmapped),
+    overridden per parameter by ``args`` (positional parameters, in order) and ``kwargs``
+    (by name), bound through ``fn``'s signature as in Haliax. A spec is an int, ``None``
+    (not mapped), a callable ``leaf -> int | None``, or a pytree prefix of these.
 
     Several axes are mapped in turn, the first given outermost; outputs carry them at
     the front in the order given (NamedArrays by name, unnamed arrays at dim 0...).
-    Outputs that do not depend on the mapped inputs are broadcast; non-array outputs
-    are returned as they are. An axis no input carries is created, and then needs
+    Outputs that do not depend on the mapped inputs are broadcast, Python scalars
+    included (as ``jax.vmap`` does); other non-array outputs (a string, ``None``) are
+    returned as they are. An axis no input carries is created, and then needs
     a size (``Axis("batch", 4)`` or ``{"batch": 4}``).
 
     Inside ``fn`` the named collectives (:func:`distmap.psum`, ``pmean``, ``pmax``,

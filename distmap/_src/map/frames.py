@@ -48,6 +48,19 @@ class MapFrame:
         return self.mesh_axes + (self.vmap_name,)
 
 
+_PLAIN: dict[tuple[str, int], MapFrame] = {}
+
+
+def plain(name: str, size: int) -> MapFrame:
+    """The frame of a one-device map level: a vmap axis named as the mapped axis (made once per name and size)."""
+    frame = _PLAIN.get((name, size))
+    if frame is None:
+        frame = MapFrame(name, size, name, size)
+        if len(_PLAIN) < 4096:
+            _PLAIN[name, size] = frame
+    return frame
+
+
 _STACK: contextvars.ContextVar[tuple[MapFrame, ...]] = contextvars.ContextVar("distmap_map_frames", default=())
 
 

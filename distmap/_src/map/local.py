@@ -75,10 +75,12 @@ def run(
             return innermost(dyn)
         size = sizes[lvl]
         name = plan.names[lvl]
-        frame = frame_for(lvl, size) if frame_for is not None else frames.MapFrame(name, size, name, size)
-        chunked = chunk_size is not None and chunk_size < size
-        if chunked:
+        frame = frame_for(lvl, size) if frame_for is not None else frames.plain(name, size)
+        # Whether a level is chunked is the plan's (global) decision, so collectives over it are
+        # refused alike on one device and on a mesh; the loop runs where this part is larger.
+        if chunk_size is not None and chunk_size < plan.sizes[lvl]:
             frame = dataclasses.replace(frame, chunked=True)
+        chunked = chunk_size is not None and chunk_size < size
 
         def body(*d: Any) -> tuple[Any, ...]:
             with frames.pushed(frame):
@@ -91,8 +93,7 @@ def run(
 
     out_arrays = level(0, arrays)
     out_tree, out_kinds = out_info
-    front = tuple(ax.resize(s) for ax, s in zip(plan.front, sizes))
-    return leaves_lib.join(out_tree, out_kinds, out_arrays, front=front)
+    return leaves_lib.join(out_tree, out_kinds, out_arrays, front=plan.front(sizes))
 
 
 def _chunked_call(body, dyn: Sequence[Any], in_axes: Sequence[int | None], size: int, chunk: int):

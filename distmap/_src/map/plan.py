@@ -134,40 +134,47 @@ class Plan:
             :class:`Scalar` or a :class:`StaticKind`.
         dims: per leaf: for each level the dimension of the leaf (as given) that it maps,
             or None; ``None`` for non-array leaves.
-        arrays: the indices of the array leaves (NamedArray or unnamed), in order.
+        arrays: the indices of the array leaves (NamedArray or unnamed), in order: those with ``dims``.
+        traced: the indices of the leaves a ``jax.jit`` of the map traces: the arrays and the
+            Python scalars, in order.
         in_axes: per level, the ``in_axes`` of the array leaves at that level (dimensions
             counted after the earlier levels' dimensions are gone).
         inner: per leaf, the axes a NamedArray has inside the map (None for other leaves).
     """
 
-    __slots__ = ("names", "sizes", "treedef", "kinds", "dims", "arrays", "in_axes", "inner", "_hash")
+    __slots__ = ("names", "sizes", "treedef", "kinds", "dims", "arrays", "traced", "in_axes", "inner", "_hash")
 
-    def __init__(self, names, sizes, treedef, kinds, dims):
+    def __init__(self, names, sizes, treedef, kinds, dims, inner):
         self.names: tuple[str, ...] = names
         self.sizes: tuple[int, ...] = sizes
         self.treedef = treedef
         self.kinds: tuple[Any, ...] = kinds
         self.dims: tuple[tuple[int | None, ...] | None, ...] = dims
-        self.arrays = tuple(i for i, k in enumerate(kinds) if k is True or type(k) is tuple)
-        self.in_axes = tuple(tuple(_level_dim(dims[i], level) for i in self.arrays) for level in range(len(names)))
-        mapped = set(names)
-        self.inner = tuple(
-            tuple(a for a in k if a.name not in mapped) if type(k) is tuple else None for k in kinds
-        )
-        self._hash = hash((names, sizes, treedef, kinds, dims))
+        self.inner: tuple[tuple[Axis, ...] | None, ...] = inner
+        self.arrays = tuple(i for i, row in enumerate(dims) if row is not None)
+        self.traced = tuple(i for i, (row, k) in enumerate(zip(dims, kinds)) if row is not None or type(k) is Scalar)
+        rows = [dims[i] for i in self.arrays]
+        if len(names) == 1:  # the common case: dimensions as given
+            self.in_axes = (tuple(row[0] for row in rows),)
+        else:
+            self.in_axes = tuple(tuple(_level_dim(row, level) for row in rows) for level in range(len(names)))
+        self._hash: int | None = None  # only the mesh lowering hashes a plan (as jit static data)
+
+    def _key(self) -> tuple:
+        return (self.names, self.sizes, self.treedef, self.kinds, self.dims)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Plan) and self._hash == other._hash and (
-            self.names, self.sizes, self.treedef, self.kinds, self.dims
-        ) == (other.names, other.sizes, other.treedef, other.kinds, other.dims)
+        return isinstance(other, Plan) and hash(self) == hash(other) and self._key() == other._key()
 
     def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(self._key())
         return self._hash
 
-    @property
-    def front(self) -> tuple[Axis, ...]:
-        """The axes every output gains in front, in order."""
-        return tuple(Axis(n, s) for n, s in zip(self.names, self.sizes))
+    def front(self, sizes: Sequence[int] | None = None) -> tuple[Axis, ...]:
+        """The axes every output gains in front, in order (with ``sizes``, a device's share, if given)."""
+        # The names were checked by vmap and the sizes come from shapes: no need to validate again.
+        return tuple(tuple.__new__(Axis, ns) for ns in zip(self.names, self.sizes if sizes is None else sizes))
 
 
 def _level_dim(row: tuple[int | None, ...], level: int) -> int | None:
@@ -197,19 +204,24 @@ def resolve(request: Request, args: Sequence[Any], kwargs: Mapping[str, Any]) ->
 
     kinds: list[Any] = []
     dims: list[Any] = []
+    inner: list[Any] = []
     found: list[list[tuple[int, int]]] = [[] for _ in names]  # per level: (size, leaf index)
     for i, leaf in enumerate(leaves):
         t = type(leaf)
         if t is NamedArray:
             axes = leaf.axes
             row = [None] * levels
+            kept = []
             for d, ax in enumerate(axes):
-                for level, name in enumerate(names):
-                    if ax.name == name:
-                        row[level] = d
-                        found[level].append((ax.size, i))
+                if ax.name in names:
+                    level = names.index(ax.name)
+                    row[level] = d
+                    found[level].append((ax.size, i))
+                else:
+                    kept.append(ax)
             kinds.append(axes)
             dims.append(tuple(row))
+            inner.append(axes if len(kept) == len(axes) else tuple(kept))
             continue
         if leaf_specs is None:
             leaf_specs = _leaf_specs(request, args, kwargs)
@@ -221,12 +233,14 @@ def resolve(request: Request, args: Sequence[Any], kwargs: Mapping[str, Any]) ->
                     found[level].append((leaf.shape[d], i))
             kinds.append(True)
             dims.append(row)
+            inner.append(None)
         else:
             _check_unmappable(spec, leaf, where(i, names[0]))
             kinds.append(Scalar(t) if t in SCALAR_TYPES else StaticKind(leaf))
             dims.append(None)
+            inner.append(None)
     sizes = tuple(_agree(name, given, found[level], args, kwargs) for level, (name, given) in enumerate(request.axes))
-    return Plan(names, sizes, treedef, tuple(kinds), tuple(dims)), leaves
+    return Plan(names, sizes, treedef, tuple(kinds), tuple(dims), tuple(inner)), leaves
 
 
 def _leaf_specs(request: Request, args: tuple, kwargs: dict) -> list[Any]:

@@ -37,7 +37,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from distmap import errors
 from distmap._src import leaves as leaves_lib
 from distmap._src.map import frames, local, specs
-from distmap._src.map.plan import Plan, Scalar, StaticKind
+from distmap._src.map.plan import Plan, StaticKind
 from distmap._src.mesh import AxisMapping, as_axis_mapping, current_axis_mapping, current_mesh, typed_part
 
 
@@ -223,12 +223,11 @@ def call(fn: Callable[..., Any], chunk_size: int | None, lowering: Lowering, pla
     Already traced (inside ``jit``, or under an eager ``vmap``/``grad``), the call nests in
     that trace: a ``reshard`` (Explicit meshes) evaluated eagerly under ``vmap`` would fail.
     """
-    dyn_idx = [i for i, k in enumerate(plan.kinds) if k is True or type(k) is tuple or type(k) is Scalar]
-    values = [leaves[i].array if type(plan.kinds[i]) is tuple else leaves[i] for i in dyn_idx]
+    values = [leaves[i].array if type(plan.kinds[i]) is tuple else leaves[i] for i in plan.traced]
     traced = any(_is_tracer(v) for v in values)
     padded: list[frozenset[int]] = [frozenset()] * len(plan.arrays)
     if not traced:
-        values, padded = _place(plan, lowering, dyn_idx, values, leaves)
+        values, padded = _place(plan, lowering, values, leaves)
     # The function is data too: an equinox Module's arrays are traced, the rest is static.
     fn_leaves, fn_def = jax.tree_util.tree_flatten(fn)
     fn_kinds = tuple(True if leaves_lib.is_array(x) else StaticKind(x) for x in fn_leaves)
@@ -261,7 +260,7 @@ def _split_levels(plan: Plan, lowering: Lowering) -> list[tuple[int, str, tuple[
     return out
 
 
-def _place(plan: Plan, lowering: Lowering, dyn_idx: list[int], values: list[Any], leaves: list[Any]):
+def _place(plan: Plan, lowering: Lowering, values: list[Any], leaves: list[Any]):
     """Put arrays that are not yet on the mesh on it, split as the map wants, uneven axes padded first.
 
     Host (numpy) arrays and ``jax.Array`` s held elsewhere (one device, another mesh) are placed
@@ -275,7 +274,7 @@ def _place(plan: Plan, lowering: Lowering, dyn_idx: list[int], values: list[Any]
     padded: list[frozenset[int]] = []
     out = list(values)
     array_pos = {i: j for j, i in enumerate(plan.arrays)}
-    for v, i in enumerate(dyn_idx):
+    for v, i in enumerate(plan.traced):
         if i not in array_pos:
             continue  # a Python scalar
         arr = values[v]
@@ -351,10 +350,9 @@ def _run(static: _Static, fn_arrays: list[Any], *values: Any) -> Any:
     local_sizes = tuple(-(-n // split[l][1]) if l in split else n for l, n in enumerate(plan.sizes))
     even = {l for l in split if plan.sizes[l] % split[l][1] == 0}
 
-    dyn_idx = [i for i, k in enumerate(plan.kinds) if k is True or type(k) is tuple or type(k) is Scalar]
     array_pos = {i: j for j, i in enumerate(plan.arrays)}
     in_specs, takes = [], []
-    for v, i in enumerate(dyn_idx):
+    for v, i in enumerate(plan.traced):
         if i not in array_pos:
             in_specs.append(PartitionSpec())
             takes.append(())
@@ -379,7 +377,7 @@ def _run(static: _Static, fn_arrays: list[Any], *values: Any) -> Any:
             for d, l in todo:
                 blocks[v] = _take_local(blocks[v], d, plan.sizes[l], local_sizes[l], split[l][0])
         leaves = [k.value if isinstance(k, StaticKind) else None for k in plan.kinds]
-        for v, i in enumerate(dyn_idx):
+        for v, i in enumerate(plan.traced):
             leaves[i] = blocks[v]
         arrays = [leaves[i] for i in plan.arrays]
         out = local.run(
@@ -397,7 +395,7 @@ def _run(static: _Static, fn_arrays: list[Any], *values: Any) -> Any:
     uneven = [l for l in split if l not in even]
     out_arrays = [_cut_back(a, plan, split, uneven, mesh) for a in out_arrays]
     out_kinds = [_StaticOutKind(k.value) if isinstance(k, leaves_lib.Static) else k for k in out_kinds]
-    return leaves_lib.join(out_tree, out_kinds, out_arrays, front=plan.front)
+    return leaves_lib.join(out_tree, out_kinds, out_arrays, front=plan.front())
 
 
 class _StaticOutKind(leaves_lib.Static):

@@ -97,40 +97,53 @@ def _per_leaf(spec: Any, subtree: Any, where: str) -> list[Any]:
 
 
 class Binding:
-    """The mapped function's parameters, read once at wrap time, to bind specs by name.
+    """The mapped function's parameters, read once, to bind specs by name.
 
     ``positional`` names the positional parameters in order; ``keyword_only`` the others
-    that have names; ``var_positional`` / ``var_keyword`` say whether ``*args`` / ``**kwargs``
-    exist. ``None`` (see :func:`binding_of`) means the signature could not be read.
+    that have names. ``None`` (see :func:`binding_of`) means the signature could not be read.
     """
 
-    __slots__ = ("positional", "keyword_only", "var_positional", "var_keyword", "_by_keyword")
+    __slots__ = ("positional", "keyword_only", "_by_keyword")
 
-    def __init__(self, sig: inspect.Signature):
-        kinds = inspect.Parameter
-        params = list(sig.parameters.values())
-        self.positional = tuple(
-            p.name for p in params if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)
-        )
-        self.keyword_only = frozenset(p.name for p in params if p.kind is kinds.KEYWORD_ONLY)
-        self.var_positional = any(p.kind is kinds.VAR_POSITIONAL for p in params)
-        self.var_keyword = any(p.kind is kinds.VAR_KEYWORD for p in params)
+    def __init__(self, positional: tuple[str, ...], n_positional_only: int, keyword_only: frozenset[str]):
+        self.positional = positional
+        self.keyword_only = keyword_only
         # Positional-only parameters cannot be passed by keyword, so no kwargs spec names them.
-        self._by_keyword = {
-            p.name: i for i, p in enumerate(params) if p.kind is kinds.POSITIONAL_OR_KEYWORD
-        }
+        self._by_keyword = {name: i for i, name in enumerate(positional) if i >= n_positional_only}
 
     def keyword_position(self, name: str) -> int | None:
         """The position of the positional parameter ``name`` (when passed by keyword), or None."""
         return self._by_keyword.get(name)
 
 
+_BY_CODE: dict[types.CodeType, Binding] = {}
+
+
 def binding_of(fn: Callable[..., Any]) -> Binding | None:
-    """The parameters of ``fn``, or None when its signature cannot be read (some builtins)."""
+    """The parameters of ``fn``, or None when its signature cannot be read (some builtins).
+
+    A plain function is read from its code object (and remembered by it: a function built
+    afresh in a loop costs nothing more); anything else through ``inspect.signature``.
+    """
+    if type(fn) is types.FunctionType and not hasattr(fn, "__wrapped__") and not hasattr(fn, "__signature__"):
+        code = fn.__code__
+        found = _BY_CODE.get(code)
+        if found is None:
+            n_pos, n_kw = code.co_argcount, code.co_kwonlyargcount
+            names = code.co_varnames
+            found = Binding(tuple(names[:n_pos]), code.co_posonlyargcount, frozenset(names[n_pos : n_pos + n_kw]))
+            if len(_BY_CODE) < 4096:
+                _BY_CODE[code] = found
+        return found
     try:
-        return Binding(inspect.signature(fn))
+        sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return None
+    kinds = inspect.Parameter
+    params = list(sig.parameters.values())
+    positional = tuple(p.name for p in params if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD))
+    n_only = sum(1 for p in params if p.kind is kinds.POSITIONAL_ONLY)
+    return Binding(positional, n_only, frozenset(p.name for p in params if p.kind is kinds.KEYWORD_ONLY))
 
 
 def call_specs(
