@@ -104,7 +104,7 @@ def inputs(batch: int, seed: int = 0):
 
 def on_mesh(tree, mesh):
     """Place as distmap's mapping asks: 'batch' split over 'data' where it divides, the rest replicated."""
-    return distmap.shard(tree, mesh, {"batch": "data"})
+    return distmap.shard(tree, {"batch": "data"}, mesh)
 
 
 def count_collectives(compiled) -> Counter:

@@ -81,7 +81,24 @@ from distmap._src.map.api import vmap
 from distmap._src.collectives import all_gather, axis_index, axis_size, pmax, pmean, pmin, psum
 
 # -- meshes and axis mappings (distmap/_src/mesh.py, sharded.py)
-from distmap._src.mesh import AxisMapping, axis_mapping, current_axis_mapping, make_mesh, pspec_for, shard
+from distmap._src.mesh import (
+    AxisMapping,
+    ResourceAxis,
+    as_axis_mapping,
+    axis_mapping,
+    current_axis_mapping,
+    make_mesh,
+    pspec_for,
+    shard,
+)
+from distmap._src.layout import layout, visualize_shardings
+
+# -- loops over a named axis, checkpointing (distmap/_src/map/scan.py, map/checkpoint.py)
+from distmap._src.map.scan import fold, scan
+from distmap._src.map.checkpoint import Checkpoint
+
+# -- comparisons by name (distmap/_src/compare.py)
+from distmap._src.compare import allclose, array_equal, isclose
 
 __version__ = "0.1.0"
 
@@ -89,10 +106,13 @@ __all__ = [
     "abs",
     "all",
     "all_gather",
+    "allclose",
     "any",
     "arange",
     "argmax",
     "argmin",
+    "array_equal",
+    "as_axis_mapping",
     "Axis",
     "axis_index",
     "axis_mapping",
@@ -101,10 +121,12 @@ __all__ = [
     "AxisSelection",
     "AxisSelector",
     "AxisSpec",
+    "BlockSeq",
     "SizedAxes",
     "broadcast_axis",
     "broadcast_to",
     "ceil",
+    "Checkpoint",
     "clip",
     "concatenate",
     "cos",
@@ -117,11 +139,14 @@ __all__ = [
     "expm1",
     "flatten_axes",
     "floor",
+    "fold",
     "full",
     "full_like",
     "gelu",
+    "isclose",
     "isfinite",
     "isnan",
+    "layout",
     "log",
     "log1p",
     "log_softmax",
@@ -134,6 +159,7 @@ __all__ = [
     "min",
     "minimum",
     "named",
+    "named_jit",
     "NamedArray",
     "negative",
     "ones",
@@ -149,8 +175,10 @@ __all__ = [
     "reciprocal",
     "relu",
     "rename",
+    "ResourceAxis",
     "round",
     "rsqrt",
+    "scan",
     "shard",
     "sigmoid",
     "sign",
@@ -170,6 +198,7 @@ __all__ = [
     "unflatten_axis",
     "unstack",
     "var",
+    "visualize_shardings",
     "vmap",
     "where",
     "zeros",
@@ -178,7 +207,12 @@ __all__ = [
 ]
 
 # Names whose modules import equinox (about 0.2 s) load on first use, so `import distmap` stays light.
-_LAZY = {"Stacked": "distmap._src.stacked", "distributed": None}
+_LAZY = {
+    "Stacked": "distmap._src.stacked",
+    "BlockSeq": "distmap._src.stacked",
+    "named_jit": "distmap._src.named_jit",
+    "distributed": None,
+}
 
 
 def __getattr__(name: str):

@@ -143,7 +143,7 @@ def main(argv: list[str]) -> int:
     }
     with distmap.axis_mapping(mapping), jax.set_mesh(mesh):
         data = distributed.host_local_to_global(local, mesh)
-        model = distmap.shard(build(_ENSEMBLE.value, _FEATURES.value, _HIDDEN.value, _SEED.value), mesh)
+        model = distmap.shard(build(_ENSEMBLE.value, _FEATURES.value, _HIDDEN.value, _SEED.value), mesh=mesh)
 
         start = [time.perf_counter()]
 

@@ -15,7 +15,8 @@ with its exit status, and one log per task in ``--log_dir/RUN_ID/task_<t>.log``.
 ``--dry_run`` prints the script. Otherwise it is written to ``--log_dir/RUN_ID/job.sbatch``
 (on a file system the nodes share), submitted with ``sbatch --parsable``, and the job id is
 printed. ``--timeout`` becomes ``--time`` where that is not given; ``--max_restarts`` runs
-``srun`` again inside the allocation. Everything after ``--`` reaches the program unchanged.
+``srun`` again inside the allocation. The program comes after ``--`` and reaches the tasks unchanged,
+byte for byte.
 """
 
 from __future__ import annotations
@@ -23,19 +24,16 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 import _light  # launch/ is on sys.path: this file runs as a script
 
 _light.use_light_distmap()  # the launcher needs distmap's launch code (from this checkout), not JAX
 
-from distmap import errors  # noqa: E402
 from distmap._src import flags as distmap_flags  # noqa: E402
-from distmap._src.launch import cli, cluster, slurm  # noqa: E402
+from distmap._src.launch import cli, slurm  # noqa: E402
 
 cli.define_common_flags(init_timeout=300.0)
-cluster.define_cluster_flags()
-distmap_flags.define_mesh_flags(cpu_devices=False)
 _NODES = flags.DEFINE_integer("nodes", 1, "Nodes to allocate.", lower_bound=1)
 _TASKS = flags.DEFINE_integer("tasks_per_node", 1, "Processes per node: 1 (driving all its GPUs) or one per GPU.",
                               lower_bound=1)
@@ -50,21 +48,26 @@ _BIND = flags.DEFINE_string("coordinator_bind_host", None,
                             "Address the coordinator binds on the first node (default: all of its addresses).")
 _SBATCH = flags.DEFINE_multi_string("sbatch_option", [], "More #SBATCH options, e.g. --sbatch_option=--exclusive.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the tasks start (#SBATCH --chdir). Default: this directory.")
+for _name in ("time", "partition", "account", "job_name", "sbatch_option", "workdir", "log_dir"):
+    cli.check_flag(_name, lambda v, n=_name: slurm.check_directive(v, "--" + n))
+cli.check_flag("coordinator_bind_host", lambda v: slurm.check_directive(v, "--coordinator_bind_host"))
+flags.adopt_module_key_flags(cli)
+flags.adopt_module_key_flags(distmap_flags)
 
 
 def main(argv: list[str]) -> None:
     program = cli.program_from_argv(argv)
     fv = flags.FLAGS
-    options = cluster.with_run_id(cli.options_from_flags())
+    options = cli.options_from_flags()
     per_task = _GPUS.value // _TASKS.value if _GPUS.value else fv.devices_per_process
-    cluster.check_mesh_fits(
+    cli.check_mesh_fits(
         _NODES.value * _TASKS.value * per_task if per_task else None,
-        f"--nodes={_NODES.value} x --tasks_per_node={_TASKS.value} x {per_task} device(s) per task", fv,
+        f"--nodes={_NODES.value} x --tasks_per_node={_TASKS.value} x {per_task} device(s) per task", program,
     )
     job = slurm.SlurmJob(
         program=program,
         run_id=options.run_id,
-        run_dir=cluster.run_dir_of(options),
+        run_dir=options.run_dir,
         workdir=os.path.abspath(_WORKDIR.value or os.getcwd()),
         nodes=_NODES.value,
         tasks_per_node=_TASKS.value,
@@ -78,22 +81,16 @@ def main(argv: list[str]) -> None:
         coordinator_bind_host=_BIND.value,
         devices_per_process=fv.devices_per_process,
         init_timeout=fv.init_timeout,
+        stall_timeout=fv.stall_timeout,
         max_restarts=options.max_restarts,
-        env=cluster.env_from_flags(),
+        env=cli.env_from_flags(),
         sbatch_options=_SBATCH.value,
     )
-    try:
-        script = slurm.render_sbatch(job)
-    except errors.DistributedError as e:
-        raise app.UsageError(str(e)) from None
+    script = slurm.script_bytes(job)  # checked before anything is written
     if fv.dry_run:
-        sys.stdout.write(script)
+        sys.stdout.buffer.write(script)
         return
-    try:
-        job_id, path = slurm.submit(job)
-    except errors.DistributedError as e:
-        sys.stderr.write(f"distmap slurm: {e}\n")
-        sys.exit(1)
+    job_id, path = slurm.submit(job)
     print(job_id)
     sys.stderr.write(
         f"distmap slurm: submitted job {job_id} ({job.num_tasks} task(s) on {job.nodes} node(s)); script {path}; "
@@ -102,4 +99,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -9,14 +9,14 @@ Rank 0 runs on the first host, which serves the coordinator at a port chosen per
 ``ssh HOST COMMAND`` child: output prefixed ``[rank i HOST]``, per-rank logs in
 ``--log_dir/RUN_ID/``, fail fast (one failing rank stops the others and the launcher exits
 with its code), ``--timeout``, ``--max_restarts``. On the hosts every program runs in its own
-process group; when a rank fails or the launcher is stopped, the launcher ends those groups
-over ssh, since killing an ``ssh`` client does not kill the remote program.
+process group beside a watchdog tied to the ssh session: when a rank fails, the launcher is
+stopped or killed, or the connection drops, the remote program's whole group is killed.
 
 The program starts in ``--remote_dir`` (default: this directory's path, so a shared file
 system or the same checkout on every host). ``--ssh_config=FILE`` gives every ssh a client
 config (``ssh -F FILE``: ports, users, keys, known hosts); ``--ssh_option`` adds ``-o`` options.
 ``--dry_run`` prints the ssh commands.
-Everything after ``--`` reaches the program unchanged.
+The program comes after ``--`` and reaches the hosts unchanged.
 """
 
 from __future__ import annotations
@@ -24,25 +24,27 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 import _light  # launch/ is on sys.path: this file runs as a script
 
 _light.use_light_distmap()  # the launcher needs distmap's launch code (from this checkout), not JAX
 
-from distmap import errors  # noqa: E402
 from distmap._src import flags as distmap_flags  # noqa: E402
-from distmap._src.launch import cli, cluster, shell, ssh  # noqa: E402
+from distmap._src.launch import cli, shell, ssh  # noqa: E402
+from distmap._src.launch.ports import pick_port  # noqa: E402
 
 cli.define_common_flags(init_timeout=120.0)
-cluster.define_cluster_flags()
-distmap_flags.define_mesh_flags(cpu_devices=False)
 _HOSTS = flags.DEFINE_list("hosts", None, "ssh destinations, rank 0 on the first: host1,user@host2,...")
 _HOSTFILE = flags.DEFINE_string("hostfile", None, "A file with one ssh destination a line (# comments).")
+flags.mark_flags_as_mutual_exclusive(["hosts", "hostfile"], required=True)
+cli.check_flag("hosts", lambda h: ssh.check_hosts([h]))
+cli.check_flag("hostfile", ssh.read_hostfile)
 _PER_HOST = flags.DEFINE_integer("processes_per_host", 1, "Processes (ranks) on each host.", lower_bound=1)
 _GPU_IDS = flags.DEFINE_list("gpu_ids", None, "Each host's GPU ids, split evenly among its processes, e.g. 0,1,2,3.")
 _COORDINATOR_HOST = flags.DEFINE_string("coordinator_host", None, "The address the hosts reach the first host at "
                                         "(default: its name in --hosts).")
+cli.check_flag("coordinator_host", lambda h: ssh.check_hosts([h]))
 _REMOTE_DIR = flags.DEFINE_string("remote_dir", None, "Where the program starts on every host (default: this "
                                   "directory's path).")
 _SSH_OPTION = flags.DEFINE_multi_string("ssh_option", list(ssh.DEFAULT_SSH_OPTIONS), "ssh -o options.")
@@ -50,49 +52,37 @@ _SSH_CONFIG = flags.DEFINE_string("ssh_config", None, "An ssh client config file
                                   "FILE): host names, ports, users, keys, known hosts. Default: ~/.ssh/config.")
 flags.register_validator("ssh_config", lambda path: path is None or os.path.isfile(path),
                          "--ssh_config must name an existing ssh client config file (ssh -F FILE).")
+flags.adopt_module_key_flags(cli)
+flags.adopt_module_key_flags(distmap_flags)
 
 
 def main(argv: list[str]) -> None:
     program = cli.program_from_argv(argv)
     fv = flags.FLAGS
-    options = cluster.with_run_id(cli.options_from_flags())
-    try:
-        hosts = list(_HOSTS.value or [])
-        if _HOSTFILE.value:
-            with open(_HOSTFILE.value) as f:
-                hosts += ssh.parse_hostfile(f.read())
-        hosts = ssh.check_hosts(hosts)
-    except (OSError, errors.DistributedError) as e:
-        raise app.UsageError(str(e)) from None
+    options = cli.options_from_flags()
+    hosts = ssh.check_hosts(_HOSTS.value or ssh.read_hostfile(_HOSTFILE.value))
     gpu_ids = [int(i) for i in _GPU_IDS.value] if _GPU_IDS.value else None
     per_process = len(gpu_ids) // _PER_HOST.value if gpu_ids else fv.devices_per_process
-    cluster.check_mesh_fits(
+    cli.check_mesh_fits(
         len(hosts) * _PER_HOST.value * per_process if per_process else None,
-        f"{len(hosts)} host(s) x --processes_per_host={_PER_HOST.value} x {per_process} device(s) per process", fv,
+        f"{len(hosts)} host(s) x --processes_per_host={_PER_HOST.value} x {per_process} device(s) per process",
+        program,
     )
     kwargs = dict(
         processes_per_host=_PER_HOST.value, coordinator_host=_COORDINATOR_HOST.value,
         devices_per_process=fv.devices_per_process, gpu_ids=gpu_ids, init_timeout=fv.init_timeout,
-        env=cluster.env_from_flags(), remote_dir=_REMOTE_DIR.value or os.getcwd(), ssh_options=_SSH_OPTION.value,
-        ssh_config=os.path.abspath(_SSH_CONFIG.value) if _SSH_CONFIG.value else None,
+        stall_timeout=fv.stall_timeout, env=cli.env_from_flags(), remote_dir=_REMOTE_DIR.value or os.getcwd(),
+        ssh_options=_SSH_OPTION.value, ssh_config=os.path.abspath(_SSH_CONFIG.value) if _SSH_CONFIG.value else None,
     )
-    try:
-        if fv.dry_run:
-            port = fv.coordinator_port or shell.pick_port()
-            print(f"# distmap ssh run {options.run_id}: {len(hosts)} host(s), coordinator port {port}; "
-                  "one command per rank")
-            for w in ssh.ssh_workers(program, hosts, port=port, run_id=options.run_id, **kwargs):
-                print(shell.join(w.argv))
-            print("# If a rank fails or the launch is stopped, on every host:")
-            for a in ssh.cleanup_argvs(hosts, options.run_id, _PER_HOST.value, options.grace_period,
-                                       ssh_options=_SSH_OPTION.value, ssh_config=kwargs["ssh_config"]):
-                print(shell.join(a))
-            return
-        result = ssh.run_ssh(program, hosts, coordinator_port=fv.coordinator_port, options=options, **kwargs)
-    except errors.DistributedError as e:
-        raise app.UsageError(str(e)) from None
-    sys.exit(result.exit_code)
+    if fv.dry_run:
+        port = fv.coordinator_port or pick_port()
+        print(f"# distmap ssh run {options.run_id}: {len(hosts)} host(s), coordinator port {port}; one command per "
+              "rank, each ended (with its remote program) when its stdin closes")
+        for w in ssh.ssh_workers(program, hosts, port=port, run_id=options.run_id, **kwargs):
+            print(shell.join(w.argv))
+        return
+    sys.exit(ssh.run_ssh(program, hosts, coordinator_port=fv.coordinator_port, options=options, **kwargs).exit_code)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

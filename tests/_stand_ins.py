@@ -14,10 +14,15 @@ client) does not kill it. Only the launcher's remote clean-up can.
   reads: ``SLURM_JOB_ID``, ``SLURM_STEP_NODELIST=localhost``, ``SLURM_NTASKS``,
   ``SLURM_PROCID``, ``SLURM_LOCALID``, ...), ``%t`` in the output pattern per task; with
   ``--kill-on-bad-exit=1`` the first failing task ends the others and srun exits with its status.
-* ``gcloud compute tpus tpu-vm {scp,ssh,describe} NAME --worker=all ...``: ``FAKE_TPU_WORKERS``
-  workers per TPU, each a home folder ``FAKE_TPU_ROOT/NAME/worker_W`` (``HOME``, ``TMPDIR``
-  there, ``TPU_WORKER_ID=W``); ``ssh --command=CMD`` runs ``bash -c CMD`` on every worker at once.
-* ``ssh [-o OPT] HOST CMD...``: runs ``sh -c "CMD..."`` here, as sshd runs it with a POSIX login shell.
+* ``gcloud compute tpus tpu-vm {scp,ssh,describe} NAME ...``: ``FAKE_TPU_WORKERS`` workers per
+  TPU, each a home folder ``FAKE_TPU_ROOT/NAME/worker_W`` (``HOME``, ``TMPDIR`` there,
+  ``TPU_WORKER_ID=W``); ``scp --worker=all`` copies to every worker; ``ssh --worker=all
+  --command=CMD`` runs ``bash -c CMD`` on every worker at once, ``ssh --worker=W`` on worker W
+  (its stdin passed on, as ssh passes it); ``describe --format=value(networkEndpoints[].ipAddress)``
+  prints one ``127.0.0.1`` per worker, ``;``-separated.
+* ``ssh [-o OPT] HOST CMD...``: runs ``sh -c "CMD..."`` here, as sshd runs it with a POSIX login
+  shell, with the client's stdin and output (so the remote side sees end-of-file when the
+  client's stdin closes, as through a real ssh session).
 * ``kubectl apply -f -``: keeps its input in ``FAKE_KUBECTL_OUT``.
 
 Every call is appended to ``calls.jsonl`` in the stand-in folder.
@@ -71,7 +76,8 @@ counter = os.path.join(state, "next_job_id")
 job_id = int(open(counter).read()) if os.path.exists(counter) else 4242
 open(counter, "w").write(str(job_id + 1))
 opts = {}
-for m in re.finditer(r"^#SBATCH (--[^=\s]+)(?:=(\S+))?$", open(script).read(), re.M):
+text = open(script, "rb").read().decode("utf-8", "surrogateescape")
+for m in re.finditer(r"^#SBATCH (--[^=\s]+)(?:=(\S+))?$", text, re.M):
     opts[m.group(1)] = m.group(2)
 nodes = opts.get("--nodes", "1")
 out = re.sub(r"%(%|j)", lambda m: "%" if m.group(1) == "%" else str(job_id), opts["--output"])
@@ -150,10 +156,17 @@ def home(name, w):
     return h
 
 if verb == "describe":
-    print("127.0.0.1")
+    assert flags["--format"] == "value(networkEndpoints[].ipAddress)", flags
+    print(";".join(["127.0.0.1"] * workers))
     sys.exit(0)
-if flags.get("--worker") != "all":
-    sys.exit("fake gcloud: a TPU pod command must go to --worker=all")
+worker = flags.get("--worker")
+if verb == "ssh" and worker is not None and worker.isdigit():
+    h = home(pos[0], int(worker))
+    env = dict(os.environ, HOME=h, TMPDIR=os.path.join(h, "tmp"), TPU_WORKER_ID=worker)
+    sys.exit(code_of(started(subprocess.Popen(["bash", "-c", flags["--command"]], cwd=h, env=env,
+                                              start_new_session=True)).wait()))
+if worker != "all":
+    sys.exit("fake gcloud: scp and the preparation go to --worker=all")
 if verb == "scp":
     src, dest = pos
     name, path = dest.split(":", 1)
@@ -191,11 +204,7 @@ while args[i].startswith("-"):
     i += 2 if args[i] == "-o" else 1
 host, command = args[i], " ".join(args[i + 1:])
 p = started(subprocess.Popen(["/bin/sh", "-c", command], env=dict(os.environ, FAKE_SSH_HOST=host),
-                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              start_new_session=True))
-for line in p.stdout:
-    sys.stdout.buffer.write(line)
-    sys.stdout.buffer.flush()
 sys.exit(code_of(p.wait()))
 '''
 

@@ -54,4 +54,4 @@ def test_a_mesh_axis_the_mesh_lacks_is_named(mesh):
     with pytest.raises(distmap.errors.MeshError, match="mesh axis 'dat', but the mesh has axes \\('data', 'model'\\)"):
         host_local_to_global(x, mesh, {"batch": "dat"})
     with pytest.raises(distmap.errors.MeshError, match="mesh axis 'dat'"):
-        distmap.shard(x, mesh, {"batch": "dat"})  # the same error as shard's
+        distmap.shard(x, {"batch": "dat"}, mesh)  # the same error as shard's

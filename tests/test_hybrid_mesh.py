@@ -107,5 +107,5 @@ def test_dcn_mesh_on_this_machine_matches_make_mesh(devices):
     assert hybrid.axis_types == plain.axis_types
     x = distmap.arange({"batch": 8}).astype(np.float32)
     with distmap.axis_mapping({"batch": "data"}), jax.set_mesh(hybrid):
-        y = jax.jit(distmap.vmap(lambda v: v - distmap.pmean(v, "batch"), "batch"))(distmap.shard(x, hybrid))
+        y = jax.jit(distmap.vmap(lambda v: v - distmap.pmean(v, "batch"), "batch"))(distmap.shard(x, mesh=hybrid))
     np.testing.assert_allclose(np.asarray(y.array), np.arange(8) - 3.5)

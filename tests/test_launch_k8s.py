@@ -1,4 +1,4 @@
-"""``launch/k8s.py``: the Indexed Job and headless Service, parsed as YAML and run as pods would run.
+"""``launch/k8s.py``: the Indexed Job and headless Service, parsed (JSON, and as YAML) and run as pods would run.
 
 The pods are played on this machine: each container's command and args, with Kubernetes'
 ``$(VAR)`` expansion applied to them and to the env values (as the kubelet does), and the
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 
 import pytest
@@ -19,7 +18,7 @@ from _stand_ins import (
     CHILD, HOSTILE, PY, ROOT, argvs, calls, check_golden, install, kill_started, results,
 )
 
-from distmap._src.launch import k8s, local, yaml_text
+from distmap._src.launch import k8s, local
 
 LAUNCHER = os.path.join(ROOT, "launch", "k8s.py")
 LOOPBACK = "127.0.0.1"
@@ -30,6 +29,13 @@ def _render(*flags, program=("python", "examples/ensemble.py")) -> str:
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+def _items(text: str) -> list[dict]:
+    """The manifests of ``text``: a JSON ``v1 List``, which YAML reads the same."""
+    doc = json.loads(text)
+    assert yaml.safe_load(text) == doc and (doc["apiVersion"], doc["kind"]) == ("v1", "List")
+    return doc["items"]
 
 
 def kube_expand(text: str, env: dict[str, str]) -> str:
@@ -83,13 +89,13 @@ def test_golden_manifests_from_the_gpu_config():
     text = _render(f"--flagfile={os.path.join(ROOT, 'configs', 'k8s_gpu.flags')}", "--run_id=golden",
                    "--coordinator_port=23456", "--namespace=ml", "--env=XLA_FLAGS=--x=1 $(NOT_A_VAR)",
                    program=("python", "examples/ensemble.py", "--flagfile=configs/k8s_gpu.flags", *HOSTILE))
-    check_golden("k8s_gpu.yaml", text)
+    check_golden("k8s_gpu.json", text)
 
 
 def test_manifests_fit_together_and_every_pod_gets_its_own_rank():
     text = _render(f"--flagfile={os.path.join(ROOT, 'configs', 'k8s_gpu.flags')}", "--num_processes=4",
                    "--mesh=data=16,model=2", "--run_id=r1", "--coordinator_port=23456", "--timeout=3600")
-    service, job = yaml.safe_load_all(text)
+    service, job = _items(text)
     assert (service["kind"], job["kind"], job["apiVersion"]) == ("Service", "Job", "batch/v1")
     spec, pod = job["spec"], job["spec"]["template"]
     # All pods at once, one failing pod fails the Job (and Kubernetes ends the others), no pod restarted alone.
@@ -110,6 +116,10 @@ def test_manifests_fit_together_and_every_pod_gets_its_own_rank():
     assert int(port) == service["spec"]["ports"][0]["port"] == container["ports"][0]["containerPort"] == 23456
     assert env["DISTMAP_COORDINATOR_BIND"] == "$(POD_IP):23456" and env["DISTMAP_NUM_PROCESSES"] == "4"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
+    # GPU pods: a memory-backed /dev/shm for NCCL; the finished Job is cleaned up after a day.
+    assert container["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
+    assert pod["spec"]["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    assert spec["ttlSecondsAfterFinished"] == 86400 and env["DISTMAP_STALL_TIMEOUT"] == "120"
     assert container["image"] == "ghcr.io/your-org/distmap:latest" and container["workingDir"] == "/workspace/distmap"
     # Each pod's command maps its Job index to its rank.
     ranks = []
@@ -133,7 +143,7 @@ def test_pod_commands_run_as_a_real_two_process_job(tmp_path):
     text = _render("--image=img", "--num_processes=2", "--devices_per_process=2", "--init_timeout=60",
                    "--job_name=ens", "--run_id=pods", f"--coordinator_port={port}", "--mesh=data=4",
                    program=(PY, CHILD, "collective", *HOSTILE))
-    _, job = yaml.safe_load_all(text)
+    _, job = _items(text)
     procs = []
     try:
         for i in range(2):
@@ -169,7 +179,7 @@ def test_apply_pipes_the_manifests_to_kubectl(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "job.batch/fake created" in proc.stdout and "kubectl logs" in proc.stderr
     applied = (tmp_path / "applied.yaml").read_text()
-    assert applied == (tmp_path / "app" / "k8s.yaml").read_text() == _render(*flags, program=("python", "t.py"))
+    assert applied == (tmp_path / "app" / "k8s.json").read_text() == _render(*flags, program=("python", "t.py"))
     assert calls(bin_dir) == [["kubectl", "apply", "-f", "-"]]
 
 
@@ -181,22 +191,48 @@ def test_refuses_what_kubernetes_cannot_do():
         k8s.check_name("x" * 62, 10)
     with pytest.raises(Exception, match="lowercase"):
         k8s.check_name("Ens", 2)
+    for good in ("8", "500m", "0.5", "64Gi", "512Mi", "1e3", "2k"):
+        assert k8s.check_quantity(good, "--cpu") == good
 
 
-# ---------------------------------------------------------------------------- the YAML writer
+_EVIL = "x\n---\napiVersion: v1\nkind: Pod\nspec: {hostNetwork: true}"
 
 
-def test_yaml_writer_round_trips_hostile_strings():
-    rng = random.Random(0)
-    strings = list(HOSTILE) + ["no", "yes", "on", "~", "null", "1e3", "0x1F", "None", "- a", ": b", "&x", "*x", "!t",
-                               "|", ">", "{a: 1}", "[1]", "\x85", "\u2028", "\ufeff", "\x7f", "\x00", "\U0001F600"]
-    for _ in range(300):
-        strings.append("".join(chr(rng.choice([rng.randrange(0, 0x80), rng.randrange(0x80, 0xD800),
-                                               rng.randrange(0x10000, 0x110000)])) for _ in range(rng.randrange(12))))
-    doc = {"args": strings, "keys": {s: s for s in strings[:60]}, "n": [0, -3, True, False, None], "e": {}, "l": []}
-    assert yaml.safe_load(yaml_text.dump(doc)) == doc
-    assert list(yaml.safe_load_all(yaml_text.dump_all([doc, {"a": [[1, [2]], {"b": [{}]}]}]))) == [
-        doc, {"a": [[1, [2]], {"b": [{}]}]}]
+@pytest.mark.parametrize("flag, value, words", [
+    ("--run_id", _EVIL, "run id"),
+    ("--job_name", _EVIL, "cannot name the Job"),
+    ("--namespace", _EVIL, "not a namespace name"),
+    ("--image", "img\nx: 1", "not a container image"),
+    ("--cpu", "8 cores", "not a Kubernetes quantity"),
+    ("--memory", "64GB", "not a Kubernetes quantity"),
+    ("--memory", "-1Gi", "not a Kubernetes quantity"),
+    ("--node_selector", "gpu=" + _EVIL, "not a Kubernetes label"),
+    ("--node_selector", "a b=c", "not a Kubernetes label"),
+    ("--workdir", "relative/dir", "absolute path"),
+    ("--env", "A\nB=1", "not a valid environment variable name"),
+])
+def test_every_value_that_reaches_a_manifest_is_checked(flag, value, words, tmp_path):
+    """Hostile values are refused before anything is printed or written (the YAML injection of a newline)."""
+    args = [PY, LAUNCHER, "--apply", f"--log_dir={tmp_path}", f"{flag}={value}"]
+    args += [] if flag == "--image" else ["--image=img"]
+    proc = subprocess.run([*args, "--", "python", "t.py"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and words in proc.stderr, proc.stderr
+    assert not proc.stdout and not os.listdir(tmp_path)
+
+
+def test_values_with_no_syntax_of_their_own_are_encoded():
+    """Program arguments and --env values may hold anything: JSON carries them whole, no document is added."""
+    text = _render("--image=img", f"--env=EVIL={_EVIL}", "--run_id=r", program=("python", _EVIL, *HOSTILE))
+    service, job = _items(text)
+    assert len(yaml.safe_load(text)["items"]) == 2  # still exactly the Service and the Job
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert kube_expand(env["EVIL"], {}) == _EVIL
+    assert [kube_expand(a, {}) for a in container["args"]] == ["python", _EVIL, *HOSTILE]
+    not_utf8 = b"\xff".decode("utf-8", "surrogateescape")
+    proc = subprocess.run([PY, LAUNCHER, "--image=img", "--dry_run", "--", "python", not_utf8], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1 and "is not valid UTF-8" in proc.stderr and not proc.stdout
 
 
 def test_kube_expand_is_undone_by_literal():

@@ -11,10 +11,12 @@ import io
 import json
 import os
 import queue
+import shlex
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -103,15 +105,37 @@ def test_rank_killed_by_signal_gives_128_plus_signal(tmp_path):
     assert "rank 1 was killed by SIGKILL (exit code 137)" in err.getvalue()
 
 
-def test_rank_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path):
+def test_a_failed_run_kills_the_other_ranks_at_once_even_one_that_ignores_sigterm(tmp_path):
     stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
     workers = [_py(0, stubborn), _py(1, "import time, sys; time.sleep(0.5); sys.exit(2)")]
-    t0 = time.monotonic()
-    res = supervise(lambda a: workers, _opts(tmp_path, grace_period=1.0), out=io.StringIO(), err=io.StringIO())
-    took = time.monotonic() - t0
+    res = supervise(lambda a: workers, _opts(tmp_path, grace_period=30.0), out=io.StringIO(), err=io.StringIO())
     assert res.exit_code == 2
-    assert res.attempts[0].exits[0].exit_code == 128 + signal.SIGKILL
-    assert 1.0 <= took < 6
+    exits = res.attempts[0].exits
+    assert exits[0].exit_code == 128 + signal.SIGKILL and exits[0].stopped_by_launcher
+    assert exits[0].after_s - exits[1].after_s < 30  # killed, not given the grace period
+    with open(os.path.join(res.run_dir, "rank_0.log")) as f:
+        assert "up" in f.read()  # what it printed is in its log
+
+
+def test_after_sigint_ranks_get_the_grace_period_to_end_on_their_own(tmp_path):
+    """A signal to the launcher: SIGINT to every rank, which may flush and exit before the grace period ends."""
+    clean = ("import signal, sys, time\n"
+             "def stop(*a):\n"
+             "    print('flushed and done', flush=True); sys.exit(0)\n"
+             "signal.signal(signal.SIGINT, stop)\n"
+             "print('up', flush=True); time.sleep(60)\n")
+    run = _Launch(["--num_processes=1", "--grace_period=20", f"--log_dir={tmp_path}", "--run_id=int", "--",
+                   PY, "-c", clean])
+    try:
+        run.wait_for(lambda l: "up" in l, timeout=30)
+        run.proc.send_signal(signal.SIGINT)
+        rc, err = run.finish(timeout=30)
+    finally:
+        run.kill()
+    assert rc == 128 + signal.SIGINT and "interrupted by SIGINT" in err, err
+    assert "[rank 0] flushed and done" in run.seen
+    ranks = json.loads((tmp_path / "int" / "launch.json").read_text())["attempts"][0]["ranks"]
+    assert ranks["0"]["exit_code"] == 0  # it ended on its own, not killed
 
 
 def test_timeout_stops_everything_with_a_distinct_code(tmp_path):
@@ -212,17 +236,17 @@ def test_run_local_gives_each_rank_its_env_and_a_fresh_port_per_attempt(tmp_path
         "import os, sys\n"
         "e = os.environ\n"
         "print('ENV', e['DISTMAP_PROCESS_ID'], e['DISTMAP_NUM_PROCESSES'], e['DISTMAP_COORDINATOR'], "
-        "e['DISTMAP_CPU_DEVICES'], e['DISTMAP_ATTEMPT'], e['JAX_PLATFORMS'])\n"
+        "e['DISTMAP_CPU_DEVICES'], e['DISTMAP_ATTEMPT'], e['JAX_PLATFORMS'], e['DISTMAP_STALL_TIMEOUT'])\n"
         "sys.exit(1 if e['DISTMAP_ATTEMPT'] == '0' and e['DISTMAP_PROCESS_ID'] == '1' else 0)\n"
     )
     out = io.StringIO()
-    res = local.run_local([PY, "-c", code], num_processes=2, devices_per_process=3,
+    res = local.run_local([PY, "-c", code], num_processes=2, devices_per_process=3, stall_timeout=7.5,
                           options=_opts(tmp_path, max_restarts=1), out=out, err=io.StringIO())
     assert res.exit_code == 0
     envs = [line.split()[3:] for line in out.getvalue().splitlines() if " ENV " in line]
     by_attempt = {}
-    for rank, n, coord, cpus, attempt, platforms in envs:
-        assert n == "2" and cpus == "3" and platforms == "cpu" and coord.startswith("127.0.0.1:")
+    for rank, n, coord, cpus, attempt, platforms, stall in envs:
+        assert n == "2" and cpus == "3" and platforms == "cpu" and coord.startswith("127.0.0.1:") and stall == "7.5"
         by_attempt.setdefault(attempt, set()).add(coord)
     assert set(by_attempt) == {"0", "1"}
     assert by_attempt["0"] != by_attempt["1"]  # a fresh coordinator port for the restart
@@ -245,12 +269,19 @@ def test_shared_flags_map_onto_supervisor_options():
 
     fv = flags.FlagValues()
     cli.define_common_flags(fv)
-    argv = fv(["launcher", "--timeout=9", "--max_restarts=2", "--grace_period=0.5", "--quiet", "--", "prog", "--x=1"])
+    raw = ["launcher", "--timeout=9", "--max_restarts=2", "--grace_period=0.5", "--console=none", "--run_id=r.1",
+           "--", "prog", "--x=1"]
+    argv = fv(raw)
     opts = cli.options_from_flags(fv)
-    assert (opts.timeout, opts.max_restarts, opts.grace_period, opts.prefix_output) == (9.0, 2, 0.5, False)
-    assert cli.program_from_argv(argv) == ["prog", "--x=1"]
+    assert (opts.timeout, opts.max_restarts, opts.grace_period, opts.console, opts.run_id) == (9.0, 2, 0.5, "none",
+                                                                                                "r.1")
+    assert cli.program_from_argv(argv, raw) == ["prog", "--x=1"]
     with pytest.raises(Exception, match="no program to run"):
-        cli.program_from_argv(["launcher"])
+        cli.program_from_argv(["launcher"], ["launcher"])
+    fresh = flags.FlagValues()
+    cli.define_common_flags(fresh)
+    fresh(["launcher"])
+    assert cli.options_from_flags(fresh).run_id != opts.run_id  # a new run id when none is given
 
 
 # ---------------------------------------------------------------------------- the CLI, as users run it
@@ -366,19 +397,108 @@ def test_a_signal_to_the_launcher_leaves_no_process_behind(tmp_path, sig):
         _kill_pids(pids)
 
 
-def test_ranks_die_with_a_launcher_killed_outright(tmp_path):
-    code = "import os, time; print('PIDS', os.getpid(), flush=True); time.sleep(60)"
-    run = _Launch(["--num_processes=2", f"--log_dir={tmp_path}", "--", PY, "-c", code])
+def test_nothing_outlives_a_launcher_killed_outright(tmp_path):
+    """SIGKILL to the launcher: a quiet rank, a shell wrapper that does not exec, and their children all end."""
+    quiet = "import os, time; print('PIDS', os.getpid(), flush=True); time.sleep(60)"
+    wrapper = f"{PY} -c {shlex.quote(quiet)}; echo after"  # sh waits for python: python is a grandchild
+    run = _Launch(["--num_processes=2", f"--log_dir={tmp_path}", "--", "sh", "-c", wrapper])
     pids: list[int] = []
     try:
         for line in run.wait_for(lambda l: "PIDS" in l, count=2, timeout=30):
             pids += [int(p) for p in line.split("PIDS")[1].split()]
-        run.proc.kill()  # SIGKILL: the launcher cannot clean up; the kernel ends its ranks (Linux)
+        run.proc.kill()  # the launcher cannot clean up; its watchdog ends every rank's process group
         run.proc.wait()
         assert not _wait_gone(pids)
     finally:
         run.kill()
         _kill_pids(pids)
+    assert not [f for f in os.listdir(tempfile.gettempdir()) if f.startswith("distmap") and f.endswith(".pid")]
+
+
+_LAUNCHERS = {
+    "local": [],
+    "slurm": [],
+    "ssh": ["--hosts=h1"],
+    "tpu_vm": ["--tpu_names=t", "--zone=us-west4-a"],
+    "k8s": ["--image=img"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(_LAUNCHERS))
+def test_help_lists_the_shared_flags(name):
+    proc = subprocess.run([PY, os.path.join(ROOT, "launch", name + ".py"), "--help"], capture_output=True, text=True,
+                          timeout=30)
+    assert "Traceback" not in proc.stderr, proc.stderr  # (absl's --help exits with 1)
+    for flag in ("dry_run", "timeout", "max_restarts", "env", "stall_timeout", "coordinator_port", "console", "mesh"):
+        assert f"--{flag}" in proc.stdout, (name, flag)
+    assert ("--devices_per_process" in proc.stdout) == (name != "tpu_vm")
+
+
+@pytest.mark.parametrize("name", sorted(_LAUNCHERS))
+@pytest.mark.parametrize("args, words", [
+    (["python", "x.py", "--mesh=data=4,model=2"], "put '--' before the program"),
+    (["--coordinator_port=70000", "--", "x"], "70000 is not an integer in the range [1, 65535]"),
+    (["--run_id=a\nb", "--", "x"], "run id 'a\\nb' is not allowed"),
+    ([], "no program to run: put it after '--'"),
+])
+def test_usage_errors_come_alone_and_say_what_to_do(name, args, words, tmp_path):
+    launcher = os.path.join(ROOT, "launch", name + ".py")
+    proc = subprocess.run([PY, launcher, *_LAUNCHERS[name], f"--log_dir={tmp_path}", *args], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 1 and words in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "--helpfull" not in proc.stdout + proc.stderr.split(words)[0]
+    assert not proc.stdout and not os.listdir(tmp_path)  # nothing printed as a plan, nothing written
+
+
+def test_the_programs_own_mesh_is_checked(tmp_path):
+    flagfile = tmp_path / "prog.flags"
+    flagfile.write_text("--mesh=data=4,model=2\n")
+    for program in (["--mesh=data=4,model=2"], ["--mesh", "data=3"], [f"--flagfile={flagfile}"]):
+        proc = subprocess.run([PY, LAUNCHER, "--num_processes=2", "--devices_per_process=8", "--", "python", "x.py",
+                               *program], capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 1 and "the program's --mesh=" in proc.stderr and "16 devices" in proc.stderr
+
+
+def test_dry_run_prints_each_ranks_command_and_environment_and_they_run(tmp_path):
+    code = "import os; e = os.environ; print('RANK', e['DISTMAP_PROCESS_ID'], e['DISTMAP_STALL_TIMEOUT'], e['A'])"
+    proc = subprocess.run([PY, LAUNCHER, "--dry_run", "--num_processes=2", "--stall_timeout=0", "--env=A=x y",
+                           "--coordinator_port=23456", "--run_id=dry", f"--log_dir={tmp_path}", "--", PY, "-c", code],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    commands = [line for line in proc.stdout.splitlines() if not line.startswith("#")]
+    assert len(commands) == 2 and all("DISTMAP_COORDINATOR=127.0.0.1:23456" in c for c in commands)
+    assert "# rank 1" in proc.stdout and not os.path.exists(tmp_path / "dry")  # nothing started, nothing written
+    outs = [subprocess.run(["bash", "-c", c], capture_output=True, text=True, timeout=30).stdout for c in commands]
+    assert outs == ["RANK 0 0 x y\n", "RANK 1 0 x y\n"]
+
+
+def test_console_leaves_out_start_up_chatter_but_the_log_keeps_it(tmp_path):
+    lines = [
+        "step 1 loss 0.5",
+        "[Gloo] Rank 0 is connected to 3 peer ranks. Expected number of connected peer ranks is : 3",
+        "[Gloo] Rank [Gloo] Rank 0 is connected to 1 peer ranks. Expected number of connected peer ranks is : 1",
+        "1 is connected to 1 peer ranks. Expected number of connected peer ranks is : 1",
+        "[Gloo] Rank 0 is connected to 3[Gloo] Rank 1 peer ranks.  is connected to Expected number of connected peer "
+        "ranks is : 33 peer ranks. ",
+        "Expected number of connected peer ranks is : 3",
+        "I1202 00:56:32.074566 140453020527488 distributed.py:172] Connecting to JAX distributed service",
+        "I0000 00:00:1733100000.123456   12345 coordination_service_agent.cc:303] Coordination agent connected",
+        "I1202 00:56:33.000000 140453020527488 prog.py:9] program progress through absl logging",
+        "W1202 00:56:33.000000 140453020527488 xla_bridge.py:9] a warning stays",
+        "E0000 00:00:1733100000.1 12345 x.cc:1] an error stays",
+        "Traceback (most recent call last):",
+    ]
+    script = tmp_path / "prog.py"
+    script.write_text("import sys\nsys.stdout.write(sys.argv[1])\n")
+    lines.append("we have 3 peer ranks. connected: 2")  # the program's own words are kept
+    for console, shown in (("brief", [0, 8, 9, 10, 11, 12]), ("all", list(range(len(lines)))), ("none", [])):
+        out = io.StringIO()
+        res = supervise(lambda a: [Worker(0, (PY, str(script), "\n".join(lines) + "\n"))],
+                        _opts(tmp_path, console=console, run_id=console), out=out, err=io.StringIO())
+        assert res.exit_code == 0
+        assert out.getvalue().splitlines() == [f"[rank 0] {lines[i]}" for i in shown], console
+        with open(os.path.join(res.run_dir, "rank_0.log")) as f:
+            assert f.read().splitlines() == lines
 
 
 @pytest.mark.multiprocess

@@ -68,19 +68,19 @@ def test_golden_sbatch_from_the_gpu_config():
 
 def test_golden_sbatch_with_every_option():
     job = slurm.SlurmJob(
-        program=["python", "train.py", "--lr=0.1"], run_id="r%1", run_dir="/shared/runs/r%1", workdir="/shared/code",
+        program=["python", "train.py", "--lr=0.1"], run_id="r1", run_dir="/shared/runs/100%/r1", workdir="/shared/code",
         nodes=4, tasks_per_node=8, gpus_per_node=8, cpus_per_task=12, time="2:00:00", partition="a100",
         account="team-ml", job_name="ens", coordinator_port=29400, coordinator_bind_host="node001-ib",
         init_timeout=600, max_restarts=2, env={"XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler=true"},
         sbatch_options=["--exclusive", "--mem=0"],
     )
     text = slurm.render_sbatch(job)
-    assert "#SBATCH --output=/shared/runs/r%%1/sbatch-%j.log" in text  # a literal % in a path stays literal
+    assert "#SBATCH --output=/shared/runs/100%%/r1/sbatch-%j.log" in text  # a literal % in a path stays literal
     check_golden("slurm_every_option.sbatch", text)
 
 
 def test_sbatch_directives_refuse_what_sbatch_would_split(tmp_path):
-    with pytest.raises(Exception, match="no spaces or quotes"):
+    with pytest.raises(Exception, match="--partition=.gpu large.*no spaces, quotes or newlines"):
         slurm.render_sbatch(_job(tmp_path, ["prog"], partition="gpu large"))
     with pytest.raises(Exception, match="does not split evenly"):
         slurm.render_sbatch(_job(tmp_path, ["prog"], tasks_per_node=3, gpus_per_node=8))
@@ -164,6 +164,44 @@ def test_restart_runs_srun_again_with_a_new_port(tmp_path, cluster):
     assert _status(cluster["state"], job_id) == 0
     assert "PORT 21000 ATTEMPT 0" in _task_log(job, 1)
     assert "PORT 21001 ATTEMPT 1" in _task_log(job, 1, ".restart1")
+
+
+def test_a_program_argument_that_is_not_utf8_arrives_byte_for_byte(tmp_path, cluster):
+    raw = b"caf\xe9 \xff\xfe $(x)"  # Latin-1 bytes, not UTF-8
+    code = "import os, sys; sys.stdout.buffer.write(b'BYTES ' + os.fsencode(sys.argv[1]).hex().encode() + b'\\n')"
+    env = dict(cluster["env"])
+    proc = subprocess.run([PY, LAUNCHER, f"--log_dir={tmp_path}", "--run_id=bytes", "--", PY, "-c", code, raw],
+                          capture_output=True, timeout=60, env=env, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.decode().strip()
+    assert _status(cluster["state"], job_id) == 0
+    log = (tmp_path / "bytes" / "task_0.log").read_text()
+    assert f"BYTES {raw.hex()}" in log
+    dry = subprocess.run([PY, LAUNCHER, "--dry_run", f"--log_dir={tmp_path}", "--run_id=bytes", "--", PY, "-c", code,
+                          raw], capture_output=True, timeout=60, cwd=str(tmp_path))
+    assert dry.returncode == 0 and dry.stdout == (tmp_path / "bytes" / "job.sbatch").read_bytes()  # the same script
+
+
+@pytest.mark.parametrize("flag", ["--partition", "--account", "--job_name", "--time", "--sbatch_option", "--workdir",
+                                  "--log_dir", "--coordinator_bind_host", "--run_id"])
+def test_every_value_that_reaches_the_script_is_checked(flag, tmp_path, cluster):
+    """A newline or a quote in a value that goes into the script is refused before anything is written."""
+    value = "/x\n#SBATCH --wrap='rm -rf ~'" if flag in ("--workdir", "--log_dir") else "x\n#SBATCH --wrap='id'"
+    args = [f"--log_dir={tmp_path}/runs", f"{flag}={value}"]
+    proc = subprocess.run([PY, LAUNCHER, *args, "--", "python", "t.py"], capture_output=True, text=True, timeout=60,
+                          cwd=str(tmp_path))
+    assert proc.returncode == 1 and flag in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs").exists() and not calls(cluster["bin"])
+
+
+def test_env_values_and_arguments_are_quoted_not_checked(tmp_path, cluster):
+    value = "a\nb $(touch /tmp/distmap_pwned) 'q\""
+    code = "import os, sys; print('ENVV ' + repr(os.environ['EVIL'])); print('ARG ' + repr(sys.argv[1]))"
+    job = _job(tmp_path, [PY, "-c", code, value], env={"EVIL": value})
+    job_id, _ = slurm.submit(job)
+    assert _status(cluster["state"], job_id) == 0
+    log = _task_log(job, 0)
+    assert f"ENVV {value!r}" in log and f"ARG {value!r}" in log and not os.path.exists("/tmp/distmap_pwned")
 
 
 # ---------------------------------------------------------------------------- configs

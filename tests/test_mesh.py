@@ -126,7 +126,7 @@ def test_explicit_keyword_overrides_the_context(mesh42):
     with distmap.axis_mapping({"batch": "data", "embed": "model"}):
         assert distmap.pspec_for(x) == P("data", "model")
         assert distmap.pspec_for(x, {"batch": "model"}) == P("model", None)
-        y = distmap.shard(x, mesh42, {"batch": "model"})
+        y = distmap.shard(x, {"batch": "model"}, mesh42)
         assert y.array.sharding.spec == P("model", None)
         # an explicit empty mapping replicates, rather than falling back to the context
         assert distmap.pspec_for(x, {}) == P(None, None)
@@ -137,7 +137,7 @@ def test_no_mapping_anywhere_raises(mesh42):
     with pytest.raises(errors.MeshError, match=r"pspec_for: no axis mapping given and none is current"):
         distmap.pspec_for(x)
     with pytest.raises(errors.MeshError, match=r"shard: no axis mapping given"):
-        distmap.shard(x, mesh42)
+        distmap.shard(x, mesh=mesh42)
 
 
 def test_dict_mapping_with_tuple_of_mesh_axes(mesh42):
@@ -147,7 +147,7 @@ def test_dict_mapping_with_tuple_of_mesh_axes(mesh42):
     assert distmap.pspec_for(x, {"batch": ("data",)}) == P("data", None)
     assert distmap.pspec_for(x, {"batch": None, "embed": "model"}) == P(None, "model")
     assert distmap.pspec_for(x, {"batch": ()}) == P(None, None)
-    y = distmap.shard(x, mesh42, {"batch": ("data", "model")})
+    y = distmap.shard(x, {"batch": ("data", "model")}, mesh42)
     assert y.array.sharding.spec == P(("data", "model"), None)
     np.testing.assert_array_equal(np.asarray(y.array), np.asarray(x.array))
 
@@ -213,13 +213,13 @@ def test_conflict_in_one_array_raises(mapping, mesh42):
     with pytest.raises(errors.MeshError, match=pattern):
         distmap.pspec_for(x, mapping)
     with pytest.raises(errors.MeshError, match=pattern):
-        distmap.shard(x, mesh42, mapping)
+        distmap.shard(x, mapping, mesh42)
 
 
 def test_unknown_mesh_axis_names_axis_and_mesh(mesh42):
     x = _x(("batch", 8))
     with pytest.raises(errors.MeshError) as info:
-        distmap.shard(x, mesh42, {"batch": "dta"})
+        distmap.shard(x, {"batch": "dta"}, mesh42)
     msg = str(info.value)
     assert "'batch'" in msg and "'dta'" in msg and "('data', 'model')" in msg and "{'data': 4, 'model': 2}" in msg
     with pytest.raises(errors.MeshError, match=r"sends 'batch' to mesh axis 'dta'"):
@@ -252,14 +252,52 @@ def test_pspec_for_pytree():
     assert distmap.pspec_for(distmap.named(jnp.float32(1.0), ()), mapping) == P()
 
 
-def test_pspec_for_leaves_uneven_dims_whole_given_a_mesh(mesh42):
-    tree = [_x(("batch", 6), ("embed", 4)), _x(("batch", 8), ("embed", 3)), _x(("batch", 12), ("embed", 2))]
+def test_pspec_for_refuses_uneven_dims_given_a_mesh(mesh42):
+    tree = [_x(("batch", 8), ("embed", 2)), _x(("batch", 12), ("embed", 2))]
     mapping = {"batch": "data", "embed": "model"}
-    assert distmap.pspec_for(tree, mapping, mesh=mesh42) == [P(None, "model"), P("data", None), P("data", "model")]
+    assert distmap.pspec_for(tree, mapping, mesh42) == [P("data", "model"), P("data", "model")]
+    with pytest.raises(errors.AxisSizeError, match=r"pspec_for: axis 'batch' has size 6, which mesh axes \('data',\) \(4 devices\)"):
+        distmap.pspec_for(_x(("batch", 6), ("embed", 4)), mapping, mesh42)
     # over a tuple, the product must divide: 12 % 8 != 0
-    assert distmap.pspec_for(tree[2], {"batch": ("data", "model")}, mesh=mesh42) == P(None, None)
+    with pytest.raises(errors.AxisSizeError, match=r"'batch' has size 12.*\('data', 'model'\) \(8 devices\)"):
+        distmap.pspec_for(tree[1], {"batch": ("data", "model")}, mesh42)
     # without a mesh sizes cannot be checked, so the mapping is applied as written
-    assert distmap.pspec_for(tree, mapping)[0] == P("data", "model")
+    assert distmap.pspec_for(_x(("batch", 6), ("embed", 4)), mapping) == P("data", "model")
+
+
+def test_pspec_for_and_shard_take_mapping_then_mesh(mesh42):
+    x = _x(("batch", 8), ("embed", 4))
+    mapping = {"batch": "data", "embed": "model"}
+    assert distmap.pspec_for(x, mapping, mesh42) == P("data", "model")
+    assert distmap.shard(x, mapping, mesh42).array.sharding.spec == P("data", "model")
+    # the old order (mesh before mapping) is refused, naming the order
+    for fn in (distmap.shard, distmap.pspec_for):
+        with pytest.raises(errors.MeshError, match=rf"the axis_mapping argument is a Mesh; the order is {fn.__name__}\(x, axis_mapping, mesh\)"):
+            fn(x, mesh42, mapping)
+
+
+@pytest.mark.parametrize("bad", [{"batch": "data"}, "data", 4, [("batch", "data")]])
+def test_a_mesh_argument_that_is_not_a_mesh_is_refused(bad):
+    x = _x(("batch", 8))
+    for fn in (distmap.shard, distmap.pspec_for):
+        with pytest.raises(errors.MeshError, match=rf"{fn.__name__}\(mesh=...\): expected a jax.sharding.Mesh") as info:
+            fn(x, {"batch": "data"}, bad)
+        looks_like_mapping = isinstance(bad, (dict, list))
+        assert ("looks like an axis mapping" in str(info.value)) == looks_like_mapping
+
+
+def test_resource_axis_constants(mesh42):
+    assert (distmap.ResourceAxis.DATA, distmap.ResourceAxis.MODEL, distmap.ResourceAxis.REPLICA) == ("data", "model", "replica")
+    x = _x(("batch", 8), ("embed", 4))
+    mapping = {"batch": distmap.ResourceAxis.DATA, "embed": distmap.ResourceAxis.MODEL}
+    assert distmap.shard(x, mapping, mesh42).array.sharding.spec == P("data", "model")
+    import enum
+
+    class Phys(str, enum.Enum):  # an enum of names, as some Haliax code defines them
+        DATA = "data"
+
+    spec = distmap.pspec_for(x, {"batch": Phys.DATA}, mesh42)
+    assert spec == P("data", None) and type(spec[0]) is str
 
 
 # ------------------------------------------------------------------------------ shard
@@ -271,7 +309,7 @@ def test_shard_places_a_pytree_outside_jit(kind, mesh42, auto42):
     x = _x(("batch", 8), ("embed", 6))
     w = _x(("embed", 6), ("hidden", 4), dtype=np.int32)
     tree = {"x": x, "w": w, "step": 7, "raw": np.ones(3)}
-    out = distmap.shard(tree, mesh, {"batch": "data", "hidden": "model"})
+    out = distmap.shard(tree, {"batch": "data", "hidden": "model"}, mesh)
     assert out["x"].array.sharding == NamedSharding(mesh, P("data", None))
     assert out["w"].array.sharding == NamedSharding(mesh, P(None, "model"))
     assert out["x"].axes == x.axes and out["w"].axes == w.axes
@@ -285,12 +323,12 @@ def test_shard_places_a_pytree_outside_jit(kind, mesh42, auto42):
 @pytest.mark.parametrize("kind", ["explicit", "auto"])
 def test_shard_inside_jit_constrains(kind, mesh42, auto42):
     mesh = mesh42 if kind == "explicit" else auto42
-    x = distmap.shard(_x(("batch", 8), ("embed", 6)), mesh, {})  # on the mesh, replicated
+    x = distmap.shard(_x(("batch", 8), ("embed", 6)), {}, mesh)  # on the mesh, replicated
     assert x.array.sharding.spec == P(None, None)
 
     @jax.jit
     def f(v):
-        return distmap.shard(v * 2.0, mesh, {"batch": "data", "embed": "model"})
+        return distmap.shard(v * 2.0, {"batch": "data", "embed": "model"}, mesh)
 
     out = f(x)
     assert out.array.sharding.is_equivalent_to(NamedSharding(mesh, P("data", "model")), 2)
@@ -320,21 +358,27 @@ def test_shard_on_a_mesh_mixing_explicit_and_auto_axes_inside_jit(devices):
 
 
 @pytest.mark.parametrize("kind", ["explicit", "auto"])
-def test_shard_leaves_uneven_dims_whole(kind, mesh42, auto42):
+def test_shard_refuses_uneven_dims_as_host_local_to_global_does(kind, mesh42, auto42):
     mesh = mesh42 if kind == "explicit" else auto42
     x = _x(("batch", 5), ("embed", 6))
-    out = distmap.shard(x, mesh, {"batch": "data", "embed": "model"})
+    mapping = {"batch": "data", "embed": "model"}
+    pattern = r"axis 'batch' has size 5.*\('data',\) \(4 devices\) do not divide.*Map 'batch' to None"
+    with pytest.raises(errors.AxisSizeError, match="shard: " + pattern):
+        distmap.shard(x, mapping, mesh)
+    with jax.set_mesh(mesh), pytest.raises(errors.AxisSizeError, match=pattern):
+        jax.jit(lambda v: distmap.shard(v, mapping, mesh))(x)
+    # host_local_to_global refuses the same input (one process: the local part is the whole)
+    with pytest.raises(errors.AxisSizeError, match=r"'batch'.*do not divide"):
+        distmap.distributed.host_local_to_global(x, mesh, mapping)
+    # keeping the axis whole, as the message says, works
+    out = distmap.shard(x, {"batch": None, "embed": "model"}, mesh)
     assert out.array.sharding.spec == P(None, "model")
-    with jax.set_mesh(mesh):
-        inside = jax.jit(lambda v: distmap.shard(v, mesh, {"batch": "data", "embed": "model"}))(x)
-    assert inside.array.sharding.is_equivalent_to(NamedSharding(mesh, P(None, "model")), 2)
     np.testing.assert_array_equal(np.asarray(out.array), np.asarray(x.array))
-    np.testing.assert_array_equal(np.asarray(inside.array), np.asarray(x.array))
 
 
 def test_shard_moves_an_array_already_sharded_otherwise(mesh42):
-    x = distmap.shard(_x(("batch", 8), ("embed", 6)), mesh42, {"batch": "model"})
-    y = distmap.shard(x, mesh42, {"batch": "data", "embed": "model"})
+    x = distmap.shard(_x(("batch", 8), ("embed", 6)), {"batch": "model"}, mesh42)
+    y = distmap.shard(x, {"batch": "data", "embed": "model"}, mesh42)
     assert y.array.sharding.spec == P("data", "model")
     np.testing.assert_array_equal(np.asarray(y.array), np.asarray(x.array))
 

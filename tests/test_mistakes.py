@@ -321,9 +321,9 @@ CATALOGUE: list[tuple[str, object, type, tuple[str, ...]]] = [
     ("pspec-no-mapping", lambda: distmap.pspec_for(X), E.MeshError, ("pspec_for", "axis_mapping")),
     ("pspec-unknown-mesh-axis", lambda: distmap.pspec_for(X, {"batch": "nope"}, MESH), E.MeshError, ("batch", "nope")),
     ("pspec-claimed-twice", lambda: distmap.pspec_for(X, {"batch": "data", "feature": "data"}), E.MeshError, ("batch", "feature", "data")),
-    ("shard-no-mesh", lambda: distmap.shard(X, None, {"batch": "data"}), E.MeshError, ("shard", "mesh")),
-    ("shard-no-mapping", lambda: distmap.shard(X, MESH), E.MeshError, ("shard", "axis_mapping")),
-    ("shard-unknown-mesh-axis", lambda: distmap.shard(X, MESH, {"batch": "nope"}), E.MeshError, ("nope",)),
+    ("shard-no-mesh", lambda: distmap.shard(X, {"batch": "data"}), E.MeshError, ("shard", "mesh")),
+    ("shard-no-mapping", lambda: distmap.shard(X, mesh=MESH), E.MeshError, ("shard", "axis_mapping")),
+    ("shard-unknown-mesh-axis", lambda: distmap.shard(X, {"batch": "nope"}, MESH), E.MeshError, ("nope",)),
     # -------------------------------------------------------------- Stacked
     ("stacked-keys-count", lambda: _stacked(Axis("layer", 3), Scale)(jax.random.split(KEY, 2)), E.AxisSizeError, ("layer", "3", "2")),
     ("stacked-no-size", lambda: _stacked("layer", Scale), E.AxisSelectorError, ("layer", "size")),

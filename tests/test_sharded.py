@@ -433,8 +433,8 @@ def test_host_numpy_inputs_named_and_unnamed(kind):
 def test_inputs_already_sharded_are_used_without_collectives(kind):
     mesh = mesh_of("4x2", kind)
     mapping = {"batch": "data"}
-    x = distmap.shard(ints([("batch", 8), ("feature", 3)]), mesh, mapping)
-    w = distmap.shard(ints([("feature", 3)], seed=1), mesh, mapping)  # no 'batch': replicated
+    x = distmap.shard(ints([("batch", 8), ("feature", 3)]), mapping, mesh)
+    w = distmap.shard(ints([("feature", 3)], seed=1), mapping, mesh)  # no 'batch': replicated
     assert x.array.sharding.spec == P("data", None) and w.array.sharding.spec == P(None)
 
     def pure(a, b):
@@ -452,7 +452,7 @@ def test_inputs_already_sharded_are_used_without_collectives(kind):
 def test_inputs_sharded_otherwise_are_resharded_once(kind):
     mesh = mesh_of("4x2", kind)
     x = ints([("batch", 8), ("feature", 4)])
-    other = distmap.shard(x, mesh, {"batch": "model", "feature": "data"})
+    other = distmap.shard(x, {"batch": "model", "feature": "data"}, mesh)
     fn = lambda a: distmap.vmap(with_psum, "batch", mesh=mesh, axis_mapping={"batch": "data"})(a)  # noqa: E731
     ref = one_device(with_psum, "batch")(x)
     assert_same(fn(other), ref)
@@ -487,7 +487,7 @@ def test_unmapped_inputs_are_replicated(kind):
     mesh = mesh_of("4x2", kind)
     mapping = {"batch": "data"}
     x = floats([("batch", 8), ("feature", 4)])
-    w = distmap.shard(floats([("feature", 4), ("hidden", 3)], seed=1), mesh, mapping)
+    w = distmap.shard(floats([("feature", 4), ("hidden", 3)], seed=1), mapping, mesh)
     bias = jnp.arange(3, dtype=jnp.float32)  # unnamed, given spec None: not mapped
     scale = jnp.float32(0.5)  # rank 0: not mapped by default
 
@@ -499,7 +499,7 @@ def test_unmapped_inputs_are_replicated(kind):
     mapped = distmap.vmap(fn, "batch", mesh=mesh, axis_mapping=mapping, **kw)
     ref = distmap.vmap(fn, "batch", **kw)(x, w, bias, scale, power=2)
     assert_same(mapped(x, w, bias, scale, power=2), ref)
-    x = distmap.shard(x, mesh, mapping)
+    x = distmap.shard(x, mapping, mesh)
     with jax.set_mesh(mesh):
         call = lambda *a: mapped(*a, power=2)  # noqa: E731
         assert_same(jax.jit(call)(x, w, bias, scale), ref)

@@ -254,3 +254,249 @@ def test_grad_through_scan():
         return c.array.sum() + total
 
     _close(jax.grad(loss)(net).stacked.w, jax.grad(loss_loop)(net).stacked.w, rtol=1e-4)
+
+
+# ------------------------------------------------------------- per-layer arguments
+
+
+class NoisyLayer(eqx.Module):
+    w: distmap.NamedArray
+
+    def __init__(self, key):
+        self.w = distmap.named(jax.random.normal(key, (FEAT,)), "feature")
+
+    def __call__(self, x, mask=None, *, key):
+        y = x * self.w + distmap.random.normal(key, x.axes) * 0.1
+        return y if mask is None else y * mask
+
+    def twice(self, x, mask=None, *, key):
+        return self(self(x, mask, key=key), mask, key=key)
+
+
+def test_fold_slices_a_stacked_key_and_a_per_layer_mask():
+    net = distmap.Stacked.init(L, NoisyLayer)(_keys(seed=20))
+    keys = _keys(seed=21)  # one key per layer
+    named_mask = distmap.named(jnp.array([[1.0, 0.0, 1.0]] * 4) * jnp.arange(1, 5)[:, None], ("layer", "feature"))
+    unnamed_mask = named_mask.array  # (layer, feature), sliced on dim 0
+    x = _x()
+    for mask in (named_mask, unnamed_mask):
+        out = net.fold(x, distmap.named(mask, ("layer", "feature")) if mask is unnamed_mask else mask, key=keys)
+        h = x
+        for i, m in enumerate(net.unstacked()):
+            h = m(h, named_mask["layer", i], key=keys[i])
+        _close(out, h)
+    # a mask without the layer axis goes whole to every layer
+    shared = distmap.named(jnp.array([1.0, 0.5, 0.0]), "feature")
+    h = x
+    for i, m in enumerate(net.unstacked()):
+        h = m(h, shared, key=keys[i])
+    _close(net.fold(x, shared, key=keys), h)
+
+
+def test_fold_via_scan_via_vmap_via_run_a_chosen_method():
+    net = distmap.Stacked.init(L, NoisyLayer)(_keys(seed=22))
+    keys = _keys(seed=23)
+    x = _x(0.2)
+    h = x
+    for i, m in enumerate(net.unstacked()):
+        h = m.twice(h, key=keys[i])
+    _close(net.fold_via(NoisyLayer.twice)(x, key=keys), h)
+
+    def with_output(layer, x, *, key):
+        y = layer(x, key=key)
+        return y, y.sum("feature")
+
+    carry, ys = net.scan_via(with_output)(x, key=keys)
+    h, per = x, []
+    for i, m in enumerate(net.unstacked()):
+        h, y = with_output(m, h, key=keys[i])
+        per.append(y)
+    _close(carry, h)
+    _close(ys, _stack_named(per))
+    one_key = jax.random.key(5)  # vmap_via: inputs are broadcast to every copy
+    out = net.vmap_via(lambda m, x, key: m(x, key=key))(x, one_key)
+    _close(out, _stack_named([m(x, key=one_key) for m in net.unstacked()]))
+
+
+def test_get_layer_and_unstacked_give_plain_modules():
+    net = distmap.Stacked.init(L, Layer)(_keys(seed=24), 0.25)
+    layers = net.unstacked()
+    for i in (0, 2, -1):
+        layer = net.get_layer(i)
+        assert isinstance(layer, Layer) and layer.w.axis_names == ("feature",) and layer.b.shape == (FEAT,)
+        _close(layer.w, layers[i].w)
+        _close(layer.b, layers[i].b)
+    with pytest.raises(IndexError, match=r"get_layer\(4\): the stack has 4 layers along 'layer'"):
+        net.get_layer(4)
+    with pytest.raises(TypeError, match=r"expected an int layer index"):
+        net.get_layer("0")
+
+
+@pytest.mark.parametrize("unroll", [2, True])
+def test_unroll_keeps_the_numbers_and_reaches_lax_scan(unroll):
+    keys = _keys(seed=25)
+    net = distmap.Stacked.init(L, Layer)(keys)
+    unrolled = distmap.Stacked.init(L, Layer, unroll=unroll)(keys)
+    x = _x()
+    _close(unrolled.fold(x), net.fold(x))
+    eqns = [e for e in jax.make_jaxpr(lambda n, x: n.fold(x))(unrolled, x).eqns if e.primitive.name == "scan"]
+    assert eqns[0].params["unroll"] == (L.size if unroll is True else unroll)  # jax records True as the length
+
+
+@pytest.mark.parametrize("policy", [None, True, "layer", "carry", 2])
+def test_gradient_checkpointing_keeps_the_gradients(policy):
+    keys = _keys(seed=26)
+    plain = distmap.Stacked.init(L, Layer)(keys)
+    ck = distmap.Stacked.init(L, Layer, checkpoint=policy)(keys)
+    assert ck.checkpoint == distmap._src.map.checkpoint.as_checkpoint(policy)
+    x = _x(0.1)
+    loss = lambda n: (n.fold(x).array ** 2).sum()  # noqa: E731
+    g1, g2 = eqx.filter_grad(loss)(plain), eqx.filter_jit(eqx.filter_grad(loss))(ck)
+    assert ("remat" in str(jax.make_jaxpr(loss)(ck))) == (policy is not None)
+    _close(g2.stacked.w, g1.stacked.w, rtol=1e-4)
+    _close(g2.stacked.b, g1.stacked.b, rtol=1e-4)
+    # Haliax's keyword works too
+    assert distmap.Stacked.init(L, Layer, gradient_checkpointing=policy)(keys).checkpoint == ck.checkpoint
+
+
+# --------------------------------------------------------------------- init forms
+
+
+class HaxStyle(eqx.Module):
+    named: distmap.NamedArray
+    array: jax.Array
+    static: int = eqx.field(static=True)
+
+    @staticmethod
+    def init(named, array, static):
+        return HaxStyle(named=named, array=array, static=static)
+
+    def __call__(self, x):
+        return x + self.named + self.array + self.static
+
+
+class ClassInit(eqx.Module):
+    w: jax.Array
+
+    @classmethod
+    def init(cls, key, width):
+        return cls(jax.random.normal(key, (width,)))
+
+
+def test_init_uses_a_static_or_class_method_init_as_haliax_does():
+    block, e = Axis("block", 4), Axis("E", 5)
+    named = distmap.named(jax.random.uniform(jax.random.key(0), (4, 5)), (block, e))
+    m = distmap.Stacked.init(block, HaxStyle)(named=named, array=jnp.ones(4), static=1)
+    assert m.stacked.named.axes == (block, e) and m.stacked.array.shape == (4,) and m.stacked.static == 1
+    for i, layer in enumerate(m.unstacked()):
+        assert layer.array.shape == () and layer.static == 1
+        _close(layer.named, named["block", i])
+    c = distmap.Stacked.init(L, ClassInit)(_keys(seed=27), 3)
+    _close(c.stacked.w, jax.vmap(lambda k: ClassInit.init(k, 3).w)(_keys(seed=27)))
+    # today's form, and a plain function building the module, keep working
+    f = distmap.Stacked.init(L, lambda key: RawLayer(key))(_keys(seed=28))
+    _close(f.stacked.w, distmap.Stacked.init(L, RawLayer)(_keys(seed=28)).stacked.w)
+
+
+def test_a_single_key_is_refused_with_the_fix():
+    with pytest.raises(errors.MappingError) as info:
+        distmap.Stacked.init(Axis("layer", 3), RawLayer)(jax.random.key(0))
+    assert "Stacked.init: args[0] is a single PRNG key" in str(info.value)
+    assert "jax.random.split(key, 3)" in str(info.value) and "identical" in str(info.value)
+    with pytest.raises(errors.MappingError, match=r"kwargs\['key'\] looks like a single raw PRNG key \(uint32\[2\]\)"):
+        distmap.Stacked.init(Axis("layer", 3), RawLayer)(key=jax.random.PRNGKey(0))  # raw uint32[2] key
+    with pytest.raises(errors.MappingError, match=r"BlockSeq.init: args\[0\] is a single PRNG key"):
+        distmap.BlockSeq.init(Axis("layer", 3), RawLayer)(jax.random.key(0))
+    # identical copies on purpose: say so with a spec
+    same = distmap.Stacked.init(Axis("layer", 3), RawLayer, args=(None,))(jax.random.key(0))
+    _close(same.stacked.w[0], same.stacked.w[2])
+
+
+def test_a_module_that_is_not_callable_names_stacked_init():
+    with pytest.raises(TypeError, match=r"Stacked.init: module must be an equinox Module class .*got int 3"):
+        distmap.Stacked.init(L, 3)
+    with pytest.raises(errors.AxisSelectorError, match=r"Stacked.init\(axis=...\): expected one axis to stack along, got 2"):
+        distmap.Stacked.init({"layer": 2, "block": 3}, RawLayer)
+
+
+def test_a_layer_that_changes_the_carry_axes_names_fold_the_layer_and_the_axes():
+    class Widen(eqx.Module):
+        w: distmap.NamedArray
+
+        def __init__(self, key):
+            self.w = distmap.named(jax.random.normal(key, (FEAT,)), "feature")
+
+        def __call__(self, x):
+            return (x * self.w).rename({"feature": "hidden"})
+
+    net = distmap.Stacked.init(L, Widen)(_keys(seed=29))
+    with pytest.raises(errors.MappingError) as info:
+        net.fold(_x())
+    msg = str(info.value)
+    assert msg.startswith("Stacked.fold over 'layer': layer Widen.__call__ changed carry")
+    assert "(('feature', 3),) -> (('hidden', 3),)" in msg
+
+
+# ------------------------------------------------------------------ BlockSeq twin
+
+
+def test_block_seq_gives_the_same_results_layer_by_layer():
+    keys = _keys(seed=30)
+    net = distmap.Stacked.init(L, NoisyLayer)(keys)
+    seq = distmap.BlockSeq.init(L, NoisyLayer)(keys)
+    assert len(seq.blocks) == 4
+    for a, b in zip(seq.unstacked(), net.unstacked()):
+        _close(a.w, b.w)
+    x, layer_keys = _x(), _keys(seed=31)
+    _close(seq.fold(x, key=layer_keys), net.fold(x, key=layer_keys), rtol=1e-5)
+    carries = seq.carries(x, key=layer_keys)
+    h = x
+    for i, m in enumerate(net.unstacked()):
+        h = m(h, key=layer_keys[i])
+        _close(carries[i], h)
+    # scan / vmap twins, and back to a Stacked
+    scan_net = distmap.Stacked.init(L, ScanLayer)(keys)
+    scan_seq = scan_net.as_block_seq()
+    (c1, y1), (c2, y2) = scan_net.scan(x), scan_seq.scan(x)
+    _close(c1, c2)
+    _close(y1["summary"], y2["summary"])
+    _close(y1["raw"], y2["raw"])
+    _close(scan_net.vmap(x)[1]["raw"], scan_seq.vmap(x)[1]["raw"])
+    restacked = seq.stack()
+    _close(restacked.stacked.w, net.stacked.w)
+    _close(restacked.fold(x, key=layer_keys), net.fold(x, key=layer_keys))
+
+
+# ------------------------------------------------------------------ state dicts
+
+
+def test_state_dict_names_per_layer_and_round_trips():
+    net = distmap.Stacked.init(L, Layer)(_keys(seed=32), 0.5)
+    state = net.to_state_dict()
+    assert sorted(state) == sorted(f"layers.{i}.{f}" for i in range(4) for f in ("w", "b"))
+    _close(state["layers.2.w"], net.stacked.w.array[2])
+    changed = {k: v + 1.0 for k, v in state.items()}
+    back = net.from_state_dict(changed)
+    _close(back.stacked.w.array, net.stacked.w.array + 1.0)
+    assert back.stacked.w.axes == net.stacked.w.axes and back.stacked.scale == 0.5
+    x = _x()
+    _close(net.from_state_dict(state).fold(x), net.fold(x))
+    # another prefix, and nested modules (equinox Linear inside a list)
+    lin = distmap.Stacked.init(Axis("layer", 2), lambda key: [eqx.nn.Linear(3, 2, key=key)])(_keys(n=2, seed=33))
+    sd = lin.to_state_dict(prefix="model.h")
+    assert sorted(sd) == ["model.h.0.0.bias", "model.h.0.0.weight", "model.h.1.0.bias", "model.h.1.0.weight"]
+    _close(lin.from_state_dict(sd, prefix="model.h").stacked[0].weight, lin.stacked[0].weight)
+
+
+def test_state_dict_mismatches_are_refused():
+    net = distmap.Stacked.init(L, Layer)(_keys(seed=34))
+    state = net.to_state_dict()
+    missing = {k: v for k, v in state.items() if k != "layers.3.b"}
+    with pytest.raises(KeyError, match=r"'layers.3.b' is missing"):
+        net.from_state_dict(missing)
+    with pytest.raises(KeyError, match=r"'layers.4.w' is not a field of this 4-layer stack"):
+        net.from_state_dict({**state, "layers.4.w": state["layers.0.w"]})
+    with pytest.raises(KeyError, match=r"'layers.0.bias' is not a field"):
+        net.from_state_dict({**state, "layers.0.bias": state["layers.0.b"]})
+    with pytest.raises(errors.ShapeMismatchError, match=r"layers.\*.w stacks to shape \(4, 2\).*shape \(4, 3\)"):
+        net.from_state_dict({**state, **{f"layers.{i}.w": jnp.ones(2) for i in range(4)}})

@@ -13,7 +13,9 @@ Example:
 
 from __future__ import annotations
 
-from distmap._src import reductions
+from typing import Any
+
+from distmap._src import ops, reductions
 from distmap._src.axis import AxisSelection, AxisSelector
 from distmap._src.named import NamedArray
 
@@ -54,7 +56,10 @@ def argmax(self, axis: AxisSelector | None = None) -> NamedArray:
 def argmin(self, axis: AxisSelector | None = None) -> NamedArray:
     return reductions.argmin(self, axis)
 
-_METHODS = (sum, mean, max, min, prod, std, var, any, all, logsumexp, argmax, argmin)
+def take(self, axis: AxisSelector, index: Any) -> NamedArray:
+    return ops.take(self, axis, index)
+
+_METHODS = (sum, mean, max, min, prod, std, var, any, all, logsumexp, argmax, argmin, take)
 
 
 def _attach() -> None:

@@ -79,15 +79,29 @@ class AxisMapping:
         return {n: out[n] for n in names if n in out}
 
 
+class ResourceAxis:
+    """Conventional mesh axis names, as in Haliax: ``DATA``, ``MODEL``, ``REPLICA`` (plain strings).
+
+    Example:
+        >>> import distmap
+        >>> distmap.as_axis_mapping({"batch": distmap.ResourceAxis.DATA})
+        AxisMapping({'batch': ('data',)})
+    """
+
+    DATA = "data"
+    MODEL = "model"
+    REPLICA = "replica"
+
+
 def _mesh_axes(value: MeshAxes, name: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
-        return (value,)
+        return (str.__str__(value),)  # a str Enum member becomes its plain value
     if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
         if len(set(value)) != len(value):
             raise errors.MeshError(f"axis mapping for {name!r}: mesh axes {tuple(value)} repeat.")
-        return tuple(value)
+        return tuple(str.__str__(v) for v in value)
     raise errors.MeshError(
         f"axis mapping for {name!r}: expected a mesh axis name, a tuple of them or None, got {value!r}."
     )
@@ -226,15 +240,48 @@ def _resolve_mapping(axis_mapping: AxisMappingLike | AxisMapping | None, fn: str
     return mapping
 
 
-def _pspec(x: NamedArray, mapping: AxisMapping, mesh: Any) -> PartitionSpec:
+def _pspec(x: NamedArray, mapping: AxisMapping, mesh: Any, *, fn: str = "pspec_for") -> PartitionSpec:
     found = mapping.resolve(x.axis_names, mesh)
     parts = []
     for ax in x.axes:
         axes = found.get(ax.name, ())
-        if mesh is not None and axes and ax.size % math.prod(mesh.shape[a] for a in axes):
-            axes = ()  # an uneven split cannot be held by a jax.Array: keep this dimension whole
+        if mesh is not None and axes:
+            n = math.prod(mesh.shape[a] for a in axes)
+            if ax.size % n:
+                # A jax.Array cannot hold an uneven split; say so rather than replicate the axis silently.
+                raise errors.AxisSizeError(
+                    f"{fn}: axis {ax.name!r} has size {ax.size}, which mesh axes {axes} ({n} devices) do not "
+                    f"divide, so it cannot be split as the axis mapping asks. Map {ax.name!r} to None to keep it "
+                    f"whole on every device, or pad it to a multiple of {n}. (distmap.vmap maps uneven axes by "
+                    "padding; a stored array cannot be split unevenly.)"
+                )
         parts.append(None if not axes else (axes[0] if len(axes) == 1 else axes))
     return PartitionSpec(*parts)
+
+
+def _is_mesh(x: Any) -> bool:
+    return isinstance(x, (Mesh, jax.sharding.AbstractMesh))
+
+
+def check_mesh(mesh: Any, fn: str) -> Any:
+    """``mesh`` if it is a ``jax.sharding.Mesh`` (or ``AbstractMesh``) or None; anything else is refused."""
+    if mesh is None or _is_mesh(mesh):
+        return mesh
+    hint = ""
+    if isinstance(mesh, (Mapping, AxisMapping)) or (isinstance(mesh, Sequence) and not isinstance(mesh, str)):
+        hint = f" It looks like an axis mapping: the order is {fn}(x, axis_mapping, mesh), as in Haliax."
+    raise errors.MeshError(
+        f"{fn}(mesh=...): expected a jax.sharding.Mesh (e.g. from distmap.make_mesh), got "
+        f"{type(mesh).__name__} {mesh!r}.{hint}"
+    )
+
+
+def _check_mapping_arg(axis_mapping: Any, fn: str) -> None:
+    if _is_mesh(axis_mapping):
+        raise errors.MeshError(
+            f"{fn}: the axis_mapping argument is a Mesh; the order is {fn}(x, axis_mapping, mesh), as in Haliax "
+            f"(for example {fn}(x, {{'batch': 'data'}}, mesh), or {fn}(x, mesh=mesh) to use the current mapping)."
+        )
 
 
 def has_explicit_axes(mesh: Any) -> bool:
@@ -262,13 +309,18 @@ def typed_part(spec: PartitionSpec, mesh: Any, *, explicit: bool) -> PartitionSp
 def pspec_for(x: Any, axis_mapping: AxisMappingLike | AxisMapping | None = None, mesh: Mesh | None = None) -> Any:
     """The ``PartitionSpec`` of each NamedArray in the pytree ``x`` under the mapping.
 
-    Given a mesh, a dimension whose size its mesh axes do not divide is left whole.
+    Arguments in the order of :func:`shard` (and Haliax): ``pspec_for(x, axis_mapping, mesh)``.
+    Given a mesh, mesh axis names are checked and an axis its mesh axes do not divide raises
+    ``AxisSizeError`` (as ``shard`` and ``host_local_to_global`` do); without one, the mapping is
+    applied as written. Leaves other than NamedArrays get ``PartitionSpec()``.
 
     Example:
         >>> import distmap
         >>> tuple(distmap.pspec_for(distmap.zeros({"batch": 8, "feature": 3}), {"batch": "data"}))
         ('data', None)
     """
+    _check_mapping_arg(axis_mapping, "pspec_for")
+    mesh = check_mesh(mesh, "pspec_for")
     mapping = _resolve_mapping(axis_mapping, "pspec_for")
     return jax.tree_util.tree_map(
         lambda leaf: _pspec(leaf, mapping, mesh) if isinstance(leaf, NamedArray) else PartitionSpec(),
@@ -277,16 +329,23 @@ def pspec_for(x: Any, axis_mapping: AxisMappingLike | AxisMapping | None = None,
     )
 
 
-def shard(x: Any, mesh: Mesh | None = None, axis_mapping: AxisMappingLike | AxisMapping | None = None) -> Any:
+def shard(x: Any, axis_mapping: AxisMappingLike | AxisMapping | None = None, mesh: Mesh | None = None) -> Any:
     """Place (outside ``jit``) or constrain (inside) every NamedArray of ``x`` by its axis names.
+
+    ``shard(x, axis_mapping, mesh)``, as in Haliax; each defaults to the current one
+    (:func:`distmap.axis_mapping`, ``jax.set_mesh``). Leaves other than NamedArrays are left
+    as they are. An axis that its mesh axes do not divide raises ``AxisSizeError`` naming it
+    (a ``jax.Array`` cannot hold an uneven split): map it to ``None`` or pad it.
 
     Example:
         >>> import distmap, jax
         >>> mesh = distmap.make_mesh({"data": 1}, devices=jax.devices()[:1])
-        >>> y = distmap.shard(distmap.zeros({"batch": 4}), mesh, {"batch": "data"})
+        >>> y = distmap.shard(distmap.zeros({"batch": 4}), {"batch": "data"}, mesh)
         >>> tuple(y.array.sharding.spec)
         ('data',)
     """
+    _check_mapping_arg(axis_mapping, "shard")
+    mesh = check_mesh(mesh, "shard")
     mesh = mesh if mesh is not None else current_mesh()
     if mesh is None:
         raise errors.MeshError("shard: no mesh given and none set with jax.set_mesh.")
@@ -295,19 +354,34 @@ def shard(x: Any, mesh: Mesh | None = None, axis_mapping: AxisMappingLike | Axis
     def one(leaf: Any) -> Any:
         if not isinstance(leaf, NamedArray):
             return leaf
-        spec = _pspec(leaf, mapping, mesh)
-        sharding = NamedSharding(mesh, spec)
-        if isinstance(leaf.array, jax.core.Tracer):
-            # Inside jit, Explicit mesh axes are part of the array's type and change with reshard
-            # (with_sharding_constraint refuses them); Auto axes take a sharding constraint.
-            arr = leaf.array
-            if has_explicit_axes(mesh):
-                arr = jax.sharding.reshard(arr, NamedSharding(mesh, typed_part(spec, mesh, explicit=True)))
-            auto = typed_part(spec, mesh, explicit=False)
-            if any(p is not None for p in auto):
-                arr = jax.lax.with_sharding_constraint(arr, NamedSharding(mesh, auto))
-        else:
-            arr = jax.device_put(leaf.array, sharding)
-        return NamedArray(arr, leaf.axes)
+        return NamedArray(place(leaf.array, _pspec(leaf, mapping, mesh, fn="shard"), mesh), leaf.axes)
 
     return jax.tree_util.tree_map(one, x, is_leaf=lambda v: isinstance(v, NamedArray))
+
+
+def place(arr: Any, spec: PartitionSpec, mesh: Any) -> Any:
+    """``arr`` laid out as ``spec`` on ``mesh``: ``device_put`` outside ``jit``, a constraint inside."""
+    if isinstance(arr, jax.core.Tracer):
+        # Inside jit, Explicit mesh axes are part of the array's type and change with reshard
+        # (with_sharding_constraint refuses them); Auto axes take a sharding constraint.
+        if has_explicit_axes(mesh):
+            arr = jax.sharding.reshard(arr, NamedSharding(mesh, typed_part(spec, mesh, explicit=True)))
+        auto = typed_part(spec, mesh, explicit=False)
+        if any(p is not None for p in auto):
+            arr = jax.lax.with_sharding_constraint(arr, NamedSharding(mesh, auto))
+        return arr
+    return jax.device_put(arr, NamedSharding(mesh, spec))
+
+
+def loop_pspec(x: NamedArray, mapping: AxisMapping, mesh: Any, *, keep_whole: tuple[str, ...] = ()) -> PartitionSpec | None:
+    """The layout a loop step asks of one NamedArray: ``pspec_for``'s, with the axes in ``keep_whole``
+    left whole; ``None`` (no constraint: XLA chooses) where a mapped axis is uneven, since a step has
+    no better layout to ask for and refusing would fail a loop that JAX runs fine."""
+    found = mapping.resolve(x.axis_names, mesh)
+    parts = []
+    for ax in x.axes:
+        axes = () if ax.name in keep_whole else found.get(ax.name, ())
+        if axes and ax.size % math.prod(mesh.shape[a] for a in axes):
+            return None
+        parts.append(None if not axes else (axes[0] if len(axes) == 1 else axes))
+    return PartitionSpec(*parts)

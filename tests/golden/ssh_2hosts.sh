@@ -1,12 +1,49 @@
-# distmap ssh run golden: 2 host(s), coordinator port 23456; one command per rank
-ssh -o BatchMode=yes -o ServerAliveInterval=15 node1 'cd -- /shared/distmap && { env DISTMAP_COORDINATOR=node1:23456 DISTMAP_NUM_PROCESSES=4 DISTMAP_PROCESS_ID=0 DISTMAP_LOCAL_DEVICE_IDS=0,1 CUDA_VISIBLE_DEVICES=0,1 DISTMAP_INIT_TIMEOUT=120 DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 '"'"'XLA_FLAGS=--x=1 --y'"'"' setsid --wait sh -c '"'"'echo "$$" > "$0" && exec "$@"'"'"' "${TMPDIR:-/tmp}"/distmap-golden-rank0.pid python examples/ensemble.py '"'"'a b'"'"' '"'"''"'"'"'"'"'"'"'"'single'"'"'"'"'"'"'"'"''"'"' '"'"'"double"'"'"' '"'"'$(touch /tmp/distmap_pwned)'"'"' '"'"'; rm -rf /'"'"' '"'"'`id`'"'"' '"'"'line1
-line2'"'"' '"'"'tab	here'"'"' '"'"'*'"'"' '"'"''"'"' -- --num_processes=9 %t '"'"'%j %%'"'"' '"'"'$(POD_IP)'"'"' '"'"'$$'"'"' '"'"'${HOME}'"'"' '"'"'ünï'"'"' '"'"'\'"'"' a=b=c '"'"'#not a comment'"'"' '"'"'-- x'"'"'; rc=$?; rm -f "${TMPDIR:-/tmp}"/distmap-golden-rank0.pid; exit $rc; }'
-ssh -o BatchMode=yes -o ServerAliveInterval=15 node1 'cd -- /shared/distmap && { env DISTMAP_COORDINATOR=node1:23456 DISTMAP_NUM_PROCESSES=4 DISTMAP_PROCESS_ID=1 DISTMAP_LOCAL_DEVICE_IDS=0,1 CUDA_VISIBLE_DEVICES=2,3 DISTMAP_INIT_TIMEOUT=120 DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 '"'"'XLA_FLAGS=--x=1 --y'"'"' setsid --wait sh -c '"'"'echo "$$" > "$0" && exec "$@"'"'"' "${TMPDIR:-/tmp}"/distmap-golden-rank1.pid python examples/ensemble.py '"'"'a b'"'"' '"'"''"'"'"'"'"'"'"'"'single'"'"'"'"'"'"'"'"''"'"' '"'"'"double"'"'"' '"'"'$(touch /tmp/distmap_pwned)'"'"' '"'"'; rm -rf /'"'"' '"'"'`id`'"'"' '"'"'line1
-line2'"'"' '"'"'tab	here'"'"' '"'"'*'"'"' '"'"''"'"' -- --num_processes=9 %t '"'"'%j %%'"'"' '"'"'$(POD_IP)'"'"' '"'"'$$'"'"' '"'"'${HOME}'"'"' '"'"'ünï'"'"' '"'"'\'"'"' a=b=c '"'"'#not a comment'"'"' '"'"'-- x'"'"'; rc=$?; rm -f "${TMPDIR:-/tmp}"/distmap-golden-rank1.pid; exit $rc; }'
-ssh -o BatchMode=yes -o ServerAliveInterval=15 me@node2 'cd -- /shared/distmap && { env DISTMAP_COORDINATOR=node1:23456 DISTMAP_NUM_PROCESSES=4 DISTMAP_PROCESS_ID=2 DISTMAP_LOCAL_DEVICE_IDS=0,1 CUDA_VISIBLE_DEVICES=0,1 DISTMAP_INIT_TIMEOUT=120 DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 '"'"'XLA_FLAGS=--x=1 --y'"'"' setsid --wait sh -c '"'"'echo "$$" > "$0" && exec "$@"'"'"' "${TMPDIR:-/tmp}"/distmap-golden-rank2.pid python examples/ensemble.py '"'"'a b'"'"' '"'"''"'"'"'"'"'"'"'"'single'"'"'"'"'"'"'"'"''"'"' '"'"'"double"'"'"' '"'"'$(touch /tmp/distmap_pwned)'"'"' '"'"'; rm -rf /'"'"' '"'"'`id`'"'"' '"'"'line1
-line2'"'"' '"'"'tab	here'"'"' '"'"'*'"'"' '"'"''"'"' -- --num_processes=9 %t '"'"'%j %%'"'"' '"'"'$(POD_IP)'"'"' '"'"'$$'"'"' '"'"'${HOME}'"'"' '"'"'ünï'"'"' '"'"'\'"'"' a=b=c '"'"'#not a comment'"'"' '"'"'-- x'"'"'; rc=$?; rm -f "${TMPDIR:-/tmp}"/distmap-golden-rank2.pid; exit $rc; }'
-ssh -o BatchMode=yes -o ServerAliveInterval=15 me@node2 'cd -- /shared/distmap && { env DISTMAP_COORDINATOR=node1:23456 DISTMAP_NUM_PROCESSES=4 DISTMAP_PROCESS_ID=3 DISTMAP_LOCAL_DEVICE_IDS=0,1 CUDA_VISIBLE_DEVICES=2,3 DISTMAP_INIT_TIMEOUT=120 DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 '"'"'XLA_FLAGS=--x=1 --y'"'"' setsid --wait sh -c '"'"'echo "$$" > "$0" && exec "$@"'"'"' "${TMPDIR:-/tmp}"/distmap-golden-rank3.pid python examples/ensemble.py '"'"'a b'"'"' '"'"''"'"'"'"'"'"'"'"'single'"'"'"'"'"'"'"'"''"'"' '"'"'"double"'"'"' '"'"'$(touch /tmp/distmap_pwned)'"'"' '"'"'; rm -rf /'"'"' '"'"'`id`'"'"' '"'"'line1
-line2'"'"' '"'"'tab	here'"'"' '"'"'*'"'"' '"'"''"'"' -- --num_processes=9 %t '"'"'%j %%'"'"' '"'"'$(POD_IP)'"'"' '"'"'$$'"'"' '"'"'${HOME}'"'"' '"'"'ünï'"'"' '"'"'\'"'"' a=b=c '"'"'#not a comment'"'"' '"'"'-- x'"'"'; rc=$?; rm -f "${TMPDIR:-/tmp}"/distmap-golden-rank3.pid; exit $rc; }'
-# If a rank fails or the launch is stopped, on every host:
-ssh -o BatchMode=yes -o ServerAliveInterval=15 node1 'pg=$(cat "${TMPDIR:-/tmp}"/distmap-golden-rank0.pid 2>/dev/null); case "$pg" in ""|*[!0-9]*|0|1) ;; *) kill -s TERM -- "-$pg" 2>/dev/null; i=0; while [ "$i" -lt 50 ] && kill -s 0 -- "-$pg" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done; kill -s KILL -- "-$pg" 2>/dev/null;; esac; rm -f "${TMPDIR:-/tmp}"/distmap-golden-rank0.pid; true; pg=$(cat "${TMPDIR:-/tmp}"/distmap-golden-rank1.pid 2>/dev/null); case "$pg" in ""|*[!0-9]*|0|1) ;; *) kill -s TERM -- "-$pg" 2>/dev/null; i=0; while [ "$i" -lt 50 ] && kill -s 0 -- "-$pg" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done; kill -s KILL -- "-$pg" 2>/dev/null;; esac; rm -f "${TMPDIR:-/tmp}"/distmap-golden-rank1.pid; true'
-ssh -o BatchMode=yes -o ServerAliveInterval=15 me@node2 'pg=$(cat "${TMPDIR:-/tmp}"/distmap-golden-rank2.pid 2>/dev/null); case "$pg" in ""|*[!0-9]*|0|1) ;; *) kill -s TERM -- "-$pg" 2>/dev/null; i=0; while [ "$i" -lt 50 ] && kill -s 0 -- "-$pg" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done; kill -s KILL -- "-$pg" 2>/dev/null;; esac; rm -f "${TMPDIR:-/tmp}"/distmap-golden-rank2.pid; true; pg=$(cat "${TMPDIR:-/tmp}"/distmap-golden-rank3.pid 2>/dev/null); case "$pg" in ""|*[!0-9]*|0|1) ;; *) kill -s TERM -- "-$pg" 2>/dev/null; i=0; while [ "$i" -lt 50 ] && kill -s 0 -- "-$pg" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done; kill -s KILL -- "-$pg" 2>/dev/null;; esac; rm -f "${TMPDIR:-/tmp}"/distmap-golden-rank3.pid; true'
+# distmap ssh run golden: 2 host(s), coordinator port 23456; one command per rank, each ended (with its remote program) when its stdin closes
+ssh -o BatchMode=yes -o ServerAliveInterval=15 node1 'cd -- /shared/distmap && exec sh -c '"'"'exec 3<&0
+setsid --wait "$@" </dev/null &
+pg=$!
+{ while read -r _; do :; done <&3; kill -s KILL -- "-$pg"; } >/dev/null 2>&1 &
+wd=$!
+exec 3<&-
+{ wait "$pg"; } 2>/dev/null; rc=$?
+kill "$wd" 2>/dev/null
+kill -s KILL -- "-$pg" 2>/dev/null
+exit "$rc"
+'"'"' distmap-rank env DISTMAP_COORDINATOR=node1:23456 DISTMAP_NUM_PROCESSES=4 DISTMAP_PROCESS_ID=0 DISTMAP_LOCAL_DEVICE_IDS=0,1 CUDA_VISIBLE_DEVICES=0,1 DISTMAP_INIT_TIMEOUT=120 DISTMAP_STALL_TIMEOUT=120 DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 '"'"'XLA_FLAGS=--x=1 --y'"'"' python examples/ensemble.py '"'"'a b'"'"' '"'"''"'"'"'"'"'"'"'"'single'"'"'"'"'"'"'"'"''"'"' '"'"'"double"'"'"' '"'"'$(touch /tmp/distmap_pwned)'"'"' '"'"'; rm -rf /'"'"' '"'"'`id`'"'"' '"'"'line1
+line2'"'"' '"'"'tab	here'"'"' '"'"'*'"'"' '"'"''"'"' -- --num_processes=9 %t '"'"'%j %%'"'"' '"'"'$(POD_IP)'"'"' '"'"'$$'"'"' '"'"'${HOME}'"'"' '"'"'ünï'"'"' '"'"'\'"'"' a=b=c '"'"'#not a comment'"'"' '"'"'-- x'"'"''
+ssh -o BatchMode=yes -o ServerAliveInterval=15 node1 'cd -- /shared/distmap && exec sh -c '"'"'exec 3<&0
+setsid --wait "$@" </dev/null &
+pg=$!
+{ while read -r _; do :; done <&3; kill -s KILL -- "-$pg"; } >/dev/null 2>&1 &
+wd=$!
+exec 3<&-
+{ wait "$pg"; } 2>/dev/null; rc=$?
+kill "$wd" 2>/dev/null
+kill -s KILL -- "-$pg" 2>/dev/null
+exit "$rc"
+'"'"' distmap-rank env DISTMAP_COORDINATOR=node1:23456 DISTMAP_NUM_PROCESSES=4 DISTMAP_PROCESS_ID=1 DISTMAP_LOCAL_DEVICE_IDS=0,1 CUDA_VISIBLE_DEVICES=2,3 DISTMAP_INIT_TIMEOUT=120 DISTMAP_STALL_TIMEOUT=120 DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 '"'"'XLA_FLAGS=--x=1 --y'"'"' python examples/ensemble.py '"'"'a b'"'"' '"'"''"'"'"'"'"'"'"'"'single'"'"'"'"'"'"'"'"''"'"' '"'"'"double"'"'"' '"'"'$(touch /tmp/distmap_pwned)'"'"' '"'"'; rm -rf /'"'"' '"'"'`id`'"'"' '"'"'line1
+line2'"'"' '"'"'tab	here'"'"' '"'"'*'"'"' '"'"''"'"' -- --num_processes=9 %t '"'"'%j %%'"'"' '"'"'$(POD_IP)'"'"' '"'"'$$'"'"' '"'"'${HOME}'"'"' '"'"'ünï'"'"' '"'"'\'"'"' a=b=c '"'"'#not a comment'"'"' '"'"'-- x'"'"''
+ssh -o BatchMode=yes -o ServerAliveInterval=15 me@node2 'cd -- /shared/distmap && exec sh -c '"'"'exec 3<&0
+setsid --wait "$@" </dev/null &
+pg=$!
+{ while read -r _; do :; done <&3; kill -s KILL -- "-$pg"; } >/dev/null 2>&1 &
+wd=$!
+exec 3<&-
+{ wait "$pg"; } 2>/dev/null; rc=$?
+kill "$wd" 2>/dev/null
+kill -s KILL -- "-$pg" 2>/dev/null
+exit "$rc"
+'"'"' distmap-rank env DISTMAP_COORDINATOR=node1:23456 DISTMAP_NUM_PROCESSES=4 DISTMAP_PROCESS_ID=2 DISTMAP_LOCAL_DEVICE_IDS=0,1 CUDA_VISIBLE_DEVICES=0,1 DISTMAP_INIT_TIMEOUT=120 DISTMAP_STALL_TIMEOUT=120 DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 '"'"'XLA_FLAGS=--x=1 --y'"'"' python examples/ensemble.py '"'"'a b'"'"' '"'"''"'"'"'"'"'"'"'"'single'"'"'"'"'"'"'"'"''"'"' '"'"'"double"'"'"' '"'"'$(touch /tmp/distmap_pwned)'"'"' '"'"'; rm -rf /'"'"' '"'"'`id`'"'"' '"'"'line1
+line2'"'"' '"'"'tab	here'"'"' '"'"'*'"'"' '"'"''"'"' -- --num_processes=9 %t '"'"'%j %%'"'"' '"'"'$(POD_IP)'"'"' '"'"'$$'"'"' '"'"'${HOME}'"'"' '"'"'ünï'"'"' '"'"'\'"'"' a=b=c '"'"'#not a comment'"'"' '"'"'-- x'"'"''
+ssh -o BatchMode=yes -o ServerAliveInterval=15 me@node2 'cd -- /shared/distmap && exec sh -c '"'"'exec 3<&0
+setsid --wait "$@" </dev/null &
+pg=$!
+{ while read -r _; do :; done <&3; kill -s KILL -- "-$pg"; } >/dev/null 2>&1 &
+wd=$!
+exec 3<&-
+{ wait "$pg"; } 2>/dev/null; rc=$?
+kill "$wd" 2>/dev/null
+kill -s KILL -- "-$pg" 2>/dev/null
+exit "$rc"
+'"'"' distmap-rank env DISTMAP_COORDINATOR=node1:23456 DISTMAP_NUM_PROCESSES=4 DISTMAP_PROCESS_ID=3 DISTMAP_LOCAL_DEVICE_IDS=0,1 CUDA_VISIBLE_DEVICES=2,3 DISTMAP_INIT_TIMEOUT=120 DISTMAP_STALL_TIMEOUT=120 DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 '"'"'XLA_FLAGS=--x=1 --y'"'"' python examples/ensemble.py '"'"'a b'"'"' '"'"''"'"'"'"'"'"'"'"'single'"'"'"'"'"'"'"'"''"'"' '"'"'"double"'"'"' '"'"'$(touch /tmp/distmap_pwned)'"'"' '"'"'; rm -rf /'"'"' '"'"'`id`'"'"' '"'"'line1
+line2'"'"' '"'"'tab	here'"'"' '"'"'*'"'"' '"'"''"'"' -- --num_processes=9 %t '"'"'%j %%'"'"' '"'"'$(POD_IP)'"'"' '"'"'$$'"'"' '"'"'${HOME}'"'"' '"'"'ünï'"'"' '"'"'\'"'"' a=b=c '"'"'#not a comment'"'"' '"'"'-- x'"'"''

@@ -1,35 +1,40 @@
 #!/bin/bash
 # distmap TPU VM run golden: 1 slice(s) (pod), zone europe-west4-b; logs in /shared/runs/golden
-# 1. On every worker: end an earlier run's processes, remove the TPU lock file, put the code in ~/distmap_code/golden
+set -euo pipefail
+# 1. On every worker: free the TPU, put the code in ~/distmap_code/golden, run --setup there
 prepare_script=$(cat <<'DISTMAP_SCRIPT'
-set -u
-# End the process group an earlier distmap run left behind, and whatever holds the TPU.
-pg=$(cat "${TMPDIR:-/tmp}/distmap-tpu-job.pgid" 2>/dev/null); case "$pg" in ""|*[!0-9]*|0|1) ;; *) kill -s TERM -- "-$pg" 2>/dev/null; i=0; while [ "$i" -lt 50 ] && kill -s 0 -- "-$pg" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done; kill -s KILL -- "-$pg" 2>/dev/null;; esac; rm -f "${TMPDIR:-/tmp}/distmap-tpu-job.pgid"; true
+set -eu
+# Whatever holds the TPU (a crashed earlier run), and libtpu's lock file.
 holders=$( { lsof -t /dev/accel* /dev/vfio/[0-9]* 2>/dev/null; sudo -n lsof -t /dev/accel* /dev/vfio/[0-9]* 2>/dev/null; } | sort -u); for p in $holders; do case "$p" in ""|*[!0-9]*|0|1) ;; *) kill -s KILL "$p" 2>/dev/null || sudo -n kill -s KILL "$p" 2>/dev/null;; esac; done
 rm -f /tmp/libtpu_lockfile 2>/dev/null || sudo -n rm -f /tmp/libtpu_lockfile
 rm -rf distmap_code/golden && git clone --quiet https://github.com/example/distmap.git distmap_code/golden && git -C distmap_code/golden checkout --quiet --detach v1.2.3
+cd distmap_code/golden
+# --setup:
+pip install -e .[tpu]
 DISTMAP_SCRIPT
 )
-gcloud compute tpus tpu-vm ssh pod --zone=europe-west4-b --project=my-project --worker=all --command="$prepare_script"
-# 2. Start the program on every worker of every slice at once (one command per slice)
-run_script=$(cat <<'DISTMAP_SCRIPT'
-set -o pipefail
-w="${TPU_WORKER_ID:-$(curl -sf -H "Metadata-Flavor: Google" http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number 2>/dev/null || hostname)}"
-pid_file="${TMPDIR:-/tmp}/distmap-tpu-job.pgid"
-{
-  cd distmap_code/golden || { echo 'distmap: the code folder is missing on this worker'; echo "##distmap-worker-exit## 1"; exit 1; }
-  env DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 JAX_COORDINATOR_PORT=23456 'XLA_FLAGS=--x=1 --y' setsid --wait sh -c 'echo "$$" > "$0" && exec "$@"' "$pid_file" python3 train.py
-  rc=$?; rm -f "$pid_file"
-  echo "##distmap-worker-exit## $rc"
-  exit "$rc"
-} 2>&1 | while IFS= read -r line || [ -n "$line" ]; do printf "[worker %s] %s\n" "$w" "$line"; done
+gcloud compute tpus tpu-vm ssh pod --zone=europe-west4-b --project=my-project --worker=all --tunnel-through-iap --command="$prepare_script"
+# 2. Start the program on every worker of every slice at once, one ssh per worker
+# Each worker's program ends when its ssh session does: give them a stdin that stays open while
+# this script runs (a background job's stdin would be /dev/null, which ends the program at once).
+exec 3< <(exec sleep infinity)
+keeper=$!
+run_script_pod=$(cat <<'DISTMAP_SCRIPT'
+cd -- distmap_code/golden && exec sh -c 'exec 3<&0
+setsid --wait "$@" </dev/null &
+pg=$!
+{ while read -r _; do :; done <&3; kill -s KILL -- "-$pg"; } >/dev/null 2>&1 &
+wd=$!
+exec 3<&-
+{ wait "$pg"; } 2>/dev/null; rc=$?
+kill "$wd" 2>/dev/null
+kill -s KILL -- "-$pg" 2>/dev/null
+exit "$rc"
+' distmap-rank env DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 JAX_COORDINATOR_PORT=23456 'XLA_FLAGS=--x=1 --y' python3 train.py
 DISTMAP_SCRIPT
 )
-gcloud compute tpus tpu-vm ssh pod --zone=europe-west4-b --project=my-project --worker=all --command="$run_script"
-# If a worker fails or the launch is stopped, on every worker: end the program and free the TPU:
-cleanup_script=$(cat <<'DISTMAP_SCRIPT'
-pg=$(cat "${TMPDIR:-/tmp}/distmap-tpu-job.pgid" 2>/dev/null); case "$pg" in ""|*[!0-9]*|0|1) ;; *) kill -s TERM -- "-$pg" 2>/dev/null; i=0; while [ "$i" -lt 50 ] && kill -s 0 -- "-$pg" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done; kill -s KILL -- "-$pg" 2>/dev/null;; esac; rm -f "${TMPDIR:-/tmp}/distmap-tpu-job.pgid"; true
-rm -f /tmp/libtpu_lockfile 2>/dev/null || sudo -n rm -f /tmp/libtpu_lockfile
-DISTMAP_SCRIPT
-)
-gcloud compute tpus tpu-vm ssh pod --zone=europe-west4-b --project=my-project --worker=all --command="$cleanup_script"
+for w in $(seq 0 $((4 - 1))); do gcloud compute tpus tpu-vm ssh pod --zone=europe-west4-b --project=my-project --tunnel-through-iap --worker="$w" --command="$run_script_pod" <&3 2>&1 | sed -u "s/^/[pod worker $w] /" & done
+status=0
+for pid in $(jobs -p); do wait "$pid" || status=$?; done  # Ctrl-C ends every worker's program
+kill "$keeper"
+exit "$status"

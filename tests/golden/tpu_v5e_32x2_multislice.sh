@@ -1,15 +1,15 @@
 #!/bin/bash
 # distmap TPU VM run golden: 2 slice(s) (distmap-v5e-32-0, distmap-v5e-32-1), zone us-west4-a; logs in /shared/runs/golden
-# The slices' coordinator (MEGASCALE_COORDINATOR_ADDRESS) is worker 0 of the first slice:
-gcloud compute tpus tpu-vm describe distmap-v5e-32-0 --zone=us-west4-a '--format=value(networkEndpoints[0].ipAddress)'
-# 1. Copy the packed working tree to every worker: /shared/distmap (git ls-files) packed into /shared/runs/golden/code.tar.gz
+set -euo pipefail
+# 1. Pack the working tree of /shared/distmap (git ls-files)
+mkdir -p /shared/runs/golden && (cd /shared/distmap && { git ls-files -z --cached --others --exclude-standard 2>/dev/null || find . \( -name .git -o -name __pycache__ -o -name runs \) -prune -o -type f -print0; } | tar --null --ignore-failed-read -czf /shared/runs/golden/code.tar.gz -T -)
+# 2. Copy the packed working tree (/shared/runs/golden/code.tar.gz) to every worker
 gcloud compute tpus tpu-vm scp /shared/runs/golden/code.tar.gz --zone=us-west4-a distmap-v5e-32-0:distmap-code-golden.tar.gz --worker=all
 gcloud compute tpus tpu-vm scp /shared/runs/golden/code.tar.gz --zone=us-west4-a distmap-v5e-32-1:distmap-code-golden.tar.gz --worker=all
-# 2. On every worker: end an earlier run's processes, remove the TPU lock file, put the code in ~/distmap_code/golden
+# 3. On every worker: free the TPU, put the code in ~/distmap_code/golden
 prepare_script=$(cat <<'DISTMAP_SCRIPT'
-set -u
-# End the process group an earlier distmap run left behind, and whatever holds the TPU.
-pg=$(cat "${TMPDIR:-/tmp}/distmap-tpu-job.pgid" 2>/dev/null); case "$pg" in ""|*[!0-9]*|0|1) ;; *) kill -s TERM -- "-$pg" 2>/dev/null; i=0; while [ "$i" -lt 50 ] && kill -s 0 -- "-$pg" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done; kill -s KILL -- "-$pg" 2>/dev/null;; esac; rm -f "${TMPDIR:-/tmp}/distmap-tpu-job.pgid"; true
+set -eu
+# Whatever holds the TPU (a crashed earlier run), and libtpu's lock file.
 holders=$( { lsof -t /dev/accel* /dev/vfio/[0-9]* 2>/dev/null; sudo -n lsof -t /dev/accel* /dev/vfio/[0-9]* 2>/dev/null; } | sort -u); for p in $holders; do case "$p" in ""|*[!0-9]*|0|1) ;; *) kill -s KILL "$p" 2>/dev/null || sudo -n kill -s KILL "$p" 2>/dev/null;; esac; done
 rm -f /tmp/libtpu_lockfile 2>/dev/null || sudo -n rm -f /tmp/libtpu_lockfile
 rm -rf distmap_code/golden && mkdir -p distmap_code/golden && tar -xzf distmap-code-golden.tar.gz -C distmap_code/golden && rm -f distmap-code-golden.tar.gz
@@ -17,43 +17,49 @@ DISTMAP_SCRIPT
 )
 gcloud compute tpus tpu-vm ssh distmap-v5e-32-0 --zone=us-west4-a --worker=all --command="$prepare_script"
 gcloud compute tpus tpu-vm ssh distmap-v5e-32-1 --zone=us-west4-a --worker=all --command="$prepare_script"
-# 3. Start the program on every worker of every slice at once (one command per slice)
-run_distmap_v5e_32_0_script=$(cat <<'DISTMAP_SCRIPT'
-set -o pipefail
-w="${TPU_WORKER_ID:-$(curl -sf -H "Metadata-Flavor: Google" http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number 2>/dev/null || hostname)}"
-pid_file="${TMPDIR:-/tmp}/distmap-tpu-job.pgid"
-{
-  cd distmap_code/golden || { echo 'distmap: the code folder is missing on this worker'; echo "##distmap-worker-exit## 1"; exit 1; }
-  env DISTMAP_INIT_TIMEOUT=300 DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 JAX_COORDINATOR_PORT=23456 'MEGASCALE_COORDINATOR_ADDRESS=<address of distmap-v5e-32-0 worker 0>:8080' MEGASCALE_NUM_SLICES=2 MEGASCALE_SLICE_ID=0 MEGASCALE_PORT=8080 setsid --wait sh -c 'echo "$$" > "$0" && exec "$@"' "$pid_file" python3 examples/ensemble.py --flagfile=configs/tpu_v5e_32x2_multislice.flags 'a b' ''"'"'single'"'"'' '"double"' '$(touch /tmp/distmap_pwned)' '; rm -rf /' '`id`' 'line1
+# 4. Start the program on every worker of every slice at once, one ssh per worker
+endpoints_distmap_v5e_32_0=$(gcloud compute tpus tpu-vm describe distmap-v5e-32-0 --zone=us-west4-a '--format=value(networkEndpoints[].ipAddress)')
+endpoints_distmap_v5e_32_1=$(gcloud compute tpus tpu-vm describe distmap-v5e-32-1 --zone=us-west4-a '--format=value(networkEndpoints[].ipAddress)')
+coordinator="${endpoints_distmap_v5e_32_0%%;*}"  # worker 0 of distmap-v5e-32-0
+# Each worker's program ends when its ssh session does: give them a stdin that stays open while
+# this script runs (a background job's stdin would be /dev/null, which ends the program at once).
+exec 3< <(exec sleep infinity)
+keeper=$!
+run_script_distmap_v5e_32_0=$(cat <<'DISTMAP_SCRIPT'
+cd -- distmap_code/golden && exec sh -c 'exec 3<&0
+setsid --wait "$@" </dev/null &
+pg=$!
+{ while read -r _; do :; done <&3; kill -s KILL -- "-$pg"; } >/dev/null 2>&1 &
+wd=$!
+exec 3<&-
+{ wait "$pg"; } 2>/dev/null; rc=$?
+kill "$wd" 2>/dev/null
+kill -s KILL -- "-$pg" 2>/dev/null
+exit "$rc"
+' distmap-rank env DISTMAP_INIT_TIMEOUT=300 DISTMAP_STALL_TIMEOUT=120 DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 JAX_COORDINATOR_PORT=23456 MEGASCALE_COORDINATOR_ADDRESS=@DISTMAP_COORDINATOR@:8080 MEGASCALE_NUM_SLICES=2 MEGASCALE_SLICE_ID=0 MEGASCALE_PORT=8080 python3 examples/ensemble.py --flagfile=configs/tpu_v5e_32x2_multislice.flags 'a b' ''"'"'single'"'"'' '"double"' '$(touch /tmp/distmap_pwned)' '; rm -rf /' '`id`' 'line1
 line2' 'tab	here' '*' '' -- --num_processes=9 %t '%j %%' '$(POD_IP)' '$$' '${HOME}' 'ünï' '\' a=b=c '#not a comment' '-- x'
-  rc=$?; rm -f "$pid_file"
-  echo "##distmap-worker-exit## $rc"
-  exit "$rc"
-} 2>&1 | while IFS= read -r line || [ -n "$line" ]; do printf "[worker %s] %s\n" "$w" "$line"; done
 DISTMAP_SCRIPT
 )
-gcloud compute tpus tpu-vm ssh distmap-v5e-32-0 --zone=us-west4-a --worker=all --command="$run_distmap_v5e_32_0_script" &
-run_distmap_v5e_32_1_script=$(cat <<'DISTMAP_SCRIPT'
-set -o pipefail
-w="${TPU_WORKER_ID:-$(curl -sf -H "Metadata-Flavor: Google" http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number 2>/dev/null || hostname)}"
-pid_file="${TMPDIR:-/tmp}/distmap-tpu-job.pgid"
-{
-  cd distmap_code/golden || { echo 'distmap: the code folder is missing on this worker'; echo "##distmap-worker-exit## 1"; exit 1; }
-  env DISTMAP_INIT_TIMEOUT=300 DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 JAX_COORDINATOR_PORT=23456 'MEGASCALE_COORDINATOR_ADDRESS=<address of distmap-v5e-32-0 worker 0>:8080' MEGASCALE_NUM_SLICES=2 MEGASCALE_SLICE_ID=1 MEGASCALE_PORT=8080 setsid --wait sh -c 'echo "$$" > "$0" && exec "$@"' "$pid_file" python3 examples/ensemble.py --flagfile=configs/tpu_v5e_32x2_multislice.flags 'a b' ''"'"'single'"'"'' '"double"' '$(touch /tmp/distmap_pwned)' '; rm -rf /' '`id`' 'line1
+run_script_distmap_v5e_32_0="${run_script_distmap_v5e_32_0//@DISTMAP_COORDINATOR@/$coordinator}"
+for w in $(seq 0 $(($(echo "$endpoints_distmap_v5e_32_0" | tr ';' '\n' | grep -c .) - 1))); do gcloud compute tpus tpu-vm ssh distmap-v5e-32-0 --zone=us-west4-a --worker="$w" --command="$run_script_distmap_v5e_32_0" <&3 2>&1 | sed -u "s/^/[distmap-v5e-32-0 worker $w] /" & done
+run_script_distmap_v5e_32_1=$(cat <<'DISTMAP_SCRIPT'
+cd -- distmap_code/golden && exec sh -c 'exec 3<&0
+setsid --wait "$@" </dev/null &
+pg=$!
+{ while read -r _; do :; done <&3; kill -s KILL -- "-$pg"; } >/dev/null 2>&1 &
+wd=$!
+exec 3<&-
+{ wait "$pg"; } 2>/dev/null; rc=$?
+kill "$wd" 2>/dev/null
+kill -s KILL -- "-$pg" 2>/dev/null
+exit "$rc"
+' distmap-rank env DISTMAP_INIT_TIMEOUT=300 DISTMAP_STALL_TIMEOUT=120 DISTMAP_RUN_ID=golden DISTMAP_ATTEMPT=0 PYTHONUNBUFFERED=1 JAX_COORDINATOR_PORT=23456 MEGASCALE_COORDINATOR_ADDRESS=@DISTMAP_COORDINATOR@:8080 MEGASCALE_NUM_SLICES=2 MEGASCALE_SLICE_ID=1 MEGASCALE_PORT=8080 python3 examples/ensemble.py --flagfile=configs/tpu_v5e_32x2_multislice.flags 'a b' ''"'"'single'"'"'' '"double"' '$(touch /tmp/distmap_pwned)' '; rm -rf /' '`id`' 'line1
 line2' 'tab	here' '*' '' -- --num_processes=9 %t '%j %%' '$(POD_IP)' '$$' '${HOME}' 'ünï' '\' a=b=c '#not a comment' '-- x'
-  rc=$?; rm -f "$pid_file"
-  echo "##distmap-worker-exit## $rc"
-  exit "$rc"
-} 2>&1 | while IFS= read -r line || [ -n "$line" ]; do printf "[worker %s] %s\n" "$w" "$line"; done
 DISTMAP_SCRIPT
 )
-gcloud compute tpus tpu-vm ssh distmap-v5e-32-1 --zone=us-west4-a --worker=all --command="$run_distmap_v5e_32_1_script" &
-wait
-# If a worker fails or the launch is stopped, on every worker: end the program and free the TPU:
-cleanup_script=$(cat <<'DISTMAP_SCRIPT'
-pg=$(cat "${TMPDIR:-/tmp}/distmap-tpu-job.pgid" 2>/dev/null); case "$pg" in ""|*[!0-9]*|0|1) ;; *) kill -s TERM -- "-$pg" 2>/dev/null; i=0; while [ "$i" -lt 50 ] && kill -s 0 -- "-$pg" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done; kill -s KILL -- "-$pg" 2>/dev/null;; esac; rm -f "${TMPDIR:-/tmp}/distmap-tpu-job.pgid"; true
-rm -f /tmp/libtpu_lockfile 2>/dev/null || sudo -n rm -f /tmp/libtpu_lockfile
-DISTMAP_SCRIPT
-)
-gcloud compute tpus tpu-vm ssh distmap-v5e-32-0 --zone=us-west4-a --worker=all --command="$cleanup_script"
-gcloud compute tpus tpu-vm ssh distmap-v5e-32-1 --zone=us-west4-a --worker=all --command="$cleanup_script"
+run_script_distmap_v5e_32_1="${run_script_distmap_v5e_32_1//@DISTMAP_COORDINATOR@/$coordinator}"
+for w in $(seq 0 $(($(echo "$endpoints_distmap_v5e_32_1" | tr ';' '\n' | grep -c .) - 1))); do gcloud compute tpus tpu-vm ssh distmap-v5e-32-1 --zone=us-west4-a --worker="$w" --command="$run_script_distmap_v5e_32_1" <&3 2>&1 | sed -u "s/^/[distmap-v5e-32-1 worker $w] /" & done
+status=0
+for pid in $(jobs -p); do wait "$pid" || status=$?; done  # Ctrl-C ends every worker's program
+kill "$keeper"
+exit "$status"

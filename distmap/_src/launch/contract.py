@@ -14,6 +14,8 @@ of them is set, JAX's own cluster detection (SLURM, TPU VMs, Kubernetes, MPI) is
 ``DISTMAP_LOCAL_DEVICE_IDS``   comma list of the accelerator ids this process uses.
 ``DISTMAP_CPU_DEVICES``        simulated CPU devices in this process (CPU runs).
 ``DISTMAP_INIT_TIMEOUT``       seconds to wait for every process to join (and to agree).
+``DISTMAP_STALL_TIMEOUT``      seconds a rank may make no progress while others wait
+                               before the progress watch fails the run; ``0``: no watch.
 ``DISTMAP_RUN_ID``             id of the launch; the same on every rank (part of the
                                start-up fingerprint, so a stale rank cannot join).
 ``DISTMAP_ATTEMPT``            0 for the first start, k for the k-th restart of the group.
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping, Sequence
 
 COORDINATOR = "DISTMAP_COORDINATOR"
@@ -41,6 +44,7 @@ PROCESS_ID = "DISTMAP_PROCESS_ID"
 LOCAL_DEVICE_IDS = "DISTMAP_LOCAL_DEVICE_IDS"
 CPU_DEVICES = "DISTMAP_CPU_DEVICES"
 INIT_TIMEOUT = "DISTMAP_INIT_TIMEOUT"
+STALL_TIMEOUT = "DISTMAP_STALL_TIMEOUT"
 RUN_ID = "DISTMAP_RUN_ID"
 ATTEMPT = "DISTMAP_ATTEMPT"
 RUN_DIR = "DISTMAP_RUN_DIR"
@@ -54,6 +58,7 @@ ENV_VARS = (
     LOCAL_DEVICE_IDS,
     CPU_DEVICES,
     INIT_TIMEOUT,
+    STALL_TIMEOUT,
     RUN_ID,
     ATTEMPT,
     RUN_DIR,
@@ -66,6 +71,27 @@ EXIT_INIT_TIMEOUT = 75
 #: Text in the error rank 0 raises when the coordinator's port is taken; a launcher that
 #: picked the port itself sees it in rank 0's log and retries with a fresh port.
 PORT_IN_USE_MARKER = "coordinator address already in use"
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it can name a run everywhere it goes, else ``ValueError``.
+
+    A run id names the run folder, ``DISTMAP_RUN_ID``, a Kubernetes annotation and part of
+    a Job name, so it is kept to letters, digits and ``_ . -`` (128 at most, starting with a
+    letter or digit): no separator, quote or newline can reach a path, script or manifest.
+
+    Example:
+        >>> check_run_id("exp-1.b")
+        'exp-1.b'
+    """
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise ValueError(
+            f"run id {run_id!r} is not allowed: use letters, digits and _ . - (at most 128, starting with a letter "
+            "or digit)."
+        )
+    return run_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +110,8 @@ class RankSpec:
         local_device_ids: accelerator ids as this process numbers them.
         visible_devices: physical GPU ids to expose (``CUDA_VISIBLE_DEVICES``).
         init_timeout: seconds to wait for every process to join.
+        stall_timeout: seconds of no progress before the progress watch fails the run
+            (``0``: no watch; ``None``: the runtime's default).
         coordinator_bind: address rank 0 binds, where not the coordinator's host.
         run_dir: the run folder.
     """
@@ -97,6 +125,7 @@ class RankSpec:
     local_device_ids: Sequence[int] | None = None
     visible_devices: Sequence[int] | None = None
     init_timeout: float | None = None
+    stall_timeout: float | None = None
     coordinator_bind: str | None = None
     run_dir: str | None = None
 
@@ -132,6 +161,8 @@ def rank_env(spec: RankSpec) -> dict[str, str]:
         env["CUDA_VISIBLE_DEVICES"] = _ids(spec.visible_devices)
     if spec.init_timeout is not None:
         env[INIT_TIMEOUT] = f"{float(spec.init_timeout):g}"
+    if spec.stall_timeout is not None:
+        env[STALL_TIMEOUT] = f"{float(spec.stall_timeout):g}"
     env[RUN_ID] = spec.run_id
     env[ATTEMPT] = str(int(spec.attempt))
     if spec.run_dir is not None:
@@ -166,7 +197,9 @@ __all__ = [
     "PROCESS_ID",
     "RUN_DIR",
     "RUN_ID",
+    "STALL_TIMEOUT",
     "RankSpec",
+    "check_run_id",
     "child_env",
     "rank_env",
 ]

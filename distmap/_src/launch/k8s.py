@@ -17,6 +17,14 @@ Kubernetes expands ``$(NAME)`` in a container's command, args and env values, so
 ``$`` of the program's arguments and of ``--env`` values is written as ``$$`` (which
 Kubernetes turns back into ``$``): arguments reach the program unchanged.
 
+The manifests are written as JSON (:func:`render`: one ``v1 List``; JSON is YAML, and
+``kubectl apply -f`` reads both), so no value can change the document's structure; and
+every value with a syntax of its own is checked before anything is written: names and
+labels (DNS labels, label keys and values), quantities (``--cpu``, ``--memory``), the
+namespace, the image, the run id. GPU pods get a memory-backed ``/dev/shm`` (NCCL needs
+more than a container's default 64 MB), and the finished Job is deleted by Kubernetes
+after ``ttl_after_finished`` seconds.
+
 Example:
     >>> job = K8sJob(program=["python", "train.py"], image="ghcr.io/me/train:1", name="ens", num_processes=2,
     ...              run_id="r1", port=23456)
@@ -28,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import subprocess
@@ -35,7 +44,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from distmap import errors
-from distmap._src.launch import contract, shell, yaml_text
+from distmap._src.launch import contract, shell
 
 CONTAINER = "main"
 JOB_LABEL = "distmap/job"
@@ -46,6 +55,76 @@ POD_SCRIPT = (
     'exec "$@"\n'
 )
 _NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?\Z")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
+_QUANTITY = re.compile(r"(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?\Z")
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]*\Z")
+
+
+def check_quantity(value: str, flag: str) -> str:
+    """``value`` if it is a positive Kubernetes quantity (``8``, ``500m``, ``64Gi``, ``1e3``), else ``ValueError``.
+
+    Example:
+        >>> check_quantity("64Gi", "--memory"), check_quantity("0.5", "--cpu")
+        ('64Gi', '0.5')
+    """
+    m = _QUANTITY.match(value)
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(
+            f"{flag}={value!r} is not a Kubernetes quantity: a positive number with an optional suffix, like 8, "
+            "500m, 1.5, 64Gi or 512Mi."
+        )
+    return value
+
+
+def check_namespace(value: str) -> str:
+    """``value`` if it can name a namespace (a DNS label), else ``ValueError``."""
+    if not _DNS_LABEL.match(value):
+        raise ValueError(f"--namespace={value!r} is not a namespace name (lowercase letters, digits, -; at most 63).")
+    return value
+
+
+def check_label(key: str, value: str, flag: str = "--node_selector") -> tuple[str, str]:
+    """``(key, value)`` if they make a Kubernetes label (``[prefix/]name``, value), else ``ValueError``."""
+    prefix, _, name = key.rpartition("/")
+    if (prefix and not _DNS_SUBDOMAIN.match(prefix)) or not _LABEL_NAME.match(name) or (
+        value and not _LABEL_NAME.match(value)
+    ):
+        raise ValueError(
+            f"{flag}={key}={value!r} is not a Kubernetes label: KEY=VALUE with KEY [prefix/]name and name and VALUE "
+            "of at most 63 letters, digits, - _ . (beginning and ending with a letter or digit)."
+        )
+    return key, value
+
+
+def parse_labels(items: Sequence[str], flag: str = "--node_selector") -> dict[str, str]:
+    """``["KEY=VALUE", ...]`` as checked labels."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{flag}={item!r} is not KEY=VALUE.")
+        out.update([check_label(key, value, flag)])
+    return out
+
+
+def check_image(value: str) -> str:
+    """``value`` if it looks like a container image reference (no spaces or quotes), else ``ValueError``."""
+    if not _IMAGE.match(value):
+        raise ValueError(f"--image={value!r} is not a container image reference (like ghcr.io/me/train:1).")
+    return value
+
+
+def _check_utf8(texts: Sequence[str], what: str) -> None:
+    for i, t in enumerate(texts):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            raise errors.DistributedError(
+                f"k8s: {what} {i} ({t!r}) is not valid UTF-8; a Kubernetes manifest is UTF-8 text, so it cannot "
+                "carry these bytes. Pass the value in another form (say, a file in the image)."
+            ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +148,8 @@ class K8sJob:
         env: more variables for every pod.
         workdir: the container's working directory (``None``: the image's).
         node_selector: node labels the pods must run on (e.g. a GPU type).
+        stall_timeout: seconds of no progress before the progress watch fails the run (0: off).
+        ttl_after_finished: seconds Kubernetes keeps the finished Job (and its pods' logs).
     """
 
     program: Sequence[str]
@@ -88,6 +169,8 @@ class K8sJob:
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     workdir: str | None = None
     node_selector: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    stall_timeout: float | None = None
+    ttl_after_finished: int | None = None
 
 
 def default_name(run_id: str) -> str:
@@ -131,7 +214,7 @@ def pod_env(job: K8sJob) -> list[dict[str, Any]]:
     """The container's ``env`` list (the index-dependent rank is set by the pod's command)."""
     spec = contract.RankSpec(
         coordinator=coordinator_address(job), num_processes=job.num_processes, process_id=None, run_id=job.run_id,
-        cpu_devices=job.devices_per_process, init_timeout=job.init_timeout,
+        cpu_devices=job.devices_per_process, init_timeout=job.init_timeout, stall_timeout=job.stall_timeout,
     )
     values = contract.rank_env(spec)
     values.update(job.env)
@@ -152,12 +235,26 @@ def manifests(job: K8sJob) -> list[dict[str, Any]]:
         raise errors.DistributedError("k8s: no program to run.")
     if job.num_processes < 1:
         raise errors.DistributedError(f"k8s: --num_processes must be >= 1, got {job.num_processes}.")
-    if not job.image:
-        raise errors.DistributedError("k8s: give the container image with --image.")
     if job.gpus_per_process and job.devices_per_process:
         raise errors.DistributedError(
             "k8s: --devices_per_process (a CPU run) and --gpus_per_process exclude each other."
         )
+    try:
+        check_image(job.image)
+        contract.check_run_id(job.run_id)
+        for flag, value in (("--cpu", job.cpu), ("--memory", job.memory)):
+            if value:
+                check_quantity(value, flag)
+        if job.namespace:
+            check_namespace(job.namespace)
+        for key, value in job.node_selector.items():
+            check_label(key, value)
+        if job.workdir and (not job.workdir.startswith("/") or any(ord(c) < 32 for c in job.workdir)):
+            raise ValueError(f"--workdir={job.workdir!r} must be an absolute path.")
+    except ValueError as e:
+        raise errors.DistributedError(f"k8s: {e}") from None
+    _check_utf8(job.program, "program argument")
+    _check_utf8(list(job.env.values()), "--env value")
     name = check_name(job.name, job.num_processes)
     labels = {"app.kubernetes.io/name": "distmap", JOB_LABEL: name}
     meta: dict[str, Any] = {"name": name}
@@ -203,6 +300,9 @@ def manifests(job: K8sJob) -> list[dict[str, Any]]:
         "restartPolicy": "Never",
         "containers": [container],
     }
+    if job.gpus_per_process:  # NCCL's shared-memory transport needs more than the default 64 MB /dev/shm
+        container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+        pod_spec["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
     if job.grace_period is not None:
         pod_spec["terminationGracePeriodSeconds"] = int(math.ceil(job.grace_period))
     if job.node_selector:
@@ -220,6 +320,8 @@ def manifests(job: K8sJob) -> list[dict[str, Any]]:
     }
     if job.timeout:
         spec["activeDeadlineSeconds"] = int(math.ceil(job.timeout))
+    if job.ttl_after_finished is not None:
+        spec["ttlSecondsAfterFinished"] = int(job.ttl_after_finished)
     spec["template"] = {"metadata": {"labels": labels}, "spec": pod_spec}
     batch_job = {
         "apiVersion": "batch/v1",
@@ -231,12 +333,14 @@ def manifests(job: K8sJob) -> list[dict[str, Any]]:
 
 
 def render(job: K8sJob) -> str:
-    """The manifests as YAML (``--dry_run``'s output, ``kubectl apply``'s input)."""
-    header = (
-        f"# distmap Kubernetes run {job.run_id}: Indexed Job {job.name!r} ({job.num_processes} pods) and its headless "
-        "Service, written by launch/k8s.py.\n"
-    )
-    return header + yaml_text.dump_all(manifests(job))
+    """The manifests as one JSON ``v1 List`` (``--dry_run``'s output, ``kubectl apply -f``'s input).
+
+    Example:
+        >>> job = K8sJob(program=["python", "t.py"], image="img", name="ens", num_processes=2, run_id="r1", port=1)
+        >>> [item["kind"] for item in json.loads(render(job))["items"]]
+        ['Service', 'Job']
+    """
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests(job)}, indent=2) + "\n"
 
 
 def apply(text: str, *, kubectl: str = "kubectl") -> subprocess.CompletedProcess:
@@ -254,11 +358,16 @@ __all__ = [
     "POD_SCRIPT",
     "K8sJob",
     "apply",
+    "check_image",
+    "check_label",
     "check_name",
+    "check_namespace",
+    "check_quantity",
     "coordinator_address",
     "default_name",
     "literal",
     "manifests",
+    "parse_labels",
     "pod_env",
     "render",
 ]

@@ -18,35 +18,21 @@ Example:
 
 from __future__ import annotations
 
-import errno
 import os
-import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO
 
 from distmap import errors
-from distmap._src.launch import contract
-from distmap._src.launch.supervisor import AttemptResult, LaunchResult, SupervisorOptions, Worker, new_run_id, supervise
-
-LOOPBACK = "127.0.0.1"
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that is free on ``host`` right now (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+from distmap._src.launch import contract, shell
+from distmap._src.launch.ports import LOOPBACK, free_port, port_in_use
+from distmap._src.launch.supervisor import AttemptResult, LaunchResult, SupervisorOptions, Worker, supervise
 
 
-def port_in_use(port: int, host: str = LOOPBACK) -> bool:
-    """Whether something listens on ``host:port`` (binding it fails)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            return e.errno == errno.EADDRINUSE
-    return False
+def check_gpu_id(text: str) -> int:
+    """One ``--gpu_ids`` item as a number, or ``ValueError`` naming it."""
+    if not text.strip().isdigit():
+        raise ValueError(f"--gpu_ids: {text!r} is not a GPU id (a number such as 0).")
+    return int(text)
 
 
 def split_gpu_ids(gpu_ids: Sequence[int], num_processes: int) -> list[list[int]]:
@@ -77,7 +63,9 @@ def local_workers(
     devices_per_process: int | None = 1,
     gpu_ids: Sequence[int] | None = None,
     init_timeout: float | None = None,
+    stall_timeout: float | None = None,
     run_dir: str | None = None,
+    env: Mapping[str, str] | None = None,
     base_env: Mapping[str, str] | None = None,
 ) -> list[Worker]:
     """The ranks of one attempt: the same argument list, each with its own environment."""
@@ -94,10 +82,28 @@ def local_workers(
             visible_devices=shares[rank] if shares else None,
             local_device_ids=list(range(len(shares[rank]))) if shares else None,
             init_timeout=init_timeout,
+            stall_timeout=stall_timeout,
             run_dir=run_dir,
         )
-        workers.append(Worker(rank, tuple(program), contract.child_env(spec, base_env)))
+        workers.append(Worker(rank, tuple(program), {**contract.child_env(spec, base_env), **(env or {})}))
     return workers
+
+
+def describe(workers: Sequence[Worker], base_env: Mapping[str, str] | None = None) -> str:
+    """Each rank's command as a shell line with the variables it adds to ``base_env`` (``--dry_run``).
+
+    Example:
+        >>> ws = local_workers(["python", "t.py"], num_processes=2, port=1234, run_id="r", base_env={})
+        >>> lines = describe(ws, {}).splitlines()
+        >>> lines[0], lines[1].split()[:3], lines[1].split()[-2:]
+        ('# rank 0', ['env', 'DISTMAP_COORDINATOR=127.0.0.1:1234', 'DISTMAP_NUM_PROCESSES=2'], ['python', 't.py'])
+    """
+    base = os.environ if base_env is None else base_env
+    out = []
+    for w in workers:
+        added = {k: v for k, v in (w.env or {}).items() if base.get(k) != v}
+        out += [f"# {w.name}", shell.join([*shell.env_prefix(added), *w.argv])]
+    return "\n".join(out) + "\n"
 
 
 def run_local(
@@ -108,8 +114,10 @@ def run_local(
     gpu_ids: Sequence[int] | None = None,
     coordinator_port: int | None = None,
     init_timeout: float | None = None,
+    stall_timeout: float | None = None,
     options: SupervisorOptions | None = None,
     env: Mapping[str, str] | None = None,
+    base_env: Mapping[str, str] | None = None,
     out: IO[str] | None = None,
     err: IO[str] | None = None,
 ) -> LaunchResult:
@@ -123,8 +131,10 @@ def run_local(
         coordinator_port: force this port (default: a free one per attempt; a forced port that
             is taken fails the launch before anything starts).
         init_timeout: seconds each rank waits for all to join.
+        stall_timeout: seconds of no progress before the progress watch fails the run (0: off).
         options: supervisor options (timeout, restarts, logs).
-        env: the base environment (default ``os.environ``).
+        env: more variables for every rank (``--env``).
+        base_env: the environment the ranks inherit (default ``os.environ``).
         out: where prefixed rank output goes; ``err``: the launcher's messages.
 
     Returns:
@@ -142,29 +152,31 @@ def run_local(
             "choose another, or leave it unset to pick a free port for each start."
         )
     options = options or SupervisorOptions()
-    if options.run_id is None:
-        import dataclasses
-
-        options = dataclasses.replace(options, run_id=new_run_id())
-    run_id = options.run_id
-    assert run_id is not None
-    run_dir = os.path.abspath(os.path.join(options.log_dir, run_id))
 
     def make_workers(attempt: int) -> list[Worker]:
         port = coordinator_port if coordinator_port is not None else free_port()
         return local_workers(
-            program, num_processes=num_processes, port=port, run_id=run_id, attempt=attempt,
+            program, num_processes=num_processes, port=port, run_id=options.run_id, attempt=attempt,
             devices_per_process=devices_per_process, gpu_ids=gpu_ids, init_timeout=init_timeout,
-            run_dir=run_dir, base_env=env,
+            stall_timeout=stall_timeout, run_dir=options.run_dir, env=env, base_env=base_env,
         )
 
-    def port_was_taken(result: AttemptResult) -> bool:
-        # A port picked free can be taken before rank 0 binds it: start again on another.
+    return supervise(make_workers, options, out=out, err=err, retry_for_free=port_was_taken(coordinator_port))
+
+
+def port_was_taken(coordinator_port: int | None) -> Callable[[AttemptResult], bool]:
+    """For ``supervise(retry_for_free=...)``: rank 0 found the port it was given taken (a free
+    port picked by the launcher can be taken before rank 0 binds it), so start again on another."""
+
+    def check(result: AttemptResult) -> bool:
         return coordinator_port is None and result.failed is not None and result.failed.rank == 0 and any(
             contract.PORT_IN_USE_MARKER in line for line in result.tail
         )
 
-    return supervise(make_workers, options, out=out, err=err, retry_for_free=port_was_taken)
+    return check
 
 
-__all__ = ["LOOPBACK", "free_port", "local_workers", "port_in_use", "run_local", "split_gpu_ids"]
+__all__ = [
+    "LOOPBACK", "check_gpu_id", "describe", "free_port", "local_workers", "port_in_use", "port_was_taken", "run_local",
+    "split_gpu_ids",
+]

@@ -5,13 +5,9 @@ is made here: values are quoted with :func:`shlex.quote` (POSIX ``sh``), and the
 are constant templates that carry no user data, so an argument such as ``$(rm -rf ~); x``
 reaches the program as that same string.
 
-Two helpers run a program on a remote machine in a way that lets the launcher clean up
-after it, since killing an ``ssh`` client does not kill the remote program:
-
-* :func:`detached` starts it under ``setsid`` (its own session and process group) and
-  writes the group id to a pid file;
-* :func:`kill_group_script` reads that file and ends the whole group (SIGTERM, a grace
-  period, SIGKILL).
+Killing an ``ssh`` client does not kill the program it started, so :func:`watched` runs a
+remote program in its own session next to a watchdog that kills that session's process
+group as soon as the ssh session's stdin closes.
 
 Example:
     >>> join(["python", "train.py", "--name=a b", "$(id)"])
@@ -23,17 +19,12 @@ Example:
 from __future__ import annotations
 
 import re
-import secrets
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 
 from distmap import errors
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-#: Ports a launcher picks from when none is forced: above most services' fixed ports and
-#: below Linux's ephemeral range (32768-60999), so an outgoing connection cannot hold one.
-PORT_RANGE = (20000, 30000)
 
 
 def join(argv: Sequence[str]) -> str:
@@ -85,12 +76,6 @@ def env_prefix(env: Mapping[str, str]) -> list[str]:
     return ["env", *(f"{check_env_name(k, 'environment')}={v}" for k, v in env.items())]
 
 
-def pick_port(rng: secrets.SystemRandom | None = None) -> int:
-    """A coordinator port for one run, drawn from :data:`PORT_RANGE` (never a fixed one)."""
-    lo, hi = PORT_RANGE
-    return lo + (rng or secrets.SystemRandom()).randrange(hi - lo)
-
-
 def safe_name(text: str) -> str:
     """``text`` with every character outside ``[A-Za-z0-9_.-]`` replaced by ``_`` (for file names).
 
@@ -101,58 +86,41 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text) or "_"
 
 
-# A program started by ``sh -c 'echo $$ > "$0" && exec "$@"' PIDFILE PROGRAM...``: ``sh`` writes
-# its own pid (the new session's and process group's id, after setsid) and becomes the program.
-_WRITE_PID_AND_EXEC = 'echo "$$" > "$0" && exec "$@"'
+# Runs "$@" (the program, after ``env NAME=VALUE ...``) in a session of its own on the remote
+# host, and watches the ssh session's stdin: when it closes (the launcher stopped the rank,
+# or the launcher or the connection died), the program's whole process group is killed; and
+# when the program ends, what it left in its group is killed too (an sshd keeps the session,
+# and so the launcher's rank, open while any process holds the session's output).
+# ``$!`` is the group id: a background child of a non-interactive shell is no group leader,
+# so ``setsid`` makes the new session without forking. Constant text: no user data.
+WATCHED = """\
+exec 3<&0
+setsid --wait "$@" </dev/null &
+pg=$!
+{ while read -r _; do :; done <&3; kill -s KILL -- "-$pg"; } >/dev/null 2>&1 &
+wd=$!
+exec 3<&-
+{ wait "$pg"; } 2>/dev/null; rc=$?
+kill "$wd" 2>/dev/null
+kill -s KILL -- "-$pg" 2>/dev/null
+exit "$rc"
+"""
 
 
-def detached(program: Sequence[str], pid_file: str, env: Mapping[str, str] | None = None) -> str:
-    """Shell text that runs ``program`` in its own session, its process group id in a pid file.
+def watched(program: Sequence[str], env: Mapping[str, str] | None = None, workdir: str | None = None) -> str:
+    """Shell text for a remote host: ``cd``, then ``program`` with ``env``, ended when stdin closes.
 
-    ``pid_file`` is a shell word (quote a plain path with :func:`quote`; an expression such as
-    ``"$pid_file"`` is used as it is). ``setsid --wait`` keeps the exit status; the program's
-    process group can be ended later with :func:`kill_group_script`, even after the ``ssh``
-    that started it is gone.
+    The command an ``ssh`` (or ``gcloud ... ssh``) rank runs; its stdin must be a pipe the
+    launcher holds open (``Worker(hold_stdin=True)``). No pid file is written.
 
     Example:
-        >>> print(detached(["python", "t.py"], quote("/tmp/x.pid"), {"A": "1"}))
-        env A=1 setsid --wait sh -c 'echo "$$" > "$0" && exec "$@"' /tmp/x.pid python t.py
+        >>> print(watched(["python", "t.py"], {"A": "1"}, "/code"))  # doctest: +ELLIPSIS
+        cd -- /code && exec sh -c '...' distmap-rank env A=1 python t.py
     """
     if not program:
         raise errors.DistributedError("no program to run.")
-    head = join([*(env_prefix(env) if env else []), "setsid", "--wait", "sh", "-c", _WRITE_PID_AND_EXEC])
-    return f"{head} {pid_file} {join(program)}"
+    cd = f"cd -- {quote(workdir)} && " if workdir else ""
+    return cd + "exec " + join(["sh", "-c", WATCHED, "distmap-rank", *env_prefix(env or {}), *program])
 
 
-def kill_group_script(pid_file: str, grace_period: float) -> str:
-    """``sh`` text that ends the process group named in a pid file and removes the file.
-
-    ``pid_file`` is a shell word, as in :func:`detached`. SIGTERM, up to ``grace_period``
-    seconds for the group to go, then SIGKILL. Only a plain number above 1 is ever
-    signalled (an empty or damaged file does nothing), so the script can never signal every
-    process of the user. It always exits 0.
-    """
-    ticks = max(int(round(grace_period * 10)), 0)
-    return (
-        f"pg=$(cat {pid_file} 2>/dev/null); "
-        'case "$pg" in ""|*[!0-9]*|0|1) ;; *) '
-        'kill -s TERM -- "-$pg" 2>/dev/null; i=0; '
-        f'while [ "$i" -lt {ticks} ] && kill -s 0 -- "-$pg" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done; '
-        'kill -s KILL -- "-$pg" 2>/dev/null;; esac; '
-        f"rm -f {pid_file}; true"
-    )
-
-
-__all__ = [
-    "PORT_RANGE",
-    "check_env_name",
-    "detached",
-    "env_prefix",
-    "exports",
-    "join",
-    "kill_group_script",
-    "parse_env",
-    "pick_port",
-    "quote",
-    "safe_name",
-]
+__all__ = ["WATCHED", "check_env_name", "env_prefix", "exports", "join", "parse_env", "quote", "safe_name", "watched"]

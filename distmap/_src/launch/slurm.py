@@ -22,7 +22,10 @@ fixed, the script sets:
   new port and ``DISTMAP_ATTEMPT`` counting up.
 
 The program's arguments are written into the script with ``shlex.quote`` and passed on by
-``srun`` as ``"$@"``: nothing in them is expanded, not even ``%t``.
+``srun`` as ``"$@"``: nothing in them is expanded, not even ``%t``. Arguments that are not
+UTF-8 (Python holds their bytes as surrogate escapes) are written as those same bytes, so
+they arrive unchanged too; ``#SBATCH`` values are checked (:func:`check_directive`) before
+anything is written.
 
 Example:
     >>> job = SlurmJob(program=["python", "train.py"], run_id="r1", run_dir="/shared/runs/r1",
@@ -80,6 +83,7 @@ class SlurmJob:
         coordinator_bind_host: the address rank 0's coordinator binds (JAX default: all).
         devices_per_process: simulated CPU devices per task (a CPU run); ``None``: GPUs.
         init_timeout: seconds every task waits for all to join (``DISTMAP_INIT_TIMEOUT``).
+        stall_timeout: seconds of no progress before the progress watch fails the run (0: off).
         max_restarts: times ``srun`` is run again inside the job after a failure.
         env: more variables for every task.
         sbatch_options: more ``#SBATCH`` options, e.g. ``("--exclusive", "--mem=0")``.
@@ -101,6 +105,7 @@ class SlurmJob:
     coordinator_bind_host: str | None = None
     devices_per_process: int | None = None
     init_timeout: float | None = None
+    stall_timeout: float | None = None
     max_restarts: int = 0
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     sbatch_options: Sequence[str] = ()
@@ -146,14 +151,25 @@ def _check(job: SlurmJob) -> None:
             raise errors.DistributedError(f"slurm: {name} must be an absolute path, got {getattr(job, name)!r}.")
 
 
+def check_directive(text: str, source: str = "#SBATCH") -> str:
+    """``text`` if it can follow ``#SBATCH`` as one word, else ``ValueError`` naming ``source``."""
+    if not _DIRECTIVE_SAFE.match(text):
+        raise ValueError(
+            f"{source}={text!r} cannot be written into '#SBATCH' lines: sbatch reads them itself, so they may use "
+            "only letters, digits and _ . , : / = + @ % - (no spaces, quotes or newlines)."
+        )
+    return text
+
+
 def _directive(option: str, value: str | None = None) -> str:
     text = option if value is None else f"{option}={value}"
-    if not text.startswith("--") or not _DIRECTIVE_SAFE.match(text):
-        raise errors.DistributedError(
-            f"slurm: cannot write '#SBATCH {text}': sbatch reads these lines itself, so options and values may use "
-            "only letters, digits and _ . , : / = + @ % - (no spaces or quotes). Choose a path or name without them."
-        )
-    return f"#SBATCH {text}"
+    if not text.startswith("--"):
+        raise errors.DistributedError(f"slurm: sbatch option {text!r} must start with '--'.")
+    try:
+        check_directive(option, "an sbatch option") if value is None else check_directive(value, option)
+        return f"#SBATCH {check_directive(text)}"
+    except ValueError as e:
+        raise errors.DistributedError(f"slurm: {e}") from None
 
 
 def _pattern_path(path: str) -> str:
@@ -187,7 +203,8 @@ def render_sbatch(job: SlurmJob) -> str:
 
     spec = contract.RankSpec(
         coordinator=None, num_processes=None, process_id=None, run_id=job.run_id,
-        cpu_devices=job.devices_per_process, init_timeout=job.init_timeout, run_dir=job.run_dir,
+        cpu_devices=job.devices_per_process, init_timeout=job.init_timeout, stall_timeout=job.stall_timeout,
+        run_dir=job.run_dir,
     )
     env = contract.rank_env(spec)
     env.pop(contract.ATTEMPT)  # set per attempt below
@@ -276,12 +293,21 @@ def parse_job_id(output: str) -> str:
     return job_id
 
 
+def script_bytes(job: SlurmJob) -> bytes:
+    """The script as the bytes to write: UTF-8, with any non-UTF-8 argument's own bytes kept."""
+    return render_sbatch(job).encode("utf-8", "surrogateescape")
+
+
 def write_script(job: SlurmJob, name: str = "job.sbatch") -> str:
-    """Write ``job``'s script into its run folder (made if missing); returns the path."""
+    """Write ``job``'s script into its run folder (made if missing); returns the path.
+
+    The script is rendered (and so checked) before the folder or the file is made.
+    """
+    data = script_bytes(job)
     os.makedirs(job.run_dir, exist_ok=True)
     path = os.path.join(job.run_dir, name)
-    with open(path, "w") as f:
-        f.write(render_sbatch(job))
+    with open(path, "wb") as f:
+        f.write(data)
     os.chmod(path, 0o755)
     return path
 
@@ -311,4 +337,7 @@ def submit(job: SlurmJob, *, sbatch: str = "sbatch") -> tuple[str, str]:
     return job_id, path
 
 
-__all__ = ["TASK_WRAPPER", "SlurmJob", "parse_job_id", "render_sbatch", "slurm_time", "submit", "write_script"]
+__all__ = [
+    "TASK_WRAPPER", "SlurmJob", "check_directive", "parse_job_id", "render_sbatch", "script_bytes", "slurm_time",
+    "submit", "write_script",
+]

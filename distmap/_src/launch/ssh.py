@@ -4,9 +4,11 @@ Every rank is one ``ssh HOST COMMAND`` child of the local supervisor, so the SSH
 has exactly the supervision of ``launch/local.py``: prefixed output, per-rank logs, fail
 fast, exit codes, ``--timeout``, ``--max_restarts`` with a new port per start. What ssh
 adds is a remote side the launcher does not own: killing an ``ssh`` client does not kill the
-program it started. So each remote program runs under ``setsid`` (its own process group)
-with the group's id in a pid file, and when a rank fails or the launch is stopped, the
-launcher connects to every host again and ends those process groups.
+program it started. So each remote program runs in a session of its own next to a remote
+watchdog tied to the ssh session (``shell.watched``): the launcher holds the ssh client's
+stdin open, and when it closes it (a rank failed, the launch was stopped) or dies, or the
+connection drops, the remote side sees end-of-file and kills the program's process group.
+No pid file is written and no second connection is needed to clean up.
 
 The remote ``COMMAND`` is one string for the remote login shell (POSIX ``sh``), built with
 ``shlex`` from argument lists: ``cd`` to the working folder, the ``DISTMAP_*`` variables of
@@ -14,27 +16,22 @@ the contract (coordinator: the first host, at a port chosen per start), then the
 
 Example:
     >>> ws = ssh_workers(["python", "t.py", "a b"], ["h1", "me@h2"], port=23456, run_id="r1")
-    >>> [w.argv[-2] for w in ws], ws[1].env
-    (['h1', 'me@h2'], None)
+    >>> [w.argv[-2] for w in ws], ws[1].env, ws[1].hold_stdin
+    (['h1', 'me@h2'], None, True)
     >>> "DISTMAP_COORDINATOR=h1:23456" in ws[1].argv[-1] and "DISTMAP_PROCESS_ID=1" in ws[1].argv[-1]
     True
 """
 
 from __future__ import annotations
 
-import dataclasses
-import subprocess
-import sys
-import threading
 from collections.abc import Mapping, Sequence
 from typing import IO
 
 from distmap import errors
 from distmap._src.launch import contract, shell
-from distmap._src.launch.local import split_gpu_ids
-from distmap._src.launch.supervisor import (
-    AttemptResult, LaunchResult, SupervisorOptions, Worker, new_run_id, supervise,
-)
+from distmap._src.launch.local import port_was_taken, split_gpu_ids
+from distmap._src.launch.ports import pick_port
+from distmap._src.launch.supervisor import LaunchResult, SupervisorOptions, Worker, supervise
 
 #: ssh options used unless others are given: never prompt, and notice a dead host in about a minute.
 DEFAULT_SSH_OPTIONS = ("BatchMode=yes", "ServerAliveInterval=15")
@@ -55,6 +52,19 @@ def parse_hostfile(text: str) -> list[str]:
     return hosts
 
 
+def read_hostfile(path: str) -> list[str]:
+    """The hosts in the hostfile ``path``, or ``ValueError`` saying why it cannot be used."""
+    try:
+        with open(path) as f:
+            hosts = parse_hostfile(f.read())
+    except OSError as e:
+        raise ValueError(f"--hostfile={path}: cannot read it ({e.strerror or e}); give a file with one ssh "
+                         "destination a line, or the hosts with --hosts=h1,h2.") from None
+    if not hosts:
+        raise ValueError(f"--hostfile={path} names no host (one ssh destination a line, # comments).")
+    return check_hosts(hosts)
+
+
 def check_hosts(hosts: Sequence[str]) -> list[str]:
     """``hosts`` if each is a usable ssh destination (no spaces, not starting with ``-``)."""
     hosts = [h.strip() for h in hosts]
@@ -69,17 +79,6 @@ def check_hosts(hosts: Sequence[str]) -> list[str]:
 def host_address(destination: str) -> str:
     """The host part of an ssh destination: ``"me@node1"`` to ``"node1"``."""
     return destination.rsplit("@", 1)[-1]
-
-
-def pid_file(run_id: str, rank: int) -> str:
-    """The remote pid file of ``rank`` (a shell word)."""
-    return '"${TMPDIR:-/tmp}"/' + shell.quote(f"distmap-{shell.safe_name(run_id)}-rank{rank}.pid")
-
-
-def remote_command(program: Sequence[str], env: Mapping[str, str], pid: str, workdir: str | None) -> str:
-    """The command string for the remote shell: ``cd``, then the program detached, its pid file removed after."""
-    cd = f"cd -- {shell.quote(workdir)} && " if workdir else ""
-    return f"{cd}{{ {shell.detached(program, pid, env)}; rc=$?; rm -f {pid}; exit $rc; }}"
 
 
 def ssh_argv(
@@ -108,6 +107,7 @@ def ssh_workers(
     devices_per_process: int | None = None,
     gpu_ids: Sequence[int] | None = None,
     init_timeout: float | None = None,
+    stall_timeout: float | None = None,
     env: Mapping[str, str] | None = None,
     remote_dir: str | None = None,
     ssh: str = "ssh",
@@ -128,44 +128,12 @@ def ssh_workers(
                 cpu_devices=None if shares else devices_per_process,
                 visible_devices=shares[local] if shares else None,
                 local_device_ids=list(range(len(shares[local]))) if shares else None,
-                init_timeout=init_timeout,
+                init_timeout=init_timeout, stall_timeout=stall_timeout,
             )
-            rank_env = contract.rank_env(spec)
-            rank_env.update(env or {})
-            command = remote_command(program, rank_env, pid_file(run_id, rank), remote_dir)
+            command = shell.watched(program, {**contract.rank_env(spec), **(env or {})}, remote_dir)
             workers.append(Worker(rank, ssh_argv(host, command, ssh=ssh, ssh_options=ssh_options, ssh_config=ssh_config),
-                                  label=f"rank {rank} {host}"))
+                                  label=f"rank {rank} {host}", hold_stdin=True, program=program))
     return workers
-
-
-def cleanup_argvs(hosts: Sequence[str], run_id: str, processes_per_host: int, grace_period: float, *,
-                  ssh: str = "ssh", ssh_options: Sequence[str] = DEFAULT_SSH_OPTIONS,
-                  ssh_config: str | None = None) -> list[list[str]]:
-    """One ``ssh`` per host that ends the process groups of that host's ranks."""
-    out = []
-    for h, host in enumerate(hosts):
-        ranks = range(h * processes_per_host, (h + 1) * processes_per_host)
-        script = "; ".join(shell.kill_group_script(pid_file(run_id, r), grace_period) for r in ranks)
-        out.append(ssh_argv(host, script, ssh=ssh, ssh_options=ssh_options, ssh_config=ssh_config))
-    return out
-
-
-def _cleanup(argvs: list[list[str]], timeout: float, err: IO[str]) -> None:
-    def one(argv: list[str]) -> None:
-        try:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-                                  start_new_session=True)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            err.write(f"distmap ssh: clean-up on {argv[-2]} did not finish: {e}\n")
-            return
-        if proc.returncode != 0:
-            err.write(f"distmap ssh: clean-up on {argv[-2]} exited with {proc.returncode}: {proc.stderr.strip()}\n")
-
-    threads = [threading.Thread(target=one, args=(a,), daemon=True) for a in argvs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout + 5)
 
 
 def run_ssh(
@@ -175,19 +143,12 @@ def run_ssh(
     processes_per_host: int = 1,
     coordinator_host: str | None = None,
     coordinator_port: int | None = None,
-    devices_per_process: int | None = None,
-    gpu_ids: Sequence[int] | None = None,
-    init_timeout: float | None = None,
-    env: Mapping[str, str] | None = None,
-    remote_dir: str | None = None,
-    ssh: str = "ssh",
-    ssh_options: Sequence[str] = DEFAULT_SSH_OPTIONS,
-    ssh_config: str | None = None,
     options: SupervisorOptions | None = None,
     out: IO[str] | None = None,
     err: IO[str] | None = None,
+    **kwargs,
 ) -> LaunchResult:
-    """Run ``program`` on ``hosts`` through ssh, supervised, cleaning up remotely on failure.
+    """Run ``program`` on ``hosts`` through ssh, supervised; see the module docstring.
 
     Args:
         program: the command, as an argument list.
@@ -196,15 +157,10 @@ def run_ssh(
         coordinator_host: the address the other hosts reach the first one at (default: its name).
         coordinator_port: force the port of the first start (start ``k`` uses ``port + k``);
             default: a new port per start.
-        devices_per_process: simulated CPU devices per rank (CPU runs).
-        gpu_ids: each host's GPUs, split evenly among its ranks.
-        init_timeout: seconds each rank waits for all to join.
-        env: more variables for every rank.
-        remote_dir: the folder the program starts in on every host (default: the remote home).
-        ssh, ssh_options: the ssh command and its ``-o`` options.
-        ssh_config: an ssh client config file (``ssh -F FILE``) for every connection.
         options: supervisor options (timeout, restarts, logs).
         out, err: prefixed rank output; the launcher's messages.
+        **kwargs: the rest of :func:`ssh_workers` (devices, GPUs, time-outs, ``env``,
+            ``remote_dir``, ``ssh``, ``ssh_options``, ``ssh_config``).
 
     Returns:
         The :class:`LaunchResult`; its ``exit_code`` is the failing rank's, or 0.
@@ -214,50 +170,19 @@ def run_ssh(
     hosts = check_hosts(hosts)
     if processes_per_host < 1:
         raise errors.DistributedError(f"ssh: processes_per_host must be >= 1, got {processes_per_host}.")
-    if gpu_ids:
-        split_gpu_ids(gpu_ids, processes_per_host)
+    if kwargs.get("gpu_ids"):
+        split_gpu_ids(kwargs["gpu_ids"], processes_per_host)
     options = options or SupervisorOptions()
-    if options.run_id is None:
-        options = dataclasses.replace(options, run_id=new_run_id())
-    run_id = options.run_id
-    assert run_id is not None
-    err = sys.stderr if err is None else err
 
     def make_workers(attempt: int) -> list[Worker]:
-        port = coordinator_port + attempt if coordinator_port is not None else shell.pick_port()
-        return ssh_workers(
-            program, hosts, port=port, run_id=run_id, attempt=attempt, processes_per_host=processes_per_host,
-            coordinator_host=coordinator_host, devices_per_process=devices_per_process, gpu_ids=gpu_ids,
-            init_timeout=init_timeout, env=env, remote_dir=remote_dir, ssh=ssh, ssh_options=ssh_options,
-            ssh_config=ssh_config,
-        )
+        port = coordinator_port + attempt if coordinator_port is not None else pick_port()
+        return ssh_workers(program, hosts, port=port, run_id=options.run_id, attempt=attempt,
+                           processes_per_host=processes_per_host, coordinator_host=coordinator_host, **kwargs)
 
-    def port_was_taken(result: AttemptResult) -> bool:
-        return coordinator_port is None and result.failed is not None and result.failed.rank == 0 and any(
-            contract.PORT_IN_USE_MARKER in line for line in result.tail
-        )
-
-    def clean_up(result: AttemptResult) -> None:
-        if result.status == "ok":
-            return
-        err.write(f"distmap ssh: ending the remote programs on {len(hosts)} host(s).\n")
-        err.flush()
-        argvs = cleanup_argvs(hosts, run_id, processes_per_host, options.grace_period, ssh=ssh, ssh_options=ssh_options,
-                              ssh_config=ssh_config)
-        _cleanup(argvs, options.grace_period + 30.0, err)
-
-    return supervise(make_workers, options, out=out, err=err, retry_for_free=port_was_taken, on_attempt_end=clean_up)
+    return supervise(make_workers, options, out=out, err=err, retry_for_free=port_was_taken(coordinator_port))
 
 
 __all__ = [
-    "DEFAULT_SSH_OPTIONS",
-    "check_hosts",
-    "cleanup_argvs",
-    "host_address",
-    "parse_hostfile",
-    "pid_file",
-    "remote_command",
-    "run_ssh",
-    "ssh_argv",
+    "DEFAULT_SSH_OPTIONS", "check_hosts", "host_address", "parse_hostfile", "read_hostfile", "run_ssh", "ssh_argv",
     "ssh_workers",
 ]

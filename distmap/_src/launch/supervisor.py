@@ -3,21 +3,26 @@
 Every launcher builds its ranks as :class:`Worker` s (an argument list, an environment) and
 hands a function that makes them to :func:`supervise`. The supervisor
 
-* starts each rank in its own session (so its own process group), stdin closed, stdout and
-  stderr joined into a pipe; on Linux a rank also dies if the launcher is killed outright;
-* copies every line to ``out`` as ``[rank i] line`` and to ``RUN_DIR/rank_i.log``;
+* starts each rank in its own session (so its own process group), stdout and stderr joined
+  into a pipe, stdin closed, or held open for a remote rank (``hold_stdin``: closing it is
+  what tells an ``ssh`` rank's remote watchdog to end the remote program);
+* copies every line to ``RUN_DIR/rank_i.log`` and, as ``[rank i] line``, to ``out``,
+  leaving JAX's start-up chatter out of the console (see ``console``);
 * fails fast: as soon as one rank exits non-zero or is killed, every other rank's process
-  group gets SIGTERM, then SIGKILL after ``grace_period`` seconds (JAX catches SIGTERM for its
-  preemption service, so a rank may ignore it); the launch's exit code is that rank's
-  (``128 + n`` for signal ``n``), and the message names the rank, the reason, what the other
-  ranks were doing and the tail of its log;
+  group gets SIGKILL at once: the run has failed, and signals a rank could catch (JAX's
+  preemption handler takes SIGTERM) would only let it compute on. Rank output is unbuffered
+  (``PYTHONUNBUFFERED=1``), so the logs keep everything a rank printed. The launch's exit
+  code is the failed rank's (``128 + n`` for signal ``n``); the message names the rank, the
+  reason, what the other ranks were doing and the tail of its log;
 * ``timeout``: the whole launch, restarts included, ends after that many seconds, every
-  rank stopped, exit code :data:`EXIT_TIMEOUT`;
+  rank killed, exit code :data:`EXIT_TIMEOUT`;
 * ``max_restarts``: after a failure the whole group is started again, by calling the
   launcher's ``make_workers(attempt)`` anew (a fresh coordinator port, say);
-* SIGINT/SIGTERM to the launcher stop every rank (exit ``128 + signal``); a second one
-  skips the grace period. Every rank's process group is swept with SIGKILL at the end of
-  each attempt, so nothing started by the launch outlives it.
+* SIGINT/SIGTERM to the launcher: every rank gets SIGINT and up to ``grace_period`` seconds
+  to end on its own (exit ``128 + signal``), then SIGKILL; a second signal skips the wait;
+* leaves nothing behind: every rank's process group is swept with SIGKILL at the end of each
+  attempt, and a watchdog process (a shell reading a pipe only the launcher holds) kills
+  every group of the attempt if the launcher itself dies, even by SIGKILL.
 
 Example:
     >>> import sys, tempfile
@@ -47,6 +52,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 from distmap._src.launch import contract
+from distmap._src.launch.console import console_filter
 
 #: Exit code of a launch stopped by ``timeout`` (as coreutils' ``timeout``).
 EXIT_TIMEOUT = 124
@@ -54,6 +60,11 @@ EXIT_TIMEOUT = 124
 EXIT_CANNOT_START = 127
 
 _POLL_S = 0.05
+
+
+def new_run_id() -> str:
+    """A run id that sorts by time: ``YYYYmmdd-HHMMSS-<launcher pid>-<4 random hex digits>``."""
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{secrets.token_hex(2)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +77,9 @@ class Worker:
         env: its full environment (``None``: the launcher's own).
         cwd: its working directory (``None``: the launcher's).
         label: the output prefix; default ``"rank {rank}"``.
+        log_name: its log file's name without ``.log``; default ``"rank_{rank}"``.
+        hold_stdin: give it a stdin pipe the launcher holds open until the rank is stopped.
+        program: the user's program inside ``argv`` (for the console filter); default ``argv``.
     """
 
     rank: int
@@ -73,6 +87,9 @@ class Worker:
     env: Mapping[str, str] | None = None
     cwd: str | None = None
     label: str | None = None
+    log_name: str | None = None
+    hold_stdin: bool = False
+    program: Sequence[str] | None = None
 
     @property
     def name(self) -> str:
@@ -85,12 +102,12 @@ class SupervisorOptions:
 
     Attributes:
         timeout: seconds the whole launch may run (``None``: no limit).
-        grace_period: seconds between SIGTERM and SIGKILL when stopping ranks.
+        grace_period: seconds ranks get to end on their own after SIGINT to the launcher.
         max_restarts: how many times the whole group is restarted after a failure.
         log_dir: parent of the run folders.
-        run_id: name of this run's folder (default: a timestamp and the launcher's pid).
+        run_id: name of this run's folder (default: a new one, see :func:`new_run_id`).
         tail_lines: lines of the failed rank's log quoted in the failure message.
-        prefix_output: copy rank output to ``out`` with ``[rank i]`` prefixes (else only to logs).
+        console: what rank output reaches ``out``: ``"brief"``, ``"all"`` or ``"none"`` (see ``console``).
         announce: print start/restart lines (failures are always reported).
     """
 
@@ -98,10 +115,15 @@ class SupervisorOptions:
     grace_period: float = 5.0
     max_restarts: int = 0
     log_dir: str = "runs"
-    run_id: str | None = None
+    run_id: str = dataclasses.field(default_factory=new_run_id)
     tail_lines: int = 20
-    prefix_output: bool = True
+    console: str = "brief"
     announce: bool = True
+
+    @property
+    def run_dir(self) -> str:
+        """The absolute run folder, ``log_dir/run_id``."""
+        return os.path.abspath(os.path.join(self.log_dir, self.run_id))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,11 +168,6 @@ class LaunchResult:
         return last.failed.rank if last is not None and last.failed is not None else None
 
 
-def new_run_id() -> str:
-    """A run id that sorts by time: ``YYYYmmdd-HHMMSS-<launcher pid>-<4 random hex digits>``."""
-    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{secrets.token_hex(2)}"
-
-
 def exit_code_of(returncode: int) -> int:
     """``Popen.returncode`` as a shell reports it: ``-9`` becomes ``137``."""
     return 128 - returncode if returncode < 0 else returncode
@@ -169,61 +186,61 @@ def describe_exit(returncode: int) -> str:
     return f"exited with code {returncode}"
 
 
-def _die_with_launcher() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the rank die if the launcher is killed outright (Linux only).
+# The launcher's dead-man switch, one per attempt: it reads the ranks' process group ids from
+# its stdin, a pipe only the launcher holds, and when that pipe closes (the launcher ended,
+# even by SIGKILL) it kills every group it was given. Nothing is written to disk.
+_WATCHDOG = 'pgs=; while read -r pg; do pgs="$pgs -$pg"; done; [ -z "$pgs" ] || kill -s KILL -- $pgs 2>/dev/null'
 
-    Everything is looked up here, in the launcher, so the child runs no imports between fork
-    and exec. Python code between fork and exec is only safe in a single-threaded process, so
-    where the launcher has other threads (or has imported JAX, whose threads Python does not
-    see, as when a test calls the supervisor in-process) the rank goes without; the process
-    group sweep still ends it with the launch.
-    """
-    if not sys.platform.startswith("linux") or threading.active_count() > 1 or "jax" in sys.modules:
-        return None
-    try:
-        import ctypes
 
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent, getppid, exit_now, kill = os.getpid(), os.getppid, os._exit, int(signal.SIGKILL)
+class _Watchdog:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            ["/bin/sh", "-c", _WATCHDOG], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+        )
 
-    def preexec() -> None:
-        prctl(1, kill)  # PR_SET_PDEATHSIG
-        if getppid() != parent:  # the launcher died before prctl took effect
-            exit_now(1)
+    def watch(self, pgid: int) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(f"{pgid}\n".encode())
+            self.proc.stdin.flush()
 
-    return preexec
+    def dismiss(self) -> None:
+        """End the watchdog without letting it fire (the launcher stopped the ranks itself)."""
+        self.proc.kill()
+        self.proc.wait()
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
 
 
 class _Rank:
     """A running rank: its process, log file, tail and output pump."""
 
-    def __init__(self, worker: Worker, log_path: str, out: IO[str] | None, out_lock: threading.Lock, tail: int):
+    def __init__(self, worker: Worker, log_path: str, out: IO[str] | None, out_lock: threading.Lock, tail: int,
+                 console: str):
         self.worker = worker
         self.log_path = log_path
         self.tail: collections.deque[str] = collections.deque(maxlen=tail)
         self.exit: RankExit | None = None
         self._out, self._lock = out, out_lock
+        self._shown = console_filter(console if out is not None else "none", worker.program or worker.argv)
         self._log = open(log_path, "wb")
         try:
             self.proc = subprocess.Popen(
                 list(worker.argv),
                 env=None if worker.env is None else dict(worker.env),
                 cwd=worker.cwd,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if worker.hold_stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_launcher(),
             )
         except BaseException:
             self._log.close()
             raise
         self.pgid = self.proc.pid  # start_new_session: the rank leads its own process group
         self._pump = threading.Thread(target=self._copy, name=f"distmap-{worker.name}", daemon=True)
-
-    def start_pump(self) -> None:
         self._pump.start()
 
     def _copy(self) -> None:
@@ -235,11 +252,17 @@ class _Rank:
                 self._log.flush()
             line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
             self.tail.append(line)
-            if self._out is not None:
-                with self._lock:
-                    with contextlib.suppress(OSError, ValueError):
-                        self._out.write(prefix + line + "\n")
-                        self._out.flush()
+            if self._shown(line):
+                assert self._out is not None
+                with self._lock, contextlib.suppress(OSError, ValueError):
+                    self._out.write(prefix + line + "\n")
+                    self._out.flush()
+
+    def close_stdin(self) -> None:
+        """End a held stdin: over ssh, the remote watchdog then ends the remote program."""
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
 
     def finish_output(self, wait_s: float) -> None:
         self._pump.join(wait_s)
@@ -255,15 +278,24 @@ def _tail_text(rank: _Rank, n: int) -> list[str]:
     return list(rank.tail)[-n:] if n > 0 else []
 
 
-def _run_attempt(
+def run_group(
     workers: Sequence[Worker],
-    attempt: int,
     run_dir: str,
-    options: SupervisorOptions,
-    deadline: float | None,
-    stops: _StopSignals,
-    out: IO[str] | None,
+    options: SupervisorOptions | None = None,
+    *,
+    attempt: int = 0,
+    deadline: float | None = None,
+    out: IO[str] | None = None,
+    stops: _StopSignals | None = None,
 ) -> AttemptResult:
+    """Start ``workers`` at once and supervise them until all end, one fails, or ``deadline``.
+
+    The one parallel runner of the launchers: every rank, every TPU worker and every
+    preparation command runs through it (output pumped, logged, the group stopped).
+    """
+    options = options or SupervisorOptions()
+    out = sys.stdout if out is None else out
+    stops = stops or _StopSignals()
     start = time.monotonic()
     lock = threading.Lock()
     ranks: list[_Rank] = []
@@ -282,22 +314,19 @@ def _run_attempt(
             duration_s=time.monotonic() - start,
         )
 
-    # Start every rank before any output thread exists (fork with no other threads running).
-    for w in workers:
-        log_path = os.path.join(run_dir, f"rank_{w.rank}{suffix}.log")
-        try:
-            ranks.append(_Rank(w, log_path, out if options.prefix_output else None, lock, max(options.tail_lines, 1)))
-        except OSError as e:
-            _stop(ranks, options.grace_period, start, stops)
-            _finish(ranks)
-            failed = RankExit(w.rank, EXIT_CANNOT_START, f"could not be started: {e}", 0.0)
-            msg = f"{w.name} could not be started: {e.strerror or e} (command: {list(w.argv)!r})."
-            return result("failed", EXIT_CANNOT_START, failed, msg, [])
-    for r in ranks:
-        r.start_pump()
-
+    watchdog = _Watchdog()
     status, failed, code = "ok", None, 0
     try:
+        for w in workers:
+            log_path = os.path.join(run_dir, f"{w.log_name or f'rank_{w.rank}'}{suffix}.log")
+            try:
+                ranks.append(_Rank(w, log_path, out, lock, max(options.tail_lines, 1), options.console))
+            except OSError as e:
+                _stop(ranks, 0.0, start, stops)
+                failed = RankExit(w.rank, EXIT_CANNOT_START, f"could not be started: {e}", 0.0)
+                msg = f"{w.name} could not be started: {e.strerror or e} (command: {list(w.argv)!r})."
+                return result("failed", EXIT_CANNOT_START, failed, msg, [])
+            watchdog.watch(ranks[-1].pgid)
         while True:
             now = time.monotonic()
             for r in ranks:
@@ -317,58 +346,62 @@ def _run_attempt(
                 status, code = "timeout", EXIT_TIMEOUT
                 break
             time.sleep(_POLL_S)
+        running = [r.worker.name for r in ranks if r.exit is None]
+        # A failed or timed-out run is over: kill at once (the ranks' output is unbuffered, so
+        # nothing they printed is lost). After a signal to the launcher, ranks get SIGINT and
+        # up to the grace period to end on their own.
+        _stop(ranks, options.grace_period if status == "interrupted" else 0.0, start, stops)
     except BaseException:  # an error in the launcher itself (or KeyboardInterrupt): leave nothing behind
         _stop(ranks, 0.0, start, stops)
-        _finish(ranks)
         raise
-
-    running = [r.worker.name for r in ranks if r.exit is None]
-    _stop(ranks, options.grace_period, start, stops)
-    _finish(ranks)
+    finally:
+        watchdog.dismiss()
+        for r in ranks:
+            r.finish_output(2.0)
 
     if status == "ok":
         return result("ok", 0, None, f"all {len(ranks)} rank(s) exited with code 0.", [])
     if status == "failed":
         assert failed is not None
         bad = next(r for r in ranks if r.worker.rank == failed.rank)
-        tail = _tail_text(bad, options.tail_lines)
         others = []
         for r in ranks:
             if r is not bad and r.exit is not None:
-                how = f"was stopped by the launcher (exit code {r.exit.exit_code})" if r.exit.stopped_by_launcher else r.exit.reason
+                how = (f"was stopped by the launcher (exit code {r.exit.exit_code})" if r.exit.stopped_by_launcher
+                       else r.exit.reason)
                 others.append(f"{r.worker.name} {how} after {r.exit.after_s:.1f} s")
         msg = (
             f"{bad.worker.name} {failed.reason} after {failed.after_s:.1f} s."
             + (" Other ranks: " + "; ".join(others) + "." if others else "")
             + f" Log: {bad.log_path}"
         )
-        return result("failed", code, failed, msg, tail)
+        return result("failed", code, failed, msg, _tail_text(bad, options.tail_lines))
     if status == "timeout":
         first = ranks[0]
-        tail = _tail_text(first, options.tail_lines)
         msg = (
             f"timed out after {options.timeout:g} s (--timeout); stopped every rank"
             + (f" (still running: {', '.join(running)})" if running else "")
             + f". Log of {first.worker.name}: {first.log_path}"
         )
-        return result("timeout", code, None, msg, tail)
+        return result("timeout", code, None, msg, _tail_text(first, options.tail_lines))
     name = signal.Signals(code - 128).name
     msg = f"interrupted by {name}; stopped every rank" + (f" ({', '.join(running)})" if running else "") + "."
     return result("interrupted", code, None, msg, [])
 
 
 def _stop(ranks: Sequence[_Rank], grace: float, start: float, stops: _StopSignals) -> None:
-    """SIGTERM every live rank's group, SIGKILL what is left after ``grace`` s, reap, sweep all groups."""
+    """Stop every rank: held stdins closed, SIGINT and up to ``grace`` s if ``grace``, then SIGKILL to every group."""
+    for r in ranks:
+        r.close_stdin()
     live = [r for r in ranks if r.exit is None and r.proc.poll() is None]
-    for r in live:
-        r.signal_group(signal.SIGTERM)
-    end = time.monotonic() + grace
-    signals_at_start = stops.count
-    while live and time.monotonic() < end:
-        live = [r for r in live if r.proc.poll() is None]
-        if stops.count > signals_at_start:
-            break  # a signal to the launcher while stopping: no more waiting
-        time.sleep(_POLL_S)
+    if grace > 0 and live:
+        for r in live:
+            r.signal_group(signal.SIGINT)
+        end = time.monotonic() + grace
+        signals_at_start = stops.count
+        while live and time.monotonic() < end and stops.count == signals_at_start:
+            live = [r for r in live if r.proc.poll() is None]
+            time.sleep(_POLL_S)
     for r in ranks:
         r.signal_group(signal.SIGKILL)  # leftovers, and any grandchildren of ranks already gone
     now = time.monotonic()
@@ -377,11 +410,6 @@ def _stop(ranks: Sequence[_Rank], grace: float, start: float, stops: _StopSignal
             rc = r.proc.wait()
             r.exit = RankExit(r.worker.rank, exit_code_of(rc), describe_exit(rc), now - start, stopped_by_launcher=True)
         r.signal_group(signal.SIGKILL)
-
-
-def _finish(ranks: Sequence[_Rank]) -> None:
-    for r in ranks:
-        r.finish_output(2.0)
 
 
 class _StopSignals:
@@ -457,8 +485,7 @@ def supervise(
     options = options or SupervisorOptions()
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
-    run_id = options.run_id or new_run_id()
-    run_dir = os.path.abspath(os.path.join(options.log_dir, run_id))
+    run_id, run_dir = options.run_id, options.run_dir
     os.makedirs(run_dir, exist_ok=True)
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
     stops = _StopSignals()
@@ -474,7 +501,7 @@ def supervise(
             if options.announce:
                 _say(err, f"distmap launch: starting {len(workers)} rank(s)"
                      + (f" (attempt {attempt + 1})" if attempt else "") + f"; logs in {run_dir}")
-            res = _run_attempt(workers, attempt, run_dir, options, deadline, stops, out)
+            res = run_group(workers, run_dir, options, attempt=attempt, deadline=deadline, out=out, stops=stops)
             attempts.append(res)
             if on_attempt_end is not None:
                 on_attempt_end(res)
@@ -535,5 +562,6 @@ __all__ = [
     "describe_exit",
     "exit_code_of",
     "new_run_id",
+    "run_group",
     "supervise",
 ]

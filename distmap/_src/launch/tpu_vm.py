@@ -2,67 +2,61 @@
 
 A TPU slice with several hosts ("workers") runs one process per worker, and all of them
 must start: a program started on one worker waits for the others until it times out
-(jax-ml/jax#22436). So every command goes to ``--worker=all``, for every slice:
+(jax-ml/jax#22436). The run goes in four steps:
 
-1. **Ship the code.** Either the working tree, packed locally (``git ls-files``: tracked and
-   untracked files, not ignored ones) and copied with ``tpu-vm scp``, or a clone of
-   ``--git_repo`` at ``--git_revision``. Each run unpacks into its own folder
-   (``distmap_code/RUN_ID`` in the worker's home).
-2. **Clean up after an earlier run.** End the process group a previous distmap run left
-   (its id is in a pid file), the processes that hold the TPU devices, and remove
-   ``/tmp/libtpu_lockfile``, which otherwise makes the new run fail with "TPU in use".
-3. **Start the program**, one ``gcloud ... ssh --worker=all`` per slice, all at once, each a
-   rank of the local supervisor (``supervisor.supervise``): prefixed output, per-worker logs
-   in the run folder (``NAME.worker_W.log``), fail fast across slices and within a slice
-   (``relay.py``), ``--timeout``, ``--max_restarts``. On every worker the program runs under
-   ``setsid`` with its group id in a pid file, and reports its exit code; the launch exits
-   with the code of the worker that failed first (0 when every worker exits 0).
-4. **Clean up** when a worker fails or the launch is stopped: on every worker of every
-   slice, end the program's process group (an ``ssh`` client that is killed does not end the
-   remote program) and remove the TPU lock file.
+1. **Pack and ship the code** (unless ``--git_revision``): the working tree is packed
+   locally (``git ls-files``: tracked and untracked files, not ignored ones) and copied to
+   every worker with ``tpu-vm scp --worker=all``; or every worker clones ``--git_repo`` at
+   ``--git_revision``. Each run unpacks into its own folder (``distmap_code/RUN_ID``).
+2. **Prepare every worker** (``ssh --worker=all``): end the processes that hold the TPU
+   devices (a crashed earlier run), remove ``/tmp/libtpu_lockfile`` (otherwise "TPU in
+   use"), put the code in place, then run the ``--setup`` commands there
+   (``pip install -e .[tpu]``, say).
+3. **Start the program**: one ``gcloud ... ssh NAME --worker=W`` per worker of every slice,
+   all at once, each a rank of the local supervisor exactly as ``launch/local.py``
+   supervises its ranks: output prefixed ``[NAME worker W]``, one log per worker
+   (``NAME.worker_W.log``), fail fast across every worker of every slice, ``--timeout``,
+   ``--max_restarts``; the exit status is that of the worker that failed first. How many
+   workers a slice has is asked of ``gcloud ... describe`` (or given as
+   ``--workers_per_slice``).
+4. **Nothing is left on the workers**: each program runs beside a remote watchdog tied to
+   its ssh session (``shell.watched``), so a stopped, failed or killed launcher, or a lost
+   connection, ends it. No pid file is written.
 
 JAX's TPU detection finds the coordinator (worker 0) and each worker's rank by itself;
 the launcher sets ``JAX_COORDINATOR_PORT`` (a new port per run and attempt, instead of
 JAX's fixed 8482) and, for several slices, the ``MEGASCALE_*`` variables that join them.
+:func:`format_plan` writes the same steps as a bash script that runs as printed.
 
 Example:
     >>> job = TpuJob(program=["python3", "train.py"], tpu_names=["my-v5e"], zone="us-west4-a",
-    ...              run_id="r1", run_dir="/runs/r1", code_source="/code", coordinator_port=23456)
+    ...              run_id="r1", run_dir="/runs/r1", code_source="/code", coordinator_port=23456,
+    ...              workers_per_slice=4)
     >>> p = plan(job)
-    >>> [step.name for step in p.steps], p.run.name, len(p.run.argv)
-    (['ship', 'prepare'], 'run', 1)
+    >>> [step.name for step in p.steps], len(p.run)
+    (['ship', 'prepare'], 4)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import signal
+import re
 import subprocess
 import sys
-import tarfile
-import threading
 from collections.abc import Mapping, Sequence
 from typing import IO
 
 from distmap import errors
-from distmap._src.launch import contract, relay, shell
-from distmap._src.launch.supervisor import AttemptResult, LaunchResult, SupervisorOptions, Worker, supervise
+from distmap._src.launch import contract, shell
+from distmap._src.launch.ports import pick_port
+from distmap._src.launch.supervisor import LaunchResult, SupervisorOptions, Worker, run_group, supervise
 
-#: The pid file of the program on a worker (one TPU job at a time per worker).
-PID_FILE = '"${TMPDIR:-/tmp}/distmap-tpu-job.pgid"'
 #: The file libtpu holds while a process uses the TPU; a crashed run may leave it behind.
 TPU_LOCKFILE = "/tmp/libtpu_lockfile"
-RELAY = os.path.abspath(relay.__file__)
+#: Where a script without a known coordinator address puts it (``format_plan`` fills it in).
+COORDINATOR_PLACEHOLDER = "@DISTMAP_COORDINATOR@"
 
-# Which worker this is: TPU_WORKER_ID where the VM sets it, else the metadata server's
-# agent-worker-number, else the host name.
-_WORKER_ID = (
-    'w="${TPU_WORKER_ID:-$(curl -sf -H "Metadata-Flavor: Google" '
-    "http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number 2>/dev/null "
-    '|| hostname)}"'
-)
-_PREFIX_LINES = 'while IFS= read -r line || [ -n "$line" ]; do printf "[worker %s] %s\\n" "$w" "$line"; done'
 # Processes that hold a TPU device (/dev/accel* on v2-v5p, /dev/vfio/N on v5e and v6e).
 _KILL_TPU_HOLDERS = (
     "holders=$( { lsof -t /dev/accel* /dev/vfio/[0-9]* 2>/dev/null; "
@@ -70,6 +64,40 @@ _KILL_TPU_HOLDERS = (
     'for p in $holders; do case "$p" in ""|*[!0-9]*|0|1) ;; *) '
     'kill -s KILL "$p" 2>/dev/null || sudo -n kill -s KILL "$p" 2>/dev/null;; esac; done'
 )
+# Packs the working tree: git's files where it is a checkout, else every file but .git,
+# __pycache__ and runs. {src} and {archive} are quoted paths.
+_PACK = (
+    "(cd {src} && {{ git ls-files -z --cached --others --exclude-standard 2>/dev/null || "
+    "find . \\( -name .git -o -name __pycache__ -o -name runs \\) -prune -o -type f -print0; }} "
+    "| tar --null --ignore-failed-read -czf {archive} -T -)"
+)
+_ZONE = re.compile(r"[a-z]+-[a-z]+[0-9]+-[a-z]\Z")
+_PROJECT = re.compile(r"[a-z][-a-z0-9:.]{3,62}\Z")
+
+
+def check_zone(zone: str) -> str:
+    """``zone`` if it is a Google Cloud zone name (``us-west4-a``), else ``ValueError``."""
+    if not _ZONE.match(zone):
+        raise ValueError(f"--zone={zone!r} is not a Google Cloud zone (like us-west4-a).")
+    return zone
+
+
+def check_project(project: str) -> str:
+    """``project`` if it is a Google Cloud project id, else ``ValueError``."""
+    if not _PROJECT.match(project):
+        raise ValueError(f"--project={project!r} is not a Google Cloud project id (lowercase letters, digits, -).")
+    return project
+
+
+def check_remote_dir(path: str) -> str:
+    """``path`` if it is a relative folder inside the workers' home without ``..``, else ``ValueError``."""
+    parts = path.split("/")
+    if not path or path.startswith(("/", "~")) or ".." in parts or any(ord(c) < 32 for c in path):
+        raise ValueError(
+            f"--remote_dir={path!r} must be a relative path inside the workers' home folder, without '..' "
+            "(each run's folder is replaced when the run starts)."
+        )
+    return path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,17 +114,19 @@ class TpuJob:
         git_repo: the repository to clone (``None``: this checkout's ``origin``).
         remote_dir: where the code goes on each worker, relative to the home folder
             (``None``: ``distmap_code/RUN_ID``); the program starts there.
+        setup: shell commands run on every worker in the code folder before the program.
+        workers_per_slice: hosts per slice (``None``: asked of ``gcloud ... describe``).
         coordinator_port: the port of attempt 0 (attempt ``k`` uses ``port + k``); ``None``: a
             new random port per attempt.
         coordinator_address: several slices: the address of slice 0's worker 0 (``None``: asked
             of ``gcloud ... describe`` when the run starts).
         megascale_port: the port the slices talk on (``MEGASCALE_PORT``).
         init_timeout: seconds every worker waits for all to join.
+        stall_timeout: seconds of no progress before the progress watch fails the run (0: off).
         env: more variables for every worker.
         kill_tpu_holders: end any process that holds a TPU device before starting.
-        tpu_lockfile: the lock file removed before starting and at clean-up.
-        grace_period: seconds between SIGTERM and SIGKILL in remote clean-up.
-        gcloud: the gcloud command.
+        tpu_lockfile: the lock file removed before starting.
+        gcloud: the gcloud command; ``gcloud_args``: more arguments for every ``ssh`` and ``scp``.
     """
 
     program: Sequence[str]
@@ -109,19 +139,22 @@ class TpuJob:
     git_revision: str | None = None
     git_repo: str | None = None
     remote_dir: str | None = None
+    setup: Sequence[str] = ()
+    workers_per_slice: int | None = None
     coordinator_port: int | None = None
     coordinator_address: str | None = None
     megascale_port: int = 8080
     init_timeout: float | None = None
+    stall_timeout: float | None = None
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     kill_tpu_holders: bool = True
     tpu_lockfile: str = TPU_LOCKFILE
-    grace_period: float = 5.0
     gcloud: str = "gcloud"
+    gcloud_args: Sequence[str] = ()
 
     @property
     def code_dir(self) -> str:
-        return self.remote_dir or f"distmap_code/{shell.safe_name(self.run_id)}"
+        return check_remote_dir(self.remote_dir or f"distmap_code/{shell.safe_name(self.run_id)}")
 
     @property
     def archive(self) -> str:
@@ -134,7 +167,7 @@ class TpuJob:
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-    """A command of the plan, run once per slice (``argv`` per slice, in ``tpu_names`` order)."""
+    """A command of the plan run once per slice (``argv`` per slice, in ``tpu_names`` order)."""
 
     name: str
     title: str
@@ -143,24 +176,22 @@ class Step:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """What a run does: ``steps`` before the program, the ``run`` commands, the ``cleanup`` ones."""
+    """What a run does: ``steps`` before the program, then ``run``: one ``Worker`` per TPU worker."""
 
     steps: list[Step]
-    run: Step
-    cleanup: Step
-    coordinator_lookup: list[str] | None
+    run: list[Worker]
 
 
-def slice_names(tpu_names: Sequence[str], num_slices: int | None) -> list[str]:
-    """The slices' TPU names: ``--tpu_names`` as given, or ``NAME-0 .. NAME-(N-1)`` for ``--num_slices``.
+def slice_names(names: Sequence[str], num_slices: int | None = None) -> list[str]:
+    """The TPU VM of each slice: ``names`` as given, or ``NAME-0 .. NAME-(N-1)`` for one name.
 
     Example:
-        >>> slice_names(["pod"], 2), slice_names(["a", "b"], None)
+        >>> slice_names(["pod"], 2), slice_names(["a", "b"])
         (['pod-0', 'pod-1'], ['a', 'b'])
     """
-    names = [n.strip() for n in tpu_names if n.strip()]
+    names = [n.strip() for n in names if n.strip()]
     if not names:
-        raise errors.DistributedError("tpu_vm: give the TPU VM(s) with --tpu_names=NAME[,NAME...].")
+        raise errors.DistributedError("tpu_vm: give the TPU VM name(s) with --tpu_names.")
     if num_slices is not None and num_slices != len(names):
         if len(names) != 1:
             raise errors.DistributedError(
@@ -169,9 +200,15 @@ def slice_names(tpu_names: Sequence[str], num_slices: int | None) -> list[str]:
             )
         names = [f"{names[0]}-{i}" for i in range(num_slices)]
     for n in names:
-        if not n or not all(c.isalnum() or c == "-" for c in n) or n.startswith("-"):
-            raise errors.DistributedError(f"tpu_vm: {n!r} is not a TPU VM name (letters, digits and -).")
+        check_tpu_name(n)
     return names
+
+
+def check_tpu_name(name: str) -> str:
+    """``name`` if it is a TPU VM name (letters, digits and ``-``), else ``DistributedError``."""
+    if not name or not all(c.isascii() and (c.isalnum() or c == "-") for c in name) or name.startswith("-"):
+        raise errors.DistributedError(f"tpu_vm: {name!r} is not a TPU VM name (letters, digits and -).")
+    return name
 
 
 def _gcloud(job: TpuJob, verb: str, name: str, *rest: str) -> list[str]:
@@ -181,29 +218,27 @@ def _gcloud(job: TpuJob, verb: str, name: str, *rest: str) -> list[str]:
     return argv + list(rest)
 
 
-def _ssh(job: TpuJob, name: str, script: str) -> list[str]:
+def _ssh(job: TpuJob, name: str, worker: int | str, script: str) -> list[str]:
     # The workers' login shell (bash on TPU VM images) runs the script.
-    return _gcloud(job, "ssh", name, "--worker=all", "--command=" + script)
+    return _gcloud(job, "ssh", name, f"--worker={worker}", *job.gcloud_args, "--command=" + script)
 
 
-def _check_remote_dir(path: str) -> str:
-    parts = path.split("/")
-    if not path or path.startswith("/") or ".." in parts or path.startswith("~"):
-        raise errors.DistributedError(
-            f"tpu_vm: --remote_dir={path!r} must be a relative path inside the workers' home folder, without '..' "
-            "(each run's folder is replaced when the run starts)."
-        )
-    return path
+def describe_argv(job: TpuJob, name: str) -> list[str]:
+    """The command that prints the internal addresses of slice ``name``'s workers, ``;``-separated."""
+    return _gcloud(job, "describe", name, "--format=value(networkEndpoints[].ipAddress)")
+
+
+def pack_command(job: TpuJob) -> str:
+    """The shell line that packs ``job.code_source`` into ``job.archive``."""
+    return f"mkdir -p {shell.quote(job.run_dir)} && " + _PACK.format(
+        src=shell.quote(job.code_source), archive=shell.quote(job.archive)
+    )
 
 
 def prepare_script(job: TpuJob) -> str:
-    """On one worker: end an earlier run, free the TPU, put the code in place."""
-    code = shell.quote(_check_remote_dir(job.code_dir))
-    lines = [
-        "set -u",
-        "# End the process group an earlier distmap run left behind, and whatever holds the TPU.",
-        shell.kill_group_script(PID_FILE, job.grace_period),
-    ]
+    """On one worker: free the TPU, put the code in place, run the setup commands there."""
+    code = shell.quote(job.code_dir)
+    lines = ["set -eu", "# Whatever holds the TPU (a crashed earlier run), and libtpu's lock file."]
     if job.kill_tpu_holders:
         lines.append(_KILL_TPU_HOLDERS)
     lock = shell.quote(job.tpu_lockfile)
@@ -211,13 +246,15 @@ def prepare_script(job: TpuJob) -> str:
     if job.git_revision:
         if not job.git_repo:
             raise errors.DistributedError("tpu_vm: --git_revision needs --git_repo (or a checkout with an 'origin').")
-        lines += [
+        lines.append(
             f"rm -rf {code} && git clone --quiet {shell.quote(job.git_repo)} {code} "
-            f"&& git -C {code} checkout --quiet --detach {shell.quote(job.git_revision)}",
-        ]
+            f"&& git -C {code} checkout --quiet --detach {shell.quote(job.git_revision)}"
+        )
     else:
         archive = shell.quote(job.remote_archive)
-        lines += [f"rm -rf {code} && mkdir -p {code} && tar -xzf {archive} -C {code} && rm -f {archive}"]
+        lines.append(f"rm -rf {code} && mkdir -p {code} && tar -xzf {archive} -C {code} && rm -f {archive}")
+    if job.setup:
+        lines += [f"cd {code}", "# --setup:", *job.setup]
     return "\n".join(lines) + "\n"
 
 
@@ -227,7 +264,7 @@ def slice_env(
     """The variables of every worker of slice ``index`` (beyond what JAX's TPU detection reads)."""
     spec = contract.RankSpec(
         coordinator=None, num_processes=None, process_id=None, run_id=job.run_id, attempt=attempt,
-        init_timeout=job.init_timeout,
+        init_timeout=job.init_timeout, stall_timeout=job.stall_timeout,
     )
     env = contract.rank_env(spec)
     env["JAX_COORDINATOR_PORT"] = str(port)
@@ -243,243 +280,169 @@ def slice_env(
 
 
 def run_script(job: TpuJob, env: Mapping[str, str]) -> str:
-    """On one worker: start the program detached, prefix its lines, report its exit code."""
-    code = shell.quote(_check_remote_dir(job.code_dir))
-    return "\n".join([
-        "set -o pipefail",
-        _WORKER_ID,
-        f"pid_file={PID_FILE}",
-        "{",
-        f"  cd {code} || {{ echo 'distmap: the code folder is missing on this worker'; "
-        f'echo "{relay.EXIT_MARKER} 1"; exit 1; }}',
-        "  " + shell.detached(job.program, '"$pid_file"', env),
-        '  rc=$?; rm -f "$pid_file"',
-        f'  echo "{relay.EXIT_MARKER} $rc"',
-        '  exit "$rc"',
-        "} 2>&1 | " + _PREFIX_LINES,
-    ]) + "\n"
+    """On one worker: the program in the code folder, ended when its ssh session ends."""
+    return shell.watched(job.program, env, job.code_dir)
 
 
-def cleanup_script(job: TpuJob) -> str:
-    """On one worker: end the program's process group and remove the TPU lock file."""
-    lock = shell.quote(job.tpu_lockfile)
-    return shell.kill_group_script(PID_FILE, job.grace_period) + f"\nrm -f {lock} 2>/dev/null || sudo -n rm -f {lock}\n"
-
-
-def coordinator_lookup(job: TpuJob, name: str) -> list[str]:
-    """The command that prints the internal address of slice ``name``'s worker 0."""
-    return _gcloud(job, "describe", name, "--format=value(networkEndpoints[0].ipAddress)")
-
-
-def plan(job: TpuJob, names: Sequence[str] | None = None, *, attempt: int = 0, port: int | None = None,
+def plan(job: TpuJob, workers: Sequence[int] | None = None, *, attempt: int = 0, port: int | None = None,
          coordinator: str | None = None) -> Plan:
-    """The commands of one attempt. ``port``/``coordinator`` default to the job's (or placeholders)."""
-    names = list(names or job.tpu_names)
+    """The commands of one attempt; ``workers``: hosts per slice (default ``job.workers_per_slice`` each)."""
+    names = list(job.tpu_names)
     if not job.program:
         raise errors.DistributedError("tpu_vm: no program to run.")
+    if workers is None:
+        if job.workers_per_slice is None:
+            raise errors.DistributedError("tpu_vm: the number of workers per slice is not known yet.")
+        workers = [job.workers_per_slice] * len(names)
     steps = []
     if not job.git_revision:
         steps.append(Step(
-            "ship",
-            f"Copy the packed working tree to every worker: {job.code_source} (git ls-files) packed into {job.archive}",
-            [_gcloud(job, "scp", job.archive, f"{n}:{job.remote_archive}", "--worker=all") for n in names],
+            "ship", f"Copy the packed working tree ({job.archive}) to every worker",
+            [_gcloud(job, "scp", job.archive, f"{n}:{job.remote_archive}", "--worker=all", *job.gcloud_args)
+             for n in names],
         ))
     steps.append(Step(
-        "prepare",
-        "On every worker: end an earlier run's processes, remove the TPU lock file, put the code in "
-        f"~/{job.code_dir}",
-        [_ssh(job, n, prepare_script(job)) for n in names],
+        "prepare", f"On every worker: free the TPU, put the code in ~/{job.code_dir}"
+        + (", run --setup there" if job.setup else ""),
+        [_ssh(job, n, "all", prepare_script(job)) for n in names],
     ))
     if port is None:
-        port = job.coordinator_port + attempt if job.coordinator_port is not None else shell.pick_port()
-    lookup = None
-    if len(names) > 1:
-        coordinator = coordinator or job.coordinator_address
-        if coordinator is None:
-            lookup = coordinator_lookup(job, names[0])
-            coordinator = f"<address of {names[0]} worker 0>"
-    run = Step(
-        "run",
-        "Start the program on every worker of every slice at once (one command per slice)",
-        [_ssh(job, n, run_script(job, slice_env(job, names, i, attempt, port, coordinator or "")))
-         for i, n in enumerate(names)],
-    )
-    cleanup = Step(
-        "cleanup",
-        "If a worker fails or the launch is stopped, on every worker: end the program and free the TPU",
-        [_ssh(job, n, cleanup_script(job)) for n in names],
-    )
-    return Plan(steps, run, cleanup, lookup)
+        port = job.coordinator_port + attempt if job.coordinator_port is not None else pick_port()
+    coordinator = coordinator or job.coordinator_address or COORDINATOR_PLACEHOLDER
+    run = []
+    for i, (n, count) in enumerate(zip(names, workers)):
+        script = run_script(job, slice_env(job, names, i, attempt, port, coordinator))
+        run += [Worker(len(run) + w, _ssh(job, n, w, script), label=f"{n} worker {w}", log_name=f"{n}.worker_{w}",
+                       hold_stdin=True, program=job.program) for w in range(count)]
+    return Plan(steps, run)
 
 
 _HEREDOC_END = "DISTMAP_SCRIPT"
 
 
-def format_plan(job: TpuJob, p: Plan) -> str:
-    """The plan as a bash script, one command a line (``--dry_run``).
+def _var(name: str) -> str:
+    return re.sub(r"\W", "_", name)
+
+
+def format_plan(job: TpuJob) -> str:
+    """The run as a bash script that runs as printed (``--dry_run``).
 
     Each remote script is set out once in a quoted here-document (no quoting to untangle)
-    and passed as ``--command="$script"``; the text runs as it is.
+    and passed as ``--command="$script"``. Workers per slice and the slices' coordinator,
+    where not given, are asked of ``gcloud ... describe`` by the script itself.
     """
     names = list(job.tpu_names)
+    counts = [job.workers_per_slice or 1] * len(names)  # the commands per worker differ only in --worker
+    p = plan(job, counts, port=job.coordinator_port)
     out = [
         "#!/bin/bash",
         f"# distmap TPU VM run {job.run_id}: {len(names)} slice(s) ({', '.join(names)}), zone {job.zone}; "
         f"logs in {job.run_dir}",
+        "set -euo pipefail",
     ]
-    if p.coordinator_lookup:
-        out += ["# The slices' coordinator (MEGASCALE_COORDINATOR_ADDRESS) is worker 0 of the first slice:",
-                shell.join(p.coordinator_lookup)]
+
     defined: dict[str, str] = {}
 
-    def command(argv: list[str], var: str) -> str:
-        last = argv[-1]
-        if not last.startswith("--command="):
-            return shell.join(argv)
-        script = last[len("--command="):]
+    def heredoc(var: str, script: str) -> str:
         if _HEREDOC_END in script.splitlines():
-            return shell.join(argv)  # cannot be a here-document: quote it instead
+            return shell.quote(script)  # cannot be a here-document: quote it instead
         if defined.get(var) != script:
             out.extend([f"{var}=$(cat <<'{_HEREDOC_END}'", *script.rstrip("\n").split("\n"), _HEREDOC_END, ")"])
             defined[var] = script
-        return shell.join(argv[:-1]) + f' --command="${var}"'
+        return f'"${var}"'
 
-    for i, step in enumerate([*p.steps, p.run, p.cleanup], 1):
-        if step is p.cleanup:
-            out.append(f"# {step.title}:")
-        else:
-            out.append(f"# {i}. {step.title}")
-        for n, argv in zip(names, step.argv):
-            var = step.name + ("_" + n.replace("-", "_") if step is p.run and len(names) > 1 else "") + "_script"
-            out.append(command(argv, var) + (" &" if step is p.run and len(names) > 1 else ""))
-        if step is p.run and len(names) > 1:
-            out.append("wait")
+    step_no = 1
+    if not job.git_revision:
+        out += [f"# {step_no}. Pack the working tree of {job.code_source} (git ls-files)", pack_command(job)]
+        step_no += 1
+    for step in p.steps:
+        out.append(f"# {step_no}. {step.title}")
+        step_no += 1
+        for argv in step.argv:
+            if argv[-1].startswith("--command="):
+                value = heredoc(f"{step.name}_script", argv[-1][len("--command="):])
+                out.append(shell.join(argv[:-1]) + f" --command={value}")
+            else:
+                out.append(shell.join(argv))
+    out.append(f"# {step_no}. Start the program on every worker of every slice at once, one ssh per worker")
+    if job.workers_per_slice is None or (len(names) > 1 and job.coordinator_address is None):
+        for n in names:
+            out.append(f"endpoints_{_var(n)}=$({shell.join(describe_argv(job, n))})")
+    if len(names) > 1 and job.coordinator_address is None:
+        out.append(f'coordinator="${{endpoints_{_var(names[0])}%%;*}}"  # worker 0 of {names[0]}')
+    out += ["# Each worker's program ends when its ssh session does: give them a stdin that stays open while",
+            "# this script runs (a background job's stdin would be /dev/null, which ends the program at once).",
+            "exec 3< <(exec sleep infinity)", "keeper=$!"]
+    first = 0
+    for n, count in zip(names, counts):
+        argv = p.run[first].argv
+        first += count
+        script = argv[-1][len("--command="):]
+        value = heredoc(f"run_script_{_var(n)}", script)
+        if COORDINATOR_PLACEHOLDER in script:
+            out.append(f'run_script_{_var(n)}="${{run_script_{_var(n)}//{COORDINATOR_PLACEHOLDER}/$coordinator}}"')
+        workers = (str(job.workers_per_slice) if job.workers_per_slice
+                   else f'$(echo "$endpoints_{_var(n)}" | tr \';\' \'\\n\' | grep -c .)')
+        head = shell.join([a for a in argv[:-1] if not a.startswith("--worker=")])
+        out.append(f'for w in $(seq 0 $(({workers} - 1))); do {head} --worker="$w" --command={value} <&3 2>&1 '
+                   f'| sed -u "s/^/[{n} worker $w] /" & done')
+    out += ["status=0",
+            'for pid in $(jobs -p); do wait "$pid" || status=$?; done  # Ctrl-C ends every worker\'s program',
+            'kill "$keeper"', 'exit "$status"']
     return "\n".join(out) + "\n"
 
 
-def pack_working_tree(source: str, dest: str) -> int:
-    """Pack ``source``'s working tree into the tar.gz ``dest``; returns the number of files.
-
-    In a git checkout: tracked and untracked files that are not ignored (``git ls-files``),
-    so ``runs/``, virtual environments and caches stay home. Elsewhere: every file but
-    ``.git``, ``__pycache__`` and ``runs``.
-    """
-    files: list[str]
+def _describe(job: TpuJob, name: str) -> list[str]:
+    argv = describe_argv(job, name)
     try:
-        listing = subprocess.run(
-            ["git", "-C", source, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            capture_output=True, check=True,
-        ).stdout
-        files = [f for f in listing.decode().split("\0") if f and os.path.isfile(os.path.join(source, f))]
-    except (OSError, subprocess.CalledProcessError):
-        files = []
-        for folder, dirs, names in os.walk(source):
-            dirs[:] = sorted(d for d in dirs if d not in (".git", "__pycache__", "runs"))
-            files += [os.path.relpath(os.path.join(folder, n), source) for n in sorted(names)]
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    with tarfile.open(dest, "w:gz") as tar:
-        for f in sorted(set(files)):
-            tar.add(os.path.join(source, f), arcname=f, recursive=False)
-    return len(files)
+        proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    except OSError as e:
+        raise errors.DistributedError(f"tpu_vm: could not run {shell.join(argv)}: {e.strerror or e}.") from e
+    endpoints = [e.strip() for e in re.split(r"[;\s]+", proc.stdout) if e.strip()]
+    if proc.returncode != 0 or not endpoints:
+        raise errors.DistributedError(
+            f"tpu_vm: could not find the workers of {name} ({shell.join(argv)} exited with {proc.returncode}: "
+            f"{proc.stderr.strip()}); check --tpu_names and --zone, or give --workers_per_slice "
+            "(and --coordinator_address for several slices)."
+        )
+    return endpoints
 
 
-def _run_each(argvs: list[list[str]], names: Sequence[str], out: IO[str], what: str) -> int:
-    """Run one command per slice at once, output prefixed ``[WHAT NAME]``; the first non-zero status, or 0.
-
-    Anything still running when this is interrupted (Ctrl-C) is ended with it.
-    """
-    procs: list[subprocess.Popen] = []
-    lock = threading.Lock()
-
-    def pump(proc: subprocess.Popen, label: str) -> None:
-        assert proc.stdout is not None
-        for raw in iter(proc.stdout.readline, b""):
-            with lock:
-                out.write(f"[{label}] " + raw.decode("utf-8", errors="replace").rstrip("\r\n") + "\n")
-                out.flush()
-
-    threads = []
-    try:
-        for argv, name in zip(argvs, names):
-            try:
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-            except OSError as e:
-                out.write(f"[{what} {name}] could not start {argv[0]!r}: {e.strerror or e}\n")
-                return 127
-            procs.append(proc)
-            threads.append(threading.Thread(target=pump, args=(proc, f"{what} {name}"), daemon=True))
-            threads[-1].start()
-        codes = [p.wait() for p in procs]
-        for t in threads:
-            t.join(5)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-    return next((code for code in codes if code != 0), 0)
-
-
-def run_tpu(
-    job: TpuJob,
-    options: SupervisorOptions,
-    *,
-    out: IO[str] | None = None,
-    err: IO[str] | None = None,
-    relay_python: str = sys.executable,
-) -> LaunchResult:
-    """Ship the code, clean up, start and supervise ``job``; see the module docstring.
+def run_tpu(job: TpuJob, options: SupervisorOptions, *, out: IO[str] | None = None,
+            err: IO[str] | None = None) -> LaunchResult:
+    """Ship the code, prepare the workers, start and supervise ``job``; see the module docstring.
 
     Returns:
         The :class:`LaunchResult`; its ``exit_code`` is that of the worker that failed first,
-        or of a preparation command that failed (then nothing was started), or 0.
+        or of a preparation command that failed (then the program was not started), or 0.
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     names = list(job.tpu_names)
-    os.makedirs(job.run_dir, exist_ok=True)
-    # The supervisor's run folder is the job's (its logs next to the per-worker ones).
+    # The supervisor's run folder is the job's.
     options = dataclasses.replace(options, log_dir=os.path.dirname(job.run_dir), run_id=os.path.basename(job.run_dir))
     coordinator = job.coordinator_address
-    if len(names) > 1 and coordinator is None:
-        argv = coordinator_lookup(job, names[0])
-        proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        coordinator = proc.stdout.strip().splitlines()[0].strip() if proc.stdout.strip() else ""
-        if proc.returncode != 0 or not coordinator:
-            msg = (f"distmap tpu_vm: could not find the address of {names[0]} worker 0 ({shell.join(argv)} exited "
-                   f"with {proc.returncode}: {proc.stderr.strip()}); give it with --coordinator_address.")
-            err.write(msg + "\n")
-            return LaunchResult(exit_code=proc.returncode or 1, run_dir=job.run_dir, attempts=[], message=msg)
-    first = plan(job, names, coordinator=coordinator, port=0)
+    workers = [job.workers_per_slice] * len(names) if job.workers_per_slice else None
+    if workers is None or (len(names) > 1 and coordinator is None):
+        endpoints = [_describe(job, n) for n in names]
+        workers = workers or [len(e) for e in endpoints]
+        coordinator = coordinator or endpoints[0][0]
+    os.makedirs(job.run_dir, exist_ok=True)
     if not job.git_revision:
-        count = pack_working_tree(job.code_source, job.archive)
-        err.write(f"distmap tpu_vm: packed {count} file(s) of {job.code_source} into {job.archive}\n")
-    for step in first.steps:
+        pack = subprocess.run(["bash", "-c", pack_command(job)], capture_output=True, text=True)
+        if pack.returncode != 0:
+            raise errors.DistributedError(f"tpu_vm: packing {job.code_source} failed: {pack.stderr.strip()}")
+        err.write(f"distmap tpu_vm: packed {job.code_source} into {job.archive}\n")
+    for step in plan(job, workers, port=0, coordinator=coordinator).steps:
         err.write(f"distmap tpu_vm: {step.title}\n")
-        code = _run_each(step.argv, names, out, step.name)
-        if code != 0:
-            msg = f"distmap tpu_vm: a preparation command failed with exit status {code}; nothing was started."
+        res = run_group([Worker(i, argv, label=f"{step.name} {n}", log_name=f"{step.name}.{n}")
+                         for i, (n, argv) in enumerate(zip(names, step.argv))], job.run_dir, options, out=out)
+        if res.status != "ok":
+            msg = f"distmap tpu_vm: {res.message} The program was not started."
             err.write(msg + "\n")
-            return LaunchResult(exit_code=code, run_dir=job.run_dir, attempts=[], message=msg)
-
-    def make_workers(attempt: int) -> list[Worker]:
-        p = plan(job, names, attempt=attempt, coordinator=coordinator)
-        suffix = "" if attempt == 0 else f".restart{attempt}"
-        return [
-            Worker(i, [relay_python, RELAY, f"--log_prefix={os.path.join(job.run_dir, n)}", f"--suffix={suffix}",
-                       "--", *p.run.argv[i]], label=f"slice {n}")
-            for i, n in enumerate(names)
-        ]
-
-    def clean_up(result: AttemptResult) -> None:
-        if result.status == "ok":
-            return
-        err.write("distmap tpu_vm: ending the program on every worker and freeing the TPUs.\n")
-        err.flush()
-        _run_each(first.cleanup.argv, names, out, "cleanup")
-
-    return supervise(make_workers, options, out=out, err=err, on_attempt_end=clean_up)
+            return LaunchResult(exit_code=res.exit_code, run_dir=job.run_dir, attempts=[res], message=msg)
+    return supervise(lambda attempt: plan(job, workers, attempt=attempt, coordinator=coordinator).run, options,
+                     out=out, err=err)
 
 
 def default_git_repo(source: str) -> str | None:
@@ -488,22 +451,23 @@ def default_git_repo(source: str) -> str | None:
         proc = subprocess.run(["git", "-C", source, "remote", "get-url", "origin"], capture_output=True, text=True)
     except OSError:
         return None
-    if proc.returncode != 0:
-        return None
-    return proc.stdout.strip() or None
+    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
 
 
 __all__ = [
-    "PID_FILE",
+    "COORDINATOR_PLACEHOLDER",
     "TPU_LOCKFILE",
     "Plan",
     "Step",
     "TpuJob",
-    "cleanup_script",
-    "coordinator_lookup",
+    "check_project",
+    "check_remote_dir",
+    "check_tpu_name",
+    "check_zone",
     "default_git_repo",
+    "describe_argv",
     "format_plan",
-    "pack_working_tree",
+    "pack_command",
     "plan",
     "prepare_script",
     "run_script",
