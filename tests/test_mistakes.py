@@ -287,7 +287,7 @@ CATALOGUE: list[tuple[str, object, type, tuple[str, ...]]] = [
     ("vmap-kwargs-spec-not-passed", lambda: distmap.vmap(lambda a, b=None: a, "batch", kwargs={"b": 0})(X), E.MappingError, ("kwargs['b']",)),
     ("vmap-spec-twice", lambda: distmap.vmap(lambda a, b: a, "batch", args=(0, 0), kwargs={"b": 0})(X, jnp.zeros(4)), E.MappingError, ("args[1]", "kwargs['b']")),
     ("vmap-mapping-names-unmapped-axis", lambda: distmap.vmap(f, "batch", mesh=MESH, axis_mapping={"btach": "data"})(X), E.MeshError, ("btach", "'batch'")),
-    ("vmap-split-input-jit-no-mesh", lambda: jax.jit(distmap.vmap(f, "batch"))(distmap.shard(X, MESH, {"batch": "data"})), E.MeshError, ("'batch'", "data", "jax.set_mesh")),
+    ("vmap-split-input-jit-no-mesh", lambda: jax.jit(distmap.vmap(f, "batch"))(distmap.shard(X, {"batch": "data"}, MESH)), E.MeshError, ("'batch'", "data", "jax.set_mesh")),
     ("flag-axis-mapping-typo", lambda: _flag_mapping("--axis_mapping=btach=data"), E.MeshError, ("--axis_mapping", "btach", "batch")),
     # ------------------------------------------------------ collectives outside
     ("psum-outside", lambda: distmap.psum(X, "batch"), E.MappingError, ("psum", "batch", "none")),
@@ -323,6 +323,7 @@ CATALOGUE: list[tuple[str, object, type, tuple[str, ...]]] = [
     ("pspec-claimed-twice", lambda: distmap.pspec_for(X, {"batch": "data", "feature": "data"}), E.MeshError, ("batch", "feature", "data")),
     ("shard-no-mesh", lambda: distmap.shard(X, {"batch": "data"}), E.MeshError, ("shard", "mesh")),
     ("shard-no-mapping", lambda: distmap.shard(X, mesh=MESH), E.MeshError, ("shard", "axis_mapping")),
+    ("shard-arguments-swapped", lambda: distmap.shard(X, MESH, {"batch": "data"}), E.MeshError, ("shard(x, axis_mapping, mesh)",)),
     ("shard-unknown-mesh-axis", lambda: distmap.shard(X, {"batch": "nope"}, MESH), E.MeshError, ("nope",)),
     # -------------------------------------------------------------- Stacked
     ("stacked-keys-count", lambda: _stacked(Axis("layer", 3), Scale)(jax.random.split(KEY, 2)), E.AxisSizeError, ("layer", "3", "2")),
@@ -369,7 +370,7 @@ def test_collective_over_an_input_already_on_the_mesh(axis_type, layout):
     mesh = distmap.make_mesh({"data": 4, "model": 2}, axis_types=kind)
     x = distmap.random.normal(KEY, {"batch": 8, "feature": 2})
     ref = distmap.vmap(_centre, "batch")(x)
-    xs = distmap.shard(x, mesh, layout)
+    xs = distmap.shard(x, layout, mesh)
     with jax.set_mesh(mesh):
         y = jax.jit(distmap.vmap(_centre, "batch"))(xs)
     np.testing.assert_allclose(np.asarray(y.array), np.asarray(ref.array), rtol=1e-6, atol=1e-6)
