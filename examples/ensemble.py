@@ -38,6 +38,9 @@ _LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Print progress every this ma
 _CHECK = flags.DEFINE_bool("check", True, "Train again on one device at the end and compare.")
 
 
+AXES = ("ensemble", "batch", "feature", "hidden")  # every named axis of the program's arrays
+
+
 def build(ensemble: int, features: int, hidden: int, seed: int) -> Any:
     """The ensemble: ``ensemble`` MLPs stacked along the named axis ``ensemble``."""
     import equinox as eqx
@@ -121,7 +124,10 @@ def main(argv: list[str]) -> int:
     import numpy as np
 
     mesh = distmap.flags.mesh_from_flags()  # --mesh, and --dcn_mesh on devices that span TPU slices
-    mapping = distmap.flags.axis_mapping_from_flags()
+    try:  # a rule for an axis the program lacks (a typo) would split nothing: refuse it
+        mapping = distmap.flags.axis_mapping_from_flags(axis_names=AXES)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     rank, nproc = jax.process_index(), jax.process_count()
     say = print if rank == 0 else (lambda *a, **k: None)
     say(f"distmap ensemble: {nproc} process(es), {len(jax.devices())} devices, mesh {dict(mesh.shape)}, "

@@ -39,6 +39,8 @@ from typing import Any
 
 from absl import flags
 
+from distmap import errors  # a standalone module: launchers load this one without JAX
+
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 MeshShape = dict[str, int]
@@ -336,12 +338,41 @@ def mesh_shape_from_flags(
     return dict(value)
 
 
-def axis_mapping_from_flags(flag_values: flags.FlagValues = flags.FLAGS, default: AxisRules = None) -> AxisRules:
-    """The parsed ``--axis_mapping`` (a dict, or a rule list); unset, ``default`` or ``{}``."""
+def axis_mapping_from_flags(
+    flag_values: flags.FlagValues = flags.FLAGS, default: AxisRules = None, *, axis_names: Any = None
+) -> AxisRules:
+    """The parsed ``--axis_mapping`` (a dict, or a rule list); unset, ``default`` or ``{}``.
+
+    ``axis_names``, the named axes the program's arrays use, checks the flag against them: a
+    rule for a name none of them has (``--axis_mapping=btach=data``) would split nothing, so it
+    raises :class:`~distmap.errors.MeshError` naming the flag, the rule and the program's axes.
+    (Without ``axis_names`` there is nothing to check against: a mapping is a rule set, and a
+    given map may rightly lack some of its names.)
+
+    Example:
+        >>> from absl import flags
+        >>> fv = flags.FlagValues()
+        >>> define_mesh_flags(fv)
+        >>> _ = fv(["prog", "--axis_mapping=btach=data"])
+        >>> try:
+        ...     axis_mapping_from_flags(fv, axis_names=("batch", "feature"))
+        ... except ValueError as e:
+        ...     print(e)
+        --axis_mapping=btach=data names the axis 'btach', which none of this program's arrays has (its axes: batch, feature); a rule for it would split nothing.
+    """
     value = _value(flag_values, "axis_mapping")
     if value is None:
         return default if default is not None else {}
-    return value if isinstance(value, list) else dict(value)
+    rules = value if isinstance(value, list) else dict(value)
+    if axis_names is not None:
+        known = tuple(axis_names)
+        for name, _ in rules if isinstance(rules, list) else rules.items():
+            if name not in known:
+                raise errors.MeshError(
+                    f"--axis_mapping={_mapping_text(rules)} names the axis {name!r}, which none of this program's "
+                    f"arrays has (its axes: {', '.join(known)}); a rule for it would split nothing."
+                )
+    return rules
 
 
 def dcn_mesh_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> MeshShape | None:

@@ -179,6 +179,8 @@ class NamedArray:
     # ------------------------------------------------------------- axis lookup
     def _index_of(self, sel: AxisSelector) -> int:
         name = axis_name(sel)
+        if getattr(self.array, "ndim", len(self.axes)) != len(self.axes):
+            _stale(self)
         for i, a in enumerate(self.axes):
             if a.name == name:
                 if isinstance(sel, Axis) and sel.size != a.size:
@@ -440,6 +442,15 @@ def _wrap(array: Any, axes: tuple[Axis, ...]) -> NamedArray:
     return out
 
 
+def _stale(x: NamedArray) -> None:
+    """Raise for a NamedArray whose data no longer has its axes' rank: what a raw ``jax.vmap`` leaves."""
+    raise errors.ShapeMismatchError(
+        f"this NamedArray has axes {_fmt_axes(x.axes)} but its data has shape {tuple(x.array.shape)}: it was "
+        "probably passed through jax.vmap (or another transformation that maps the data but not the names). "
+        "Map by name with distmap.vmap(fn, axis) instead."
+    )
+
+
 def _fmt_axes(axes: Sequence[Axis]) -> str:
     return "{" + ", ".join(f"{a.name!r}: {a.size}" for a in axes) + "}"
 
@@ -548,6 +559,8 @@ def align(x: NamedArray, axes: tuple[Axis, ...], what: str = "the operand") -> j
 
     Every axis of ``x`` must be in ``axes`` with the same size; ``what`` names ``x`` in the error otherwise.
     """
+    if getattr(x.array, "ndim", x.ndim) != x.ndim:
+        _stale(x)
     if x.axes == axes:
         return x.array
     pos = {a.name: i for i, a in enumerate(axes)}

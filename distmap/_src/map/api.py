@@ -64,7 +64,9 @@ def vmap(
         mesh: a ``jax.sharding.Mesh`` to split mapped axes over (defaults to the mesh
             set by ``jax.set_mesh`` when an axis mapping is active).
         axis_mapping: which mesh axes each named axis is split over, e.g.
-            ``{"batch": "data"}`` (defaults to :func:`distmap.axis_mapping`'s context).
+            ``{"batch": "data"}`` (defaults to :func:`distmap.axis_mapping`'s context). Given
+            here, every key must be a mapped axis. Where no mapping splits a mapped axis, an
+            input already split on the mesh along it decides the split.
 
     Returns:
         The mapped function.
@@ -81,7 +83,7 @@ def vmap(
     if not parsed:
         return fn
     if not callable(fn):
-        raise TypeError(f"vmap: fn must be callable, got {type(fn).__name__}.")
+        raise errors.ArgumentTypeError(f"vmap: fn must be callable, got {type(fn).__name__}.")
     if chunk_size is not None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
             raise errors.MappingError(f"vmap(chunk_size=...): expected a positive int or None, got {chunk_size!r}.")
