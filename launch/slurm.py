@@ -10,7 +10,7 @@ Each task calls ``distmap.distributed.initialize()``, which lets JAX's SLURM det
 the coordinator (the first node), the process count and the task's rank; the script gives
 each task its share of its node's GPUs (``DISTMAP_LOCAL_DEVICE_IDS``), a coordinator port of
 its own per job and attempt, ``srun --kill-on-bad-exit=1`` so one failing task ends the job
-with its exit status, and one log per task in ``--log_dir/RUN_ID/task_<t>.log``.
+with its exit status (the first failing task's, named, not srun's highest), and one log per task in ``--log_dir/RUN_ID/task_<t>.log``.
 
 ``--dry_run`` prints the script. Otherwise it is written to ``--log_dir/RUN_ID/job.sbatch``
 (on a file system the nodes share), submitted with ``sbatch --parsable``, and the job id is

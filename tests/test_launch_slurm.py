@@ -150,7 +150,7 @@ def test_failing_task_fails_the_job_with_its_exit_status(tmp_path, cluster):
     pid = int(re.search(r"PID (\d+)", _task_log(job, 0)).group(1))
     assert not wait_gone([pid], 5)  # srun ended the healthy task when the other failed
     with open(os.path.join(job.run_dir, f"sbatch-{job_id}.log")) as f:
-        assert "srun exited with status 3" in f.read()
+        assert "distmap: task 1 failed first, with exit status 3" in f.read()
 
 
 def test_restart_runs_srun_again_with_a_new_port(tmp_path, cluster):

@@ -90,13 +90,13 @@ def test_failing_task_fails_the_job_and_kill_on_bad_exit_stops_the_other(tmp_pat
     run_dir = tmp_path / "bad"
     assert job["JobState"] == "FAILED", _logs(run_dir, job_id)
     assert "RuntimeError: task one fails" in (run_dir / "task_1.log").read_text()
-    # srun names the failing task and its code; it exits with the highest task status, which here is
-    # task 0's 128+SIGTERM from --kill-on-bad-exit, and the job fails with what the script reports.
-    status = int(job["ExitCode"].split(":")[0])
+    # srun exits with the highest task status (here task 0's 128+SIGTERM from --kill-on-bad-exit); the
+    # script reports and exits with the status of the task that failed first: task 1's 1.
     batch_log = (run_dir / f"sbatch-{job_id}.log").read_text()
+    assert job["ExitCode"].split(":")[0] == "1", (job, batch_log)
     assert "task 1: Exited with exit code 1" in batch_log, batch_log
     assert "task 0: Terminated" in batch_log, batch_log  # srun stopped the healthy task (it sleeps 120 s)
-    assert f"srun exited with status {status} (logs: {run_dir}/task_*.log)" in batch_log, batch_log
+    assert "distmap: task 1 failed first, with exit status 1 (srun exited with " in batch_log, batch_log
     assert "PID" in (run_dir / "task_0.log").read_text()  # it was running when task 1 failed
     assert not marked_pids(env[TEST_MARK], TEST_MARK)
 

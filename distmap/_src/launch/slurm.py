@@ -13,8 +13,10 @@ fixed, the script sets:
 * **The coordinator port.** ``JAX_COORDINATOR_PORT`` is derived from ``SLURM_JOB_ID``, the
   requeue count and the attempt, so a retry never meets the port of an earlier try; or
   ``--coordinator_port`` + attempt where a port is forced.
-* **Fail fast.** ``srun --kill-on-bad-exit=1`` ends every task when one fails; the script
-  exits with ``srun``'s status, so the job fails with the failing task's exit status.
+* **Fail fast.** ``srun --kill-on-bad-exit=1`` ends every task when one fails. srun itself
+  exits with the *highest* status of any task, often the SIGTERM it sent the healthy ones
+  (143), so each task's wrapper records when and with what status its program ended, and the
+  script exits with the status of the task that failed first, naming it.
 * **Logs.** One file per task through srun's ``%t``, in the run folder:
   ``RUN_DIR/task_<t>.log`` (``task_<t>.restart<k>.log`` for restart ``k``), and the batch
   script's own output in ``RUN_DIR/sbatch-<jobid>.log``.
@@ -49,7 +51,9 @@ from distmap._src.launch import contract, shell
 #: Characters allowed in an ``#SBATCH`` directive's value (sbatch splits those lines itself).
 _DIRECTIVE_SAFE = re.compile(r"[A-Za-z0-9_.,:/=+@%-]*\Z")
 
-# Run by srun once per task (the program follows as "$@"). Constant text: no user data.
+# Run by srun once per task (the program follows as "$@"). Constant text: no user data. It
+# records "<end time in ns> <status>" of a program that fails, so that the script can name the
+# task that failed first (srun's own status is the highest of all, a killed task's included).
 TASK_WRAPPER = """\
 g="${DISTMAP_GPUS_PER_TASK:-0}"
 if [ "$g" -gt 0 ]; then
@@ -57,7 +61,12 @@ if [ "$g" -gt 0 ]; then
   while [ "$i" -lt "$g" ]; do ids="$ids,$(( first + i ))"; i=$(( i + 1 )); done
   export DISTMAP_LOCAL_DEVICE_IDS="$ids"
 fi
-exec "$@"
+"$@"
+rc=$?
+if [ "$rc" -ne 0 ] && [ -n "${DISTMAP_STATUS_DIR:-}" ]; then
+  echo "$(date +%s%N) $rc" > "$DISTMAP_STATUS_DIR/task_${SLURM_PROCID:-0}"
+fi
+exit "$rc"
 """
 
 
@@ -251,14 +260,23 @@ def render_sbatch(job: SlurmJob) -> str:
         'export JAX_COORDINATOR_PORT="$port"',
         *bind,
         'suffix=""; [ "$attempt" -gt 0 ] && suffix=".restart$attempt"',
+        'export DISTMAP_STATUS_DIR="$run_dir/status$suffix"; rm -rf "$DISTMAP_STATUS_DIR"; mkdir -p "$DISTMAP_STATUS_DIR"',
         f'echo "distmap: starting {job.num_tasks} task(s) on {job.nodes} node(s), attempt $((attempt + 1)), '
         'coordinator port $port; task logs: $run_dir/task_<t>$suffix.log"',
         f'{srun} --output="$log_pattern$suffix.log" \\',
         f"  {task}",
         "status=$?",
         'if [ "$status" -eq 0 ]; then echo "distmap: all tasks exited with code 0."; exit 0; fi',
+        "# The task that failed first, and its status (srun's is the highest of all tasks').",
+        'first=$(cd "$DISTMAP_STATUS_DIR" && for f in task_*; do [ -f "$f" ] && echo "$(cat "$f") ${f#task_}"; done '
+        '| sort -n | head -n 1)',
+        'srun_status=$status; task=unknown',
+        'if [ -n "$first" ]; then task=${first##* }; first=${first#* }; status=${first%% *}; fi',
     ]
-    failed = 'echo "distmap: a task failed; srun exited with status $status (logs: $run_dir/task_*$suffix.log)." >&2'
+    failed = (
+        'echo "distmap: task $task failed first, with exit status $status (srun exited with $srun_status; '
+        'logs: $run_dir/task_*$suffix.log)." >&2'
+    )
     lines += ["", "attempt=0"]
     if job.max_restarts <= 0:
         lines += [*body, failed, 'exit "$status"']
