@@ -142,7 +142,7 @@ def main(argv: list[str]) -> int:
         "y": distmap.named(y_all[rows], ("batch",)),
     }
     with distmap.axis_mapping(mapping), jax.set_mesh(mesh):
-        data = distributed.host_local_to_global(local, mesh)
+        data = distributed.host_local_to_global(local, mesh=mesh)
         model = distmap.shard(build(_ENSEMBLE.value, _FEATURES.value, _HIDDEN.value, _SEED.value), mesh=mesh)
 
         start = [time.perf_counter()]

@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
     everything = np.arange(2 * n_dev, dtype=np.float32) ** 2
     mine = everything[rank * rows : (rank + 1) * rows]
     with distmap.axis_mapping({"batch": "data"}), jax.set_mesh(mesh):
-        x = distributed.host_local_to_global(distmap.named(mine, ("batch",)), mesh)
+        x = distributed.host_local_to_global(distmap.named(mine, ("batch",)), mesh=mesh)
         y = jax.jit(distmap.vmap(lambda v: v - distmap.pmean(v, "batch"), "batch"))(x)
         back = distributed.global_to_host_local(y)
     print("RESULT " + json.dumps({

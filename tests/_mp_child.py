@@ -78,7 +78,7 @@ def main(mode: str) -> int:
     xs = np.arange(2 * n_dev, dtype=np.float32)[rank * rows : (rank + 1) * rows]
     local_x = distmap.named(xs, ("batch",))  # on this process's first device (outside jax.set_mesh)
     with distmap.axis_mapping({"batch": "data"}), jax.set_mesh(dmesh):
-        x = distributed.host_local_to_global(distmap.named(xs, ("batch",)), dmesh)
+        x = distributed.host_local_to_global(distmap.named(xs, ("batch",)), mesh=dmesh)
         y = jax.jit(distmap.vmap(lambda v: v - distmap.pmean(v, "batch"), "batch"))(x)
         back = distributed.global_to_host_local(y)
         # A process-local array handed to a map over a multi-process mesh is refused, never mixed up.

@@ -369,7 +369,7 @@ def test_shard_refuses_uneven_dims_as_host_local_to_global_does(kind, mesh42, au
         jax.jit(lambda v: distmap.shard(v, mapping, mesh))(x)
     # host_local_to_global refuses the same input (one process: the local part is the whole)
     with pytest.raises(errors.AxisSizeError, match=r"'batch'.*do not divide"):
-        distmap.distributed.host_local_to_global(x, mesh, mapping)
+        distmap.distributed.host_local_to_global(x, mapping, mesh)
     # keeping the axis whole, as the message says, works
     out = distmap.shard(x, {"batch": None, "embed": "model"}, mesh)
     assert out.array.sharding.spec == P(None, "model")

@@ -329,10 +329,11 @@ CATALOGUE: list[tuple[str, object, type, tuple[str, ...]]] = [
     ("stacked-keys-count", lambda: _stacked(Axis("layer", 3), Scale)(jax.random.split(KEY, 2)), E.AxisSizeError, ("layer", "3", "2")),
     ("stacked-no-size", lambda: _stacked("layer", Scale), E.AxisSelectorError, ("layer", "size")),
     # ------------------------------------------------------------ global data
-    ("host-local-no-mesh", lambda: host_local_to_global(X, None, {"batch": "data"}), E.MeshError, ("host_local_to_global", "mesh")),
-    ("host-local-no-mapping", lambda: host_local_to_global(X, MESH), E.MeshError, ("host_local_to_global", "axis_mapping")),
-    ("host-local-uneven", lambda: host_local_to_global(distmap.zeros({"batch": 3}), MESH, {"batch": "data"}), E.AxisSizeError, ("batch", "3")),
-    ("host-local-unknown-mesh-axis", lambda: host_local_to_global(X, MESH, {"batch": "nope"}), E.MeshError, ("batch", "nope")),
+    ("host-local-no-mesh", lambda: host_local_to_global(X, {"batch": "data"}), E.MeshError, ("host_local_to_global", "mesh")),
+    ("host-local-no-mapping", lambda: host_local_to_global(X, mesh=MESH), E.MeshError, ("host_local_to_global", "axis_mapping")),
+    ("host-local-uneven", lambda: host_local_to_global(distmap.zeros({"batch": 3}), {"batch": "data"}, MESH), E.AxisSizeError, ("batch", "3")),
+    ("host-local-unknown-mesh-axis", lambda: host_local_to_global(X, {"batch": "nope"}, MESH), E.MeshError, ("batch", "nope")),
+    ("host-local-swapped-order", lambda: host_local_to_global(X, MESH, {"batch": "data"}), E.MeshError, ("host_local_to_global", "axis_mapping, mesh")),
 ]
 
 

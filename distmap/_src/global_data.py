@@ -20,7 +20,15 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from distmap import errors
-from distmap._src.mesh import AxisMapping, AxisMappingLike, _pspec, _resolve_mapping, current_mesh
+from distmap._src.mesh import (
+    AxisMapping,
+    AxisMappingLike,
+    _check_mapping_arg,
+    _pspec,
+    _resolve_mapping,
+    check_mesh,
+    current_mesh,
+)
 from distmap._src.named import NamedArray, _wrap
 
 
@@ -29,6 +37,7 @@ def _is_named(x: Any) -> bool:
 
 
 def _mesh(mesh: Mesh | None, fn: str) -> Mesh:
+    mesh = check_mesh(mesh, fn)
     mesh = mesh if mesh is not None else current_mesh()
     if not isinstance(mesh, Mesh):
         raise errors.MeshError(f"{fn}: no concrete mesh given and none set with jax.set_mesh.")
@@ -44,9 +53,12 @@ def _local_devices_along(mesh: Mesh, part: Any) -> tuple[tuple[str, ...], int, i
 
 
 def host_local_to_global(
-    x: Any, mesh: Mesh | None = None, axis_mapping: AxisMappingLike | AxisMapping | None = None
+    x: Any, axis_mapping: AxisMappingLike | AxisMapping | None = None, mesh: Mesh | None = None
 ) -> Any:
     """Stitch each process's slice of every NamedArray in ``x`` into one global array.
+
+    Arguments in the order of :func:`distmap.shard`: ``host_local_to_global(x, axis_mapping, mesh)``,
+    each defaulting to the current one.
 
     Each process passes NamedArrays whose mapped axes hold only its own part (for example
     its rows of ``batch``); the result has the global sizes and is split over ``mesh`` by
@@ -55,10 +67,11 @@ def host_local_to_global(
     Example:
         >>> import distmap, jax
         >>> mesh = distmap.make_mesh({"data": 1}, devices=jax.devices()[:1])
-        >>> g = distmap.distributed.host_local_to_global(distmap.zeros({"batch": 4}), mesh, {"batch": "data"})
+        >>> g = distmap.distributed.host_local_to_global(distmap.zeros({"batch": 4}), {"batch": "data"}, mesh)
         >>> g.shape
         {'batch': 4}
     """
+    _check_mapping_arg(axis_mapping, "host_local_to_global")
     mesh = _mesh(mesh, "host_local_to_global")
     mapping = _resolve_mapping(axis_mapping, "host_local_to_global")
 
@@ -92,7 +105,7 @@ def global_to_host_local(x: Any) -> Any:
     Example:
         >>> import distmap, jax
         >>> mesh = distmap.make_mesh({"data": 1}, devices=jax.devices()[:1])
-        >>> g = distmap.distributed.host_local_to_global(distmap.ones({"batch": 4}), mesh, {"batch": "data"})
+        >>> g = distmap.distributed.host_local_to_global(distmap.ones({"batch": 4}), {"batch": "data"}, mesh)
         >>> distmap.distributed.global_to_host_local(g).array.tolist()
         [1.0, 1.0, 1.0, 1.0]
     """
