@@ -229,3 +229,19 @@ class TestEinsum:
         assert r.axis_names == tuple(out)
         ref = np.einsum(",".join("".join(s) for s in specs) + "->" + "".join(out), *(a for _, a in arrays))
         close(r.array, ref)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_dot_over_an_axis_split_on_an_explicit_mesh(jit):
+    # JAX asks for out_sharding when a contracted dimension is split; the names say what it is.
+    mesh = distmap.make_mesh({"data": 4, "model": 2})
+    rng = np.random.default_rng(0)
+    xa, wa = rng.normal(size=(8, 4)).astype(np.float32), rng.normal(size=(4, 6)).astype(np.float32)
+    x = distmap.shard(distmap.named(xa, ("batch", "embed")), {"batch": "data", "embed": "model"}, mesh)
+    w = distmap.shard(distmap.named(wa, ("embed", "hidden")), {"embed": "model"}, mesh)
+    f = (lambda a, b: distmap.dot(a, b, axis="embed"))
+    with jax.set_mesh(mesh):
+        y = (jax.jit(f) if jit else f)(x, w)
+    assert y.axis_names == ("batch", "hidden")
+    assert tuple(y.array.sharding.spec)[:1] == ("data",)  # the uncontracted axis keeps its split
+    np.testing.assert_allclose(np.asarray(y.array), xa @ wa, rtol=1e-5, atol=1e-5)

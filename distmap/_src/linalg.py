@@ -11,7 +11,9 @@ import string
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 from distmap import errors
 from distmap._src.axis import Axis, AxisSelection, parse_selection
@@ -63,13 +65,56 @@ def _contract(
     letter = {name: _subscript(k) for k, name in enumerate(union)}
     ins = ",".join("".join(letter[a.name] for a in x.axes) for x in arrays)
     out = "".join(letter[n] for n in out_names)
+    extra = {}
+    out_sharding = _explicit_out_sharding(arrays, out_names)
+    if out_sharding is not None:
+        extra["out_sharding"] = out_sharding
     result = jnp.einsum(
         f"{ins}->{out}",
         *(x.array for x in arrays),
         precision=precision,
         preferred_element_type=preferred_element_type,
+        **extra,
     )
     return _wrap(result, tuple(union[n][0] for n in out_names))
+
+
+def _explicit_out_sharding(arrays: Sequence[NamedArray], out_names: Sequence[str]) -> Any:
+    """On an Explicit mesh, the result's sharding when a contracted axis is split (else None).
+
+    JAX cannot tell how to lay out a contraction over a split dimension, and asks; the names
+    can: every result axis keeps the mesh axes it is split over in the operands (the first
+    operand that splits it), and the contracted ones are summed across their devices.
+    """
+    by_name: dict[str, Any] = {}
+    mesh = None
+    contracted_split = False
+    out_set = set(out_names)
+    for x in arrays:
+        sharding = getattr(jax.typeof(x.array), "sharding", None)
+        spec = getattr(sharding, "spec", None)
+        if not spec or not any(p is not None for p in spec):
+            continue
+        mesh = sharding.mesh
+        for a, p in zip(x.axes, spec):
+            if p is None:
+                continue
+            if a.name not in out_set:
+                contracted_split = True
+            else:
+                by_name.setdefault(a.name, p)
+    if not contracted_split or mesh is None:
+        return None
+    used: set[str] = set()
+    parts = []
+    for n in out_names:
+        p = by_name.get(n)
+        axes = () if p is None else ((p,) if isinstance(p, str) else tuple(p))
+        if any(a in used for a in axes):
+            axes = ()
+        used.update(axes)
+        parts.append(None if not axes else (axes[0] if len(axes) == 1 else axes))
+    return PartitionSpec(*parts)
 
 
 def dot(
