@@ -725,7 +725,7 @@ def sharded_problems(draw):
     return mesh, mapping, sizes, order, layout, fn
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)  # tests/test_map_differential.py covers more ground per example
 @given(sharded_problems())
 def test_property_sharded_equals_one_device(problem):
     mesh, mapping, (na, nb), order, layout, fn = problem
