@@ -170,7 +170,8 @@ def _check_package() -> None:
     if getattr(distmap, "__file__", None):
         return
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    others = [p for p in getattr(distmap, "__path__", []) if os.path.abspath(p) != here]
+    others = list(dict.fromkeys(os.path.abspath(p) for p in getattr(distmap, "__path__", [])))
+    others = [p for p in others if p != here]
     raise errors.DistributedError(
         f"'import distmap' found {', '.join(map(repr, others)) or 'a folder'}: a folder named distmap without "
         f"__init__.py, which Python imported as a namespace package instead of the distmap package at {here!r} "
@@ -500,6 +501,7 @@ class _JoinMarkers:
         return f"{_ranks(missing)} never reached distmap.distributed.initialize() (no marker in {self.folder}). "
 
     def joined(self) -> None:
+        """Remove this rank's marker (joined, or given up), and the folder once empty."""
         try:
             os.remove(self._path(self.rank))
             os.rmdir(self.folder)  # the last rank out removes the folder
@@ -555,6 +557,8 @@ def _start(requested: DistributedConfig, cluster: str | None) -> DistributedConf
             f"{contract.INIT_TIMEOUT} if the processes only start slowly.\n"
         )
         sys.stderr.flush()
+        if marker:
+            marker.joined()
         os._exit(contract.EXIT_INIT_TIMEOUT)
 
     threading.Thread(target=watchdog, name="distmap-init-watchdog", daemon=True).start()
