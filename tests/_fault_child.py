@@ -15,7 +15,9 @@ the fault at step 3:
     skip      rank 1 skips its step-3 collective (``verify`` before each print)
     skipadd   rank 1 skips step 3's collective and runs one extra at step 6 (``verify`` before each print)
     skipquiet rank 1 skips its step-3 collective; no ``verify``, only the background watch
-    bench     no fault; prints ``STEP_S <median seconds per step>`` over STEPS steps
+    bench     no fault; STEPS steps in blocks of 25, the watch (its thread and note) on in every
+              other block; prints ``STEP_S <median s per step, watch off>`` and ``AB <median
+              ratio of the on / off block times>``
 """
 
 from __future__ import annotations
@@ -56,9 +58,18 @@ def run(mode: str, steps: int) -> int:
         return float(sum(100 * step + r for r in range(n)) * per)
 
     times = []
+    from distmap._src import progress
+
+    watch, blocks = progress.active(), {True: [], False: []}
     for step in range(1, steps + 1):
+        if mode == "bench" and watch is not None and step % 25 == 1:
+            on = (step // 25) % 2 == 0
+            progress._WATCH, watch.paused = (watch if on else None), not on
+            block_start = time.perf_counter()
         t0 = time.perf_counter()
         if rank == 1 and step == 3:
+            if mode in ("raise", "exit3", "absl", "kill", "stall"):
+                print(f"FAULT {time.time()!r}", flush=True)  # for benchmarks/bench_launch.py
             if mode == "raise":
                 raise RuntimeError("rank 1 fails at step 3")
             if mode in ("exit3", "absl"):
@@ -80,8 +91,14 @@ def run(mode: str, steps: int) -> int:
                 print(f"step {step} sum {got:g} {'ok' if got == expected(step) else 'WRONG'}", flush=True)
         if mode != "bench":
             time.sleep(0.05)
+        elif watch is not None and step % 25 == 0 and step > 25:
+            blocks[on].append(time.perf_counter() - block_start)
     if mode == "bench":
         print(f"STEP_S {float(np.median(times[len(times) // 4:])):.6g}", flush=True)
+        pairs = min(len(blocks[True]), len(blocks[False]))
+        if pairs:
+            ratios = [a / b for a, b in zip(blocks[True][:pairs], blocks[False][:pairs])]
+            print(f"AB {float(np.median(ratios)):.6g}", flush=True)
     return 0
 
 

@@ -43,6 +43,7 @@ class DistributedConfig:
 
     ``mode`` is ``"single"`` (one process, nothing started), ``"explicit"`` (arguments or
     ``DISTMAP_*`` variables) or ``"cluster"`` (JAX's cluster detection).
+    ``stall_timeout`` is the progress watch's (``None``: no watch).
     """
 
     mode: str
