@@ -92,6 +92,7 @@ def test_judge_a_rank_that_left_early_is_a_divergence_and_equal_counts_only_warn
 
 def test_judge_a_silent_heartbeat_is_a_gone_rank():
     w = _watch(n=2, stall=0.2)
+    w.gone_after = 0.2  # at least 10 s in real runs
     ring = _ring(["call 'psum'"])
     records = {0: _record(1, ring), 1: _record(1, ring, beat=7)}
     assert w._judge(records) is None

@@ -61,6 +61,16 @@ FAST_EXIT_ENV = "DISTMAP_FAST_EXIT"
 #: Seconds a failing rank may spend exiting (its late ``atexit`` handlers, rank 0's wait).
 EXIT_GRACE_S = 3.0
 
+#: Exit status of a rank that stopped launching while the others waited for it.
+EXIT_STALLED = 76
+#: Exit status of a rank whose launches differ from the others' (``DivergenceError``).
+EXIT_DIVERGED = 77
+#: Exit status of a rank that ends because another rank failed, stalled or diverged.
+EXIT_PEER_FAILED = 78
+
+#: Called at a normal exit, before JAX's shutdown barrier (the progress watch says "done").
+ON_NORMAL_EXIT: list[Callable[[], None]] = []
+
 _FAIL_PREFIX = "distmap/fail/"
 _ACK_PREFIX = "distmap/ack/"
 
@@ -160,11 +170,9 @@ def _fail(code: int, why: str) -> None:
 
 def _hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
     _STATE.previous_hook(kind, value, tb)
-    from distmap._src import progress
-
     code = 130 if issubclass(kind, KeyboardInterrupt) else 1
     if isinstance(value, errors.DivergenceError):
-        code = progress.EXIT_DIVERGED
+        code = EXIT_DIVERGED
     culprits = tuple(getattr(value, "ranks", ()) or ())
     if isinstance(value, errors.DivergenceError) and culprits and _STATE.rank not in culprits:
         _STATE.after = culprits  # let the ranks at fault exit first, so a launcher names them
@@ -206,10 +214,9 @@ def flush() -> None:
 
 def _at_exit() -> None:
     """Registered at ``install``: so it runs after the handlers registered later, before earlier ones."""
-    from distmap._src import progress
-
     if _STATE.failing is None:
-        progress.finish()
+        for callback in list(ON_NORMAL_EXIT):
+            callback()
         return
     code = _STATE.failing[0]
     client = _STATE.client()
@@ -265,4 +272,4 @@ def uninstall() -> None:
     _STATE.failing = None
 
 
-__all__ = ["EXIT_GRACE_S", "FAST_EXIT_ENV", "exit_code", "failing", "fast_exit_from_env", "install", "uninstall"]
+__all__ = ["EXIT_DIVERGED", "EXIT_GRACE_S", "EXIT_PEER_FAILED", "EXIT_STALLED", "FAST_EXIT_ENV", "ON_NORMAL_EXIT", "exit_code", "failing", "fast_exit_from_env", "install", "uninstall"]

@@ -21,7 +21,7 @@ The watch makes this visible through the coordination service's key-value store,
   - *stall*: no rank has launched anything for ``stall_timeout`` seconds and the counts
     differ: the ranks with the lowest count stopped while the others wait for them. The
     stalled rank prints where its main thread is (for example the ``time.sleep`` line).
-  - *gone*: a rank's heartbeat stopped for ``stall_timeout`` seconds (it ended without
+  - *gone*: a rank's heartbeat stopped for ``stall_timeout`` seconds, at least 10 (it ended without
     leaving the run, ``os._exit`` or a signal, or is frozen).
   - *failed*: a rank published that it is exiting with an error (see ``exits``).
 
@@ -63,17 +63,13 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any, TypeVar
 
 from distmap import errors
+from distmap._src import exits
+from distmap._src.exits import EXIT_DIVERGED, EXIT_PEER_FAILED, EXIT_STALLED
 
 #: Environment variable a launcher sets: seconds without progress before a stall is
 #: reported (a float; ``0`` turns the watch off). Set by ``--stall_timeout``.
 STALL_TIMEOUT_ENV = "DISTMAP_STALL_TIMEOUT"
 
-#: Exit status of a rank that stopped launching while the others waited for it.
-EXIT_STALLED = 76
-#: Exit status of a rank whose launches differ from the others'.
-EXIT_DIVERGED = 77
-#: Exit status of a rank that ends because another rank failed, stalled or diverged.
-EXIT_PEER_FAILED = 78
 
 _PREFIX = "distmap/watch/"
 _RING = 64  # fingerprints kept (and published) per rank
@@ -117,6 +113,9 @@ class _Watch:
         self.stall_timeout = stall_timeout
         self.interval = interval
         self.peer_grace = peer_grace
+        # A live rank whose watch thread cannot run (a long call holding the GIL) looks silent
+        # too, so a heartbeat is given at least 10 s.
+        self.gone_after = max(stall_timeout, 10.0)
         self.count = 0
         self.fp = 0
         self.ring: list[tuple[int, int, str] | None] = [None] * _RING
@@ -160,6 +159,7 @@ class _Watch:
     def _loop(self) -> None:
         while not self.stop.wait(self.interval):
             if self.paused:
+                self.seen_beats.clear()  # nobody's heartbeat is judged across a pause
                 continue
             try:
                 self.beat += 1
@@ -169,11 +169,9 @@ class _Watch:
                     tail = key.rsplit("/", 1)[-1]
                     if tail.isdigit():
                         records[int(tail)] = json.loads(value)
+                failed = exits.failure_notices(self.client)
             except Exception:  # noqa: BLE001 - the service is gone (the run is ending) or busy: try again
                 continue
-            from distmap._src import exits
-
-            failed = exits.failure_notices(self.client)
             if failed:
                 self._peer_failed(failed)
                 return
@@ -191,9 +189,9 @@ class _Watch:
             if seen is None or seen[0] != beat:
                 self.seen_beats[rank] = (beat, now)
         gone = [r for r in range(self.n) if r != self.rank and r in self.seen_beats
-                and records.get(r, {}).get("state") == "run" and now - self.seen_beats[r][1] > self.stall_timeout]
+                and records.get(r, {}).get("state") == "run" and now - self.seen_beats[r][1] > self.gone_after]
         if gone:
-            return ("gone", gone, f"{_ranks(gone)} stopped reporting for over {self.stall_timeout:g} s: the process "
+            return ("gone", gone, f"{_ranks(gone)} stopped reporting for over {self.gone_after:g} s: the process "
                     "ended without leaving the run (os._exit, a signal, killed) or is frozen.")
         if len(records) < self.n:
             return None  # some ranks have not published yet
@@ -240,8 +238,6 @@ class _Watch:
         self._follow()
 
     def _peer_failed(self, failed: Mapping[int, Mapping[str, Any]]) -> None:
-        from distmap._src import exits
-
         exits.acknowledge(self.client, self.rank)
         parts = [f"rank {r} failed ({v.get('why', '?')}, exit code {v.get('code', '?')})" for r, v in sorted(failed.items())]
         sys.stderr.write(f"distmap: {'; '.join(parts)}.\n")
@@ -249,8 +245,6 @@ class _Watch:
 
     def _follow(self) -> None:
         """End this rank soon after the rank at fault ended (so a launcher names that one first)."""
-        from distmap._src import exits
-
         sys.stderr.write(f"distmap: rank {self.rank} ends too (exit code {EXIT_PEER_FAILED}) once the rank at fault "
                          f"has, within {self.peer_grace:g} s, unless its launcher stops it first.\n")
         sys.stderr.flush()
@@ -270,8 +264,6 @@ class _Watch:
 
 
 def _leave(client: Any, rank: int, code: int, why: str) -> None:
-    from distmap._src import exits
-
     exits.publish_failure(client, rank, code, why, final=True)
     exits.flush()
     os._exit(code)
@@ -465,6 +457,8 @@ def start(client: Any, rank: int, num_processes: int, stall_timeout: float, *, p
     interval = min(max(stall_timeout / 8.0, 0.05), 1.0)
     watch = _Watch(client, rank, num_processes, float(stall_timeout), interval, peer_grace)
     _WATCH = watch
+    if finish not in exits.ON_NORMAL_EXIT:
+        exits.ON_NORMAL_EXIT.append(finish)
     watch.thread.start()
     return watch
 
