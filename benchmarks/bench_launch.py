@@ -231,11 +231,12 @@ with distmap.axis_mapping(mapping), jax.set_mesh(mesh):
 ratios = [a / b for a, b in zip(blocks[True][1:], blocks[False][1:])]
 print(f"STEP_S {{statistics.median(blocks[False]) / 25:.6g}}", flush=True)
 print(f"AB {{statistics.median(ratios):.6g}}", flush=True)
+print(f"WATCH_CPU {{watch.cpu_s / sum(blocks[True]):.6g}}", flush=True)  # its thread's CPU share while on
 """
 
 
-def ensemble_step_cost(stall_timeout: float, blocks: int, log_dir: str, program: str) -> tuple[float, float]:
-    """(seconds per step, step time ratio watch on / off) of the main job's training step."""
+def ensemble_step_cost(stall_timeout: float, blocks: int, log_dir: str, program: str) -> tuple[float, float, float]:
+    """(seconds per step, step time ratio watch on / off, CPU share of the watch thread) of the main job's step."""
     flagfile = os.path.join(_ROOT, "configs", "local_2proc.flags")
     settings = {"DISTMAP_STALL_TIMEOUT": f"{stall_timeout:g}"}
     cmd = [sys.executable, os.path.join(_ROOT, "launch", "local.py"), f"--flagfile={flagfile}", f"--log_dir={log_dir}",
@@ -245,7 +246,8 @@ def ensemble_step_cost(stall_timeout: float, blocks: int, log_dir: str, program:
     steps = [float(line.split("STEP_S ", 1)[1]) for line in out.splitlines() if "STEP_S " in line]
     if not steps:
         raise RuntimeError(f"ensemble benchmark failed (exit {proc.returncode}):\n{(out + proc.stderr)[-3000:]}")
-    return max(steps), max(_ab(out, 2, "ensemble benchmark"))
+    cpu = max(float(line.split("WATCH_CPU ", 1)[1]) for line in out.splitlines() if "WATCH_CPU " in line)
+    return max(steps), max(_ab(out, 2, "ensemble benchmark")), cpu
 
 
 def note_cost(calls: int = 200_000) -> tuple[float, float]:
@@ -309,7 +311,8 @@ def watch_cost(processes: list[int], repeats: int, log_dir: str) -> None:
         got = [ensemble_step_cost(stall, 40, log_dir, program) for _ in range(repeats)]
         lines.append(f"  main job (examples/ensemble.py's step, 2 processes x 4 devices, "
                      f"{statistics.median(g[0] for g in got) * 1e3:.1f} ms), stall timeout {stall:g} s: "
-                     f"on / off = {statistics.median(g[1] for g in got):.4f}")
+                     f"on / off = {statistics.median(g[1] for g in got):.4f}; the watch thread's CPU time "
+                     f"{statistics.median(g[2] for g in got) * 100:.3f}% of the time it ran")
     print(f"progress watch cost per step (it publishes every min(T/8, 1) s: 0.25 s for T = 2 s, 1 s for T >= 8 s), "
           f"blocks alternating on / paused within one run, median of {repeats} runs:")
     print("\n".join(lines))

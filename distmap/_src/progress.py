@@ -127,6 +127,7 @@ class _Watch:
         self.seen_beats: dict[int, tuple[int, float]] = {}
         self.warned_idle = False
         self.paused = False  # benchmarks/bench_launch.py compares steps with and without the thread
+        self.cpu_s = 0.0  # CPU time this thread used (Python and the RPCs it waits in), for the benchmark
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="distmap-progress-watch", daemon=True)
 
@@ -161,6 +162,7 @@ class _Watch:
             if self.paused:
                 self.seen_beats.clear()  # nobody's heartbeat is judged across a pause
                 continue
+            started = time.thread_time()
             try:
                 self.beat += 1
                 self.client.key_value_set(_PREFIX + str(self.rank), self.record(), allow_overwrite=True)
@@ -172,6 +174,8 @@ class _Watch:
                 failed = exits.failure_notices(self.client)
             except Exception:  # noqa: BLE001 - the service is gone (the run is ending) or busy: try again
                 continue
+            finally:
+                self.cpu_s += time.thread_time() - started
             if failed:
                 self._peer_failed(failed)
                 return
