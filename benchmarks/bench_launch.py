@@ -10,6 +10,9 @@ interleaved order so machine noise hits both columns alike:
 2. **launcher cost**: the same with a program that prints the marker at once, so only
    process start-up and the launcher's own work remain.
 
+A third and fourth table (``--only=faults``) measure what happens when a rank fails (see
+"Faults" below).
+
 Each compares ``python launch/local.py --num_processes=N -- python PROGRAM`` with starting
 the same N processes **by hand**: a minimal parent (what a shell loop does) that starts them
 with the same environment (``contract.child_env``), each in its own session as the launcher
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -209,6 +213,195 @@ def _table(title: str, rows: list[tuple[int, float, float]]) -> None:
     print()
 
 
+# --------------------------------------------------------------------------------------
+# Faults: fault to all stopped, and what the progress watch costs
+#
+# ``tests/_fault_child.py MODE`` runs a step loop (a jitted cross-process psum per step); rank
+# 1 stamps ``FAULT <time>`` and then raises, calls ``sys.exit(3)``, SIGKILLs itself or sleeps
+# (a stall). "Fault to all stopped" is from that stamp until the launcher has exited, i.e.
+# every rank has ended and been reaped. Without the watch the launcher stops the other ranks
+# (SIGTERM, which JAX's preemption handler swallows, then SIGKILL after --grace_period); with
+# it they also end by themselves once the failing rank is gone. A stall is only noticed
+# after the stall timeout, which is included.
+
+_FAULT_CHILD = os.path.join(_ROOT, "tests", "_fault_child.py")
+_QUICK_JAX = {"DISTMAP_SHUTDOWN_TIMEOUT": "5", "DISTMAP_HEARTBEAT_TIMEOUT": "5"}
+
+
+def _launch_env_program(settings: dict[str, str], args: list[str]) -> list[str]:
+    # The launchers drop inherited DISTMAP_* variables; ``env`` sets them in each rank.
+    return ["env", *(f"{k}={v}" for k, v in settings.items()), sys.executable, *args]
+
+
+def fault_to_stopped(mode: str, n: int, stall_timeout: float, log_dir: str, grace: float = 5.0) -> tuple[float, int, str]:
+    """(seconds from rank 1's fault until the launcher exited, its exit code, the rank it named)."""
+    settings = {**_QUICK_JAX, "DISTMAP_STALL_TIMEOUT": f"{stall_timeout:g}"}
+    cmd = [sys.executable, os.path.join(_ROOT, "launch", "local.py"), f"--num_processes={n}", "--devices_per_process=1",
+           f"--grace_period={grace:g}", "--timeout=120", f"--log_dir={log_dir}", "--",
+           *_launch_env_program(settings, [_FAULT_CHILD, mode, "1000"])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()
+    end = time.time()
+    stamps = [float(line.split("FAULT ", 1)[1]) for line in out.splitlines() if "FAULT " in line]
+    if not stamps:
+        raise RuntimeError(f"fault benchmark {mode}: no fault stamp (exit {proc.returncode}): {err[-2000:]}")
+    found = re.search(r"distmap launch: rank (\d+)", err)
+    named = found.group(1) if found else "?"
+    return end - stamps[0], proc.returncode, named
+
+
+def _ab(out: str, n: int, what: str) -> list[float]:
+    values = [float(line.split("AB ", 1)[1]) for line in out.splitlines() if "AB " in line]
+    if len(values) != n:
+        raise RuntimeError(f"{what}: {len(values)} of {n} ranks reported:\n{out[-2000:]}")
+    return values
+
+
+def psum_step_cost(n: int, stall_timeout: float, steps: int, log_dir: str) -> tuple[float, float]:
+    """(seconds per step, step time ratio watch on / off) of the fault child's ``bench`` loop.
+
+    In one run, blocks of 25 steps alternate between the watch on (its thread publishing,
+    one ``note`` per step) and paused, so machine noise hits both alike.
+    """
+    settings = {**_QUICK_JAX, "DISTMAP_STALL_TIMEOUT": f"{stall_timeout:g}"}
+    cmd = [sys.executable, os.path.join(_ROOT, "launch", "local.py"), f"--num_processes={n}", "--devices_per_process=1",
+           f"--log_dir={log_dir}", "--", *_launch_env_program(settings, [_FAULT_CHILD, "bench", str(steps)])]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300).stdout
+    step = max(float(line.split("STEP_S ", 1)[1]) for line in out.splitlines() if "STEP_S " in line)
+    return step, max(_ab(out, n, "psum step benchmark"))
+
+
+# The main job's training step (examples/ensemble.py with configs/local_2proc.flags), run in
+# blocks that alternate the watch on and paused, as above. The step is wrapped in
+# distributed.watched: one note per step, what the map engine's hook adds per sharded call.
+ENSEMBLE_AB = f"""
+import os, statistics, sys, time
+sys.path[:0] = [{_ROOT!r}, os.path.join({_ROOT!r}, "examples")]
+from absl import flags
+import ensemble, distmap, distmap.flags
+flags.FLAGS(["ensemble", "--flagfile=" + os.path.join({_ROOT!r}, "configs", "local_2proc.flags")])
+from distmap import distributed
+from distmap._src import progress
+distributed.initialize_from_flags()
+import equinox as eqx, jax
+mesh = distmap.make_mesh(distmap.flags.mesh_shape_from_flags())
+mapping = distmap.flags.axis_mapping_from_flags()
+rank, nproc = jax.process_index(), jax.process_count()
+x_all, y_all = ensemble.make_data(512, 16, 0)
+rows = slice(rank * 512 // nproc, (rank + 1) * 512 // nproc)
+local = {{"x": distmap.named(x_all[rows], ("batch", "feature")), "y": distmap.named(y_all[rows], ("batch",))}}
+with distmap.axis_mapping(mapping), jax.set_mesh(mesh):
+    data = distributed.host_local_to_global(local, mesh)
+    model = distmap.shard(ensemble.build(4, 16, 64, 0), mesh)
+
+    @eqx.filter_jit
+    def step(m, xb, yb):
+        loss, grads = eqx.filter_value_and_grad(lambda mm: ensemble.loss_fn(mm, xb, yb))(m)
+        return jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, m, grads), loss
+
+    step = distributed.watched(step, "ensemble step")
+    watch, blocks = progress.active(), {{True: [], False: []}}
+    model, loss = step(model, data["x"], data["y"]); float(loss)  # compile
+    for b in range(int(sys.argv[1])):
+        on = b % 4 in (0, 3)  # on, off, off, on, ...: a trend over the run hits both alike
+        progress._WATCH, watch.paused = (watch if on else None), not on
+        t0 = time.perf_counter()
+        for _ in range(25):
+            model, loss = step(model, data["x"], data["y"])
+            float(loss)
+        blocks[on].append(time.perf_counter() - t0)
+    progress._WATCH, watch.paused = watch, False
+ratios = [a / b for a, b in zip(blocks[True][1:], blocks[False][1:])]
+print(f"STEP_S {{statistics.median(blocks[False]) / 25:.6g}}", flush=True)
+print(f"AB {{statistics.median(ratios):.6g}}", flush=True)
+print(f"WATCH_CPU {{watch.cpu_s / sum(blocks[True]):.6g}}", flush=True)  # its thread's CPU share while on
+"""
+
+
+def ensemble_step_cost(stall_timeout: float, blocks: int, log_dir: str, program: str) -> tuple[float, float, float]:
+    """(seconds per step, step time ratio watch on / off, CPU share of the watch thread) of the main job's step."""
+    flagfile = os.path.join(_ROOT, "configs", "local_2proc.flags")
+    settings = {"DISTMAP_STALL_TIMEOUT": f"{stall_timeout:g}"}
+    cmd = [sys.executable, os.path.join(_ROOT, "launch", "local.py"), f"--flagfile={flagfile}", f"--log_dir={log_dir}",
+           "--", *_launch_env_program(settings, [program, str(blocks)])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    out = proc.stdout
+    steps = [float(line.split("STEP_S ", 1)[1]) for line in out.splitlines() if "STEP_S " in line]
+    if not steps:
+        raise RuntimeError(f"ensemble benchmark failed (exit {proc.returncode}):\n{(out + proc.stderr)[-3000:]}")
+    cpu = max(float(line.split("WATCH_CPU ", 1)[1]) for line in out.splitlines() if "WATCH_CPU " in line)
+    return max(steps), max(_ab(out, 2, "ensemble benchmark")), cpu
+
+
+def note_cost(calls: int = 200_000) -> tuple[float, float]:
+    """Seconds per ``progress.note`` call: with a watch (its thread not started), and without one."""
+    from distmap._src import progress
+
+    watch = progress._Watch(client=None, rank=0, num_processes=2, stall_timeout=10.0, interval=1.0, peer_grace=1.0)
+    key = ("batch", (512, 16))
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            watch.note("vmap", key)
+        best = min(best, (time.perf_counter() - t0) / calls)
+    off = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            progress.note("vmap", key)
+        off = min(off, (time.perf_counter() - t0) / calls)
+    return best, off
+
+
+def faults(processes: list[int], repeats: int, log_dir: str, *, table: bool = True, cost: bool = True) -> None:
+    if table:
+        fault_table(processes, repeats, log_dir)
+    if cost:
+        watch_cost(processes, repeats, log_dir)
+
+
+def fault_table(processes: list[int], repeats: int, log_dir: str) -> None:
+    rows = []
+    for n in processes:
+        for mode, label in (("raise", "raises"), ("exit3", "sys.exit(3)"), ("kill", "SIGKILLed"), ("stall", "stalls")):
+            settings = [("watch off", 0.0), ("watch on, 10 s", 10.0)] if mode != "stall" else [("watch on, 2 s", 2.0)]
+            for name, stall in settings:
+                got = [fault_to_stopped(mode, n, stall, log_dir) for _ in range(repeats)]
+                codes = sorted({f"{c} (rank {r})" for _, c, r in got})
+                rows.append((n, label, name, statistics.median(t for t, _, _ in got), ", ".join(codes)))
+    print(f"fault to all stopped: rank 1 fails after 2 steps; launch/local.py --grace_period=5 (median of {repeats})")
+    print(f"{'processes':>9} | {'rank 1':<11} | {'watch':<14} | {'all stopped':>11} | launcher exit (names)")
+    print(f"{'-' * 9}-+-{'-' * 11}-+-{'-' * 14}-+-{'-' * 11}-+-{'-' * 22}")
+    for n, label, name, t, codes in rows:
+        print(f"{n:>9} | {label:<11} | {name:<14} | {t:>9.2f} s | {codes}")
+    print()
+
+
+def watch_cost(processes: list[int], repeats: int, log_dir: str) -> None:
+    on, off = note_cost()
+    print(f"progress.note: {on * 1e6:.2f} us a call with a watch, {off * 1e9:.0f} ns without")
+    lines = []
+    for n in processes:
+        got = [psum_step_cost(n, 2.0, 1000, log_dir) for _ in range(repeats)]
+        lines.append(f"  {n} processes, a 256-wide psum step ({statistics.median(g[0] for g in got) * 1e3:.2f} ms): "
+                     f"on / off = {statistics.median(g[1] for g in got):.4f}")
+    program = os.path.join(log_dir, "ensemble_ab.py")
+    os.makedirs(log_dir, exist_ok=True)
+    with open(program, "w") as f:
+        f.write(ENSEMBLE_AB)
+    for stall in (2.0, 10.0):
+        got = [ensemble_step_cost(stall, 40, log_dir, program) for _ in range(repeats)]
+        lines.append(f"  main job (examples/ensemble.py's step, 2 processes x 4 devices, "
+                     f"{statistics.median(g[0] for g in got) * 1e3:.1f} ms), stall timeout {stall:g} s: "
+                     f"on / off = {statistics.median(g[1] for g in got):.4f}; the watch thread's CPU time "
+                     f"{statistics.median(g[2] for g in got) * 100:.3f}% of the time it ran")
+    print(f"progress watch cost per step (it publishes every min(T/8, 1) s: 0.25 s for T = 2 s, 1 s for T >= 8 s), "
+          f"blocks alternating on / paused within one run, median of {repeats} runs:")
+    print("\n".join(lines))
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, nargs="+", default=[2, 4])
@@ -216,16 +409,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--slurm", action="store_true", help="also time a 2-task job on a real one-node SLURM cluster")
     parser.add_argument("--slurm_repeats", type=int, default=5)
-    parser.add_argument("--only_slurm", action="store_true", help="only the SLURM table")
+    parser.add_argument("--only", choices=["startup", "faults", "watch", "slurm"], default=None,
+                        help="run one section only: start-up, the fault table, the watch's cost, or SLURM")
+    parser.add_argument("--only_slurm", action="store_true", help="the same as --only=slurm")
     args = parser.parse_args()
-    if args.slurm or args.only_slurm:
+    if args.only_slurm:
+        args.only = "slurm"
+    if args.only in ("faults", "watch"):
+        with tempfile.TemporaryDirectory() as tmp:
+            faults(args.processes, min(args.repeats, 3), os.path.join(tmp, "runs"), table=args.only == "faults",
+                   cost=args.only == "watch")
+        return
+    if args.slurm or args.only == "slurm":
         with tempfile.TemporaryDirectory() as tmp:
             program = os.path.join(tmp, "first_step.py")
             with open(program, "w") as f:
                 f.write(FIRST_STEP)
             slurm_row = measure_slurm(program, args.devices_per_process, args.slurm_repeats, tmp)
         _slurm_table(args.devices_per_process, args.slurm_repeats, slurm_row)
-        if args.only_slurm:
+        if args.only == "slurm":
             return
     with tempfile.TemporaryDirectory() as tmp:
         programs = {}
@@ -239,6 +441,9 @@ def main() -> None:
     d, r = args.devices_per_process, args.repeats
     _table(f"launch to first step: initialize + first jitted global sum ({d} CPU devices per process, median of {r})", first)
     _table(f"launcher cost: a program that prints at once (median of {r})", trivial)
+    if args.only is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            faults(args.processes, min(args.repeats, 3), os.path.join(tmp, "runs"))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,13 @@ Example:
 Environment variables read by :func:`initialize` (set by ``launch/local.py`` and the other
 launchers): ``DISTMAP_COORDINATOR``, ``DISTMAP_COORDINATOR_BIND``, ``DISTMAP_NUM_PROCESSES``,
 ``DISTMAP_PROCESS_ID``, ``DISTMAP_LOCAL_DEVICE_IDS``, ``DISTMAP_CPU_DEVICES``,
-``DISTMAP_INIT_TIMEOUT``, ``DISTMAP_RUN_ID``, ``DISTMAP_ATTEMPT``.
+``DISTMAP_INIT_TIMEOUT``, ``DISTMAP_RUN_ID``, ``DISTMAP_ATTEMPT``, ``DISTMAP_STALL_TIMEOUT`` (the
+progress watch), ``DISTMAP_FAST_EXIT`` (``0``: failing ranks wait in JAX's shutdown barrier),
+``DISTMAP_SHUTDOWN_TIMEOUT`` and ``DISTMAP_HEARTBEAT_TIMEOUT`` (JAX's own time-outs).
+
+The progress watch (on when a launcher sets ``--stall_timeout``) counts the multi-process
+launches it sees on each rank: sharded ``distmap.vmap`` calls, functions wrapped in
+:func:`watched`, and :func:`note` calls. :func:`verify` compares them on every rank at once.
 """
 
 from distmap._src.distributed import (
@@ -32,6 +38,7 @@ from distmap._src.distributed import (
     shutdown,
 )
 from distmap._src.global_data import global_to_host_local, host_local_to_global
+from distmap._src.progress import note, verify, watched
 
 __all__ = [
     "DistributedConfig",
@@ -45,7 +52,10 @@ __all__ = [
     "initialize_from_flags",
     "is_initialized",
     "make_hybrid_mesh",
+    "note",
     "process_count",
     "process_index",
     "shutdown",
+    "verify",
+    "watched",
 ]

@@ -62,6 +62,14 @@ class DistributedError(DistmapError, RuntimeError):
     """Multi-process start-up failed: wrong order, missing configuration, or processes that disagree."""
 
 
+class DivergenceError(DistributedError):
+    """The ranks of a run launched different multi-process computations; ``ranks`` are those at fault."""
+
+    def __init__(self, message: str, ranks: "list[int] | tuple[int, ...]" = ()) -> None:
+        super().__init__(message)
+        self.ranks = tuple(ranks)
+
+
 __all__ = [
     "DistmapError",
     "AxisNotFoundError",
@@ -74,4 +82,5 @@ __all__ = [
     "MappingError",
     "MeshError",
     "DistributedError",
+    "DivergenceError",
 ]

@@ -30,7 +30,7 @@ PY = sys.executable
 @pytest.fixture(autouse=True)
 def clean(monkeypatch):
     """No launcher environment, no earlier initialize() in this process."""
-    for name in (*contract.ENV_VARS, "JAX_COORDINATOR_ADDRESS"):
+    for name in (*contract.ENV_VARS, "JAX_COORDINATOR_ADDRESS", "DISTMAP_STALL_TIMEOUT", "DISTMAP_FAST_EXIT"):
         monkeypatch.delenv(name, raising=False)
     distributed.shutdown()
     yield
@@ -250,6 +250,9 @@ def test_a_rank_that_never_joins_ends_in_a_clear_time_out(tmp_path):
     assert "rank 0 exited with code 75 (start-up time-out: not every rank joined the run)" in msg
     assert "rank 1 exited with code 0" in msg  # the one that never joined
     assert "rank 0 of 2 waited 3 s" in msg and "for every process to join the run" in msg
+    assert "rank 1 never reached distmap.distributed.initialize()" in msg  # named, from the run folder's markers
+    run_dir = os.path.dirname(res.attempts[0].logs[0])
+    assert not [n for n in os.listdir(run_dir) if n.startswith(".joining")]  # the markers are removed
 
 
 @pytest.mark.multiprocess

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from distmap import errors
+from distmap._src import exits, progress
 from distmap._src.hybrid_mesh import hybrid_device_array, make_hybrid_mesh  # re-exported: hybrid meshes
 from distmap._src.launch import contract
 
@@ -41,6 +42,7 @@ class DistributedConfig:
 
     ``mode`` is ``"single"`` (one process, nothing started), ``"explicit"`` (arguments or
     ``DISTMAP_*`` variables) or ``"cluster"`` (JAX's cluster detection).
+    ``stall_timeout`` is the progress watch's (``None``: no watch).
     """
 
     mode: str
@@ -50,6 +52,14 @@ class DistributedConfig:
     local_device_ids: tuple[int, ...] | None = None
     cpu_devices: int | None = None
     initialization_timeout: float | None = None
+    stall_timeout: float | None = None
+
+
+#: Environment variables for JAX's own time-outs (whole seconds), passed to
+#: ``jax.distributed.initialize``: the shutdown barrier at exit (JAX's default 300 s) and the
+#: heartbeat after which the coordination service declares a silent rank dead (100 s).
+SHUTDOWN_TIMEOUT_ENV = "DISTMAP_SHUTDOWN_TIMEOUT"
+HEARTBEAT_TIMEOUT_ENV = "DISTMAP_HEARTBEAT_TIMEOUT"
 
 
 @dataclasses.dataclass
@@ -134,9 +144,40 @@ def _detected_cluster() -> str | None:
 
 
 def _jax_client() -> Any:
+    """JAX's distributed client (the key-value store), or ``None`` outside a run.
+
+    ``jax.distributed`` has no public accessor for it; ``jax.distributed.is_initialized()``
+    (JAX 0.10 and 0.12) answers whether there is one.
+    """
+    import jax
+
+    if not jax.distributed.is_initialized():
+        return None
     from jax._src import distributed as jax_distributed
 
     return jax_distributed.global_state.client
+
+
+def _check_package() -> None:
+    """Fail clearly when ``import distmap`` found some other folder named ``distmap`` first.
+
+    A folder ``distmap/`` without ``__init__.py`` earlier on ``sys.path`` (the program's own
+    directory, say) becomes a namespace package that shadows this one: its submodules still
+    import from here, but ``distmap/__init__.py`` never ran.
+    """
+    import distmap
+
+    if getattr(distmap, "__file__", None):
+        return
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    others = list(dict.fromkeys(os.path.abspath(p) for p in getattr(distmap, "__path__", [])))
+    others = [p for p in others if p != here]
+    raise errors.DistributedError(
+        f"'import distmap' found {', '.join(map(repr, others)) or 'a folder'}: a folder named distmap without "
+        f"__init__.py, which Python imported as a namespace package instead of the distmap package at {here!r} "
+        "(its __init__.py never ran, so distmap's API is missing). Rename or move that folder, or run the program "
+        "from another directory."
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -152,6 +193,8 @@ def initialize(
     cpu_devices: int | None = None,
     initialization_timeout: float | None = None,
     fingerprint: Mapping[str, Any] | bool | None = None,
+    stall_timeout: float | None = None,
+    fast_exit: bool | None = None,
 ) -> DistributedConfig:
     """Join the multi-process run this program was started in; call it first, before any JAX work.
 
@@ -174,6 +217,16 @@ def initialize(
         fingerprint: the start-up check. ``None`` or ``True``: compare the program, distmap
             and JAX across processes; a mapping (for example flag values) is compared too,
             key by key; ``False`` skips the check.
+        stall_timeout: seconds without progress after which the progress watch reports a
+            stalled rank (``DISTMAP_STALL_TIMEOUT``, which launchers set from
+            ``--stall_timeout``; unset or ``0``: no watch). See :mod:`distmap._src.progress`:
+            it also reports ranks that launch different computations, or vanish.
+        fast_exit: a rank that fails (uncaught exception, ``sys.exit`` non-zero) exits at once
+            with its own code instead of waiting in JAX's shutdown barrier (300 s); the
+            ``atexit`` handlers registered after this call still run, those registered
+            before it (JAX's barrier among them) are skipped. ``False`` (or
+            ``DISTMAP_FAST_EXIT=0``) keeps Python's and JAX's behaviour. Normal exits are
+            never affected. See :mod:`distmap._src.exits`.
 
     Returns:
         The :class:`DistributedConfig` in force.
@@ -188,7 +241,13 @@ def initialize(
         >>> distributed.initialize().mode  # no launcher, no cluster: one process
         'single'
     """
+    _check_package()
     timeout = initialization_timeout if initialization_timeout is not None else _env_float(contract.INIT_TIMEOUT)
+    if stall_timeout is None:
+        stall_timeout = progress.stall_timeout_from_env()
+    elif isinstance(stall_timeout, bool) or not isinstance(stall_timeout, (int, float)) or not 0 <= stall_timeout < math.inf:
+        raise errors.DistributedError(f"initialize: stall_timeout={stall_timeout!r}; expected seconds >= 0 (0: no watch).")
+    fast = exits.fast_exit_from_env() if fast_exit is None else bool(fast_exit)
     requested = DistributedConfig(
         mode="?",
         coordinator_address=coordinator_address or os.environ.get(contract.COORDINATOR) or None,
@@ -200,6 +259,7 @@ def initialize(
         ),
         cpu_devices=cpu_devices if cpu_devices is not None else _env_int(contract.CPU_DEVICES),
         initialization_timeout=timeout,
+        stall_timeout=float(stall_timeout) if stall_timeout else None,
     )
     if _STATE.config is not None:
         return _same_as_before(requested)
@@ -209,8 +269,9 @@ def initialize(
     if requested.num_processes is not None and requested.num_processes < 1:
         raise errors.DistributedError(f"num_processes must be a positive int, got {requested.num_processes}.")
 
-    jax_client = _jax_client()
-    if jax_client is not None:  # someone called jax.distributed.initialize directly: adopt it
+    import jax
+
+    if jax.distributed.is_initialized():  # the program called jax.distributed.initialize itself: adopt it
         return _adopt_jax_state(requested)
 
     cluster = None if requested.coordinator_address else _detected_cluster()
@@ -249,9 +310,13 @@ def initialize(
     _apply_cpu_devices(requested.cpu_devices, single=False)
     config = _start(requested, cluster)
     _STATE.config = config
-    _exit_promptly_on_uncaught_errors()
-    if fingerprint is not False and (config.num_processes or 1) > 1:
+    n = config.num_processes or 1
+    if fast and n > 1:
+        exits.install(_jax_client, int(config.process_id or 0), n)
+    if fingerprint is not False and n > 1:
         check_consistency(fingerprint if isinstance(fingerprint, Mapping) else None, timeout=timeout)
+    if config.stall_timeout and n > 1:
+        progress.start(_jax_client(), int(config.process_id or 0), n, config.stall_timeout)
     return config
 
 
@@ -261,21 +326,27 @@ def _same_as_before(requested: DistributedConfig) -> DistributedConfig:
     if before.cpu_devices is None and requested.cpu_devices is not None:
         _apply_cpu_devices(requested.cpu_devices, single=before.mode == "single")  # raises if too late to change
         before = _STATE.config = dataclasses.replace(before, cpu_devices=requested.cpu_devices)
-    differ = []
-    for field in ("coordinator_address", "num_processes", "process_id", "local_device_ids", "cpu_devices"):
-        new, old = getattr(requested, field), getattr(before, field)
-        if new is not None and new != old and not (field == "num_processes" and new == 1 and old is None):
-            differ.append(f"{field}={new!r} (first call: {old!r})")
+    differ = _differences(requested, before)
     if differ:
         raise errors.DistributedError(
             "distmap.distributed.initialize() was already called with another configuration; now "
-            + ", ".join(differ)
+            + ", ".join(f"{field}={new!r} (first call: {old!r})" for field, new, old in differ)
             + ". A process joins one run; call distmap.distributed.shutdown() first to leave it."
         )
     return before
 
 
+def _differences(requested: DistributedConfig, before: DistributedConfig) -> list[tuple[str, Any, Any]]:
+    out = []
+    for field in ("coordinator_address", "num_processes", "process_id", "local_device_ids", "cpu_devices"):
+        new, old = getattr(requested, field), getattr(before, field)
+        if new is not None and new != old and not (field == "num_processes" and new == 1 and old is None):
+            out.append((field, new, old))
+    return out
+
+
 def _adopt_jax_state(requested: DistributedConfig) -> DistributedConfig:
+    """Join the run the program already joined with ``jax.distributed.initialize`` itself."""
     from jax._src import distributed as jax_distributed
 
     gs = jax_distributed.global_state
@@ -287,9 +358,19 @@ def _adopt_jax_state(requested: DistributedConfig) -> DistributedConfig:
         local_device_ids=requested.local_device_ids,
         cpu_devices=requested.cpu_devices,
         initialization_timeout=requested.initialization_timeout,
+        stall_timeout=requested.stall_timeout,
     )
+    differ = _differences(requested, config)
+    if differ:
+        raise errors.DistributedError(
+            "jax.distributed.initialize() was already called in this process (by the program, before "
+            "distmap.distributed.initialize()), with another configuration than distmap was given: "
+            + ", ".join(f"{field}={new!r} (jax.distributed has {old!r})" for field, new, old in differ)
+            + ". Call only distmap.distributed.initialize(), which starts JAX's run itself, or give it no values "
+            "so that it adopts the run JAX joined."
+        )
     _STATE.config = config
-    return _same_as_before(requested)
+    return config
 
 
 def _apply_cpu_devices(n: int | None, *, single: bool) -> None:
@@ -357,6 +438,77 @@ def _port_message(bind: str) -> str:
     )
 
 
+def _jax_timeouts() -> dict[str, int]:
+    """JAX's shutdown and heartbeat time-outs from the environment, where this JAX takes them."""
+    import inspect
+
+    import jax
+
+    accepted = inspect.signature(jax.distributed.initialize).parameters
+    out = {}
+    for env, arg in ((SHUTDOWN_TIMEOUT_ENV, "shutdown_timeout_seconds"), (HEARTBEAT_TIMEOUT_ENV, "heartbeat_timeout_seconds")):
+        value = _env_int(env)
+        if value is None:
+            continue
+        if value < 1:
+            raise errors.DistributedError(f"environment variable {env}={value}: expected whole seconds >= 1.")
+        if arg in accepted:
+            out[arg] = value
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _JoinMarkers:
+    """Files in the launch's run folder saying which ranks reached ``initialize``.
+
+    Until every rank joined, JAX's coordination service cannot be asked who is there, so a
+    rank that times out would not know whom it waited for. Where the launcher gave a run
+    folder (``DISTMAP_RUN_DIR``, shared by the ranks of ``launch/local.py`` and usually of
+    SLURM), each rank leaves a marker there before joining and removes it once all joined;
+    the time-out message then names the ranks whose marker is missing.
+    """
+
+    folder: str
+    rank: int
+    num_processes: int
+
+    @staticmethod
+    def here(requested: DistributedConfig) -> "_JoinMarkers | None":
+        run_dir = os.environ.get(contract.RUN_DIR, "")
+        if not run_dir or not os.path.isdir(run_dir) or requested.process_id is None or not requested.num_processes:
+            return None
+        attempt = os.environ.get(contract.ATTEMPT, "0").strip() or "0"
+        folder = os.path.join(run_dir, f".joining-{attempt}")
+        markers = _JoinMarkers(folder, int(requested.process_id), int(requested.num_processes))
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(markers._path(markers.rank), "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError:
+            return None
+        return markers
+
+    def _path(self, rank: int) -> str:
+        return os.path.join(self.folder, f"rank-{rank}")
+
+    def missing(self) -> list[int]:
+        return [r for r in range(self.num_processes) if not os.path.exists(self._path(r))]
+
+    def missing_text(self) -> str:
+        missing = self.missing()
+        if not missing:
+            return "Every rank reached initialize() (their markers are in the run folder), so they wait for each other. "
+        return f"{_ranks(missing)} never reached distmap.distributed.initialize() (no marker in {self.folder}). "
+
+    def joined(self) -> None:
+        """Remove this rank's marker (joined, or given up), and the folder once empty."""
+        try:
+            os.remove(self._path(self.rank))
+            os.rmdir(self.folder)  # the last rank out removes the folder
+        except OSError:
+            pass
+
+
 def _start(requested: DistributedConfig, cluster: str | None) -> DistributedConfig:
     import jax
 
@@ -390,6 +542,8 @@ def _start(requested: DistributedConfig, cluster: str | None) -> DistributedConf
     # JAX aborts the process (SIGABRT, no Python error) when its own time-out runs out, so give
     # it a margin and end the process ourselves first, with a message that says what happened.
     kwargs["initialization_timeout"] = int(math.ceil(wait_s)) + 10
+    kwargs.update(_jax_timeouts())
+    marker = _JoinMarkers.here(requested)
     done = threading.Event()
 
     def watchdog() -> None:
@@ -397,12 +551,14 @@ def _start(requested: DistributedConfig, cluster: str | None) -> DistributedConf
             return
         sys.stderr.write(
             f"distmap.errors.DistributedError: {who} waited {wait_s:g} s at {where} for every process to "
-            f"join the run, and some never did. A rank did not start, crashed or exited before calling "
-            f"distmap.distributed.initialize(), or was started with another coordinator or process count. "
-            f"Ending this process (exit code {contract.EXIT_INIT_TIMEOUT}); raise {contract.INIT_TIMEOUT} "
-            "if the processes only start slowly.\n"
+            f"join the run, and some never did. {marker.missing_text() if marker else ''}A rank did not start, "
+            f"crashed or exited before calling distmap.distributed.initialize(), or was started with another "
+            f"coordinator or process count. Ending this process (exit code {contract.EXIT_INIT_TIMEOUT}); raise "
+            f"{contract.INIT_TIMEOUT} if the processes only start slowly.\n"
         )
         sys.stderr.flush()
+        if marker:
+            marker.joined()
         os._exit(contract.EXIT_INIT_TIMEOUT)
 
     threading.Thread(target=watchdog, name="distmap-init-watchdog", daemon=True).start()
@@ -415,6 +571,8 @@ def _start(requested: DistributedConfig, cluster: str | None) -> DistributedConf
         raise errors.DistributedError(f"{who} could not join the run at {where}: {text}") from e
     finally:
         done.set()
+    if marker:
+        marker.joined()
     from jax._src import distributed as jax_distributed
 
     gs = jax_distributed.global_state
@@ -427,62 +585,8 @@ def _start(requested: DistributedConfig, cluster: str | None) -> DistributedConf
     )
 
 
-#: Seconds a rank that failed with an uncaught exception waits for the others to leave too.
-EXIT_GRACE_S = 3.0
-
-
-def _exit_promptly_on_uncaught_errors() -> None:
-    """Make an uncaught exception end this process within seconds, not after JAX's shutdown barrier.
-
-    At exit JAX waits (``shutdown_timeout_seconds``, 300 s) for every other process to shut
-    down too; a rank that failed alone would sit there, alive, so neither a launcher nor a
-    scheduler would see it fail. Instead, once the traceback is printed, the process exits
-    with code 1, skipping ``atexit``, and its launcher stops the others at once. Rank 0 hosts
-    the coordination service, whose end aborts every other rank (possibly before they print
-    their own error, as when the start-up check fails on all of them), so it first tries to
-    leave the run cleanly, for at most :data:`EXIT_GRACE_S` seconds; the others exit at once,
-    so the rank that failed first is the first to exit and the launcher names it.
-    """
-    previous = sys.excepthook
-    if getattr(previous, "_distmap", False):
-        return
-
-    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
-        previous(kind, value, tb)
-        if _jax_client() is None:  # shutdown() already ran: a normal exit is quick
-            return
-        try:
-            import logging
-
-            rank = _STATE.config.process_id if _STATE.config else None
-            sys.stderr.write(
-                f"distmap: rank {rank} exits (code 1) after an uncaught exception, so its launcher or scheduler "
-                "can stop the other ranks.\n"
-            )
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            if rank != 0:
-                return  # the finally clause exits
-            left = threading.Event()
-
-            def leave() -> None:
-                try:
-                    import jax
-
-                    jax.distributed.shutdown()
-                except BaseException:  # noqa: BLE001 - exiting anyway
-                    pass
-                finally:
-                    left.set()
-
-            threading.Thread(target=leave, name="distmap-leave", daemon=True).start()
-            left.wait(EXIT_GRACE_S)
-        finally:
-            os._exit(1)
-
-    hook._distmap = True  # type: ignore[attr-defined]
-    sys.excepthook = hook
+#: Seconds a failing rank may spend leaving the run (see ``distmap._src.exits``).
+EXIT_GRACE_S = exits.EXIT_GRACE_S
 
 
 def initialize_from_flags(
@@ -766,6 +870,8 @@ def shutdown() -> None:
         >>> from distmap import distributed
         >>> distributed.shutdown()  # harmless without a run
     """
+    progress.stop()
+    exits.uninstall()
     if _jax_client() is not None:
         import jax
 
