@@ -15,6 +15,9 @@ the fault at step 3:
     skip      rank 1 skips its step-3 collective (``verify`` before each print)
     skipadd   rank 1 skips step 3's collective and runs one extra at step 6 (``verify`` before each print)
     skipquiet rank 1 skips its step-3 collective; no ``verify``, only the background watch
+    vmapskip  the collective is a sharded ``distmap.vmap`` with a ``distmap.psum`` over the batch
+              (counted by the map engine itself, not ``watched``); rank 1 skips it at step 3
+              (``verify`` before each print)
     bench     no fault; STEPS steps in blocks of 25, the watch (its thread and note) on and paused
               in turn (on, off, off, on, ...); prints ``STEP_S <median s per step, watch off>`` and ``AB <median
               ratio of the on / off block times>``
@@ -49,6 +52,13 @@ def run(mode: str, steps: int) -> int:
     width = 256 if mode == "bench" else 4
     psum = distributed.watched(jax.jit(jax.shard_map(lambda a: jax.lax.psum(a, "x"), mesh=mesh, in_specs=P("x"),
                                                      out_specs=P())), "psum")
+    if mode == "vmapskip":
+        import distmap
+
+        summed = distmap.vmap(lambda row: distmap.psum(row, "batch"), "batch", mesh=mesh, axis_mapping={"batch": "x"})
+
+        def psum(a):  # the same per-device value as the shard_map above: the sum over every row
+            return summed(distmap.named(a, ("batch", "f"))).array
 
     def data(step: int):
         local = np.full((per, width), float(100 * step + rank), np.float32)
@@ -78,11 +88,11 @@ def run(mode: str, steps: int) -> int:
                 os.kill(os.getpid(), signal.SIGKILL)
             if mode == "stall":
                 time.sleep(600)
-        skipped = rank == 1 and step == 3 and mode.startswith("skip")
+        skipped = rank == 1 and step == 3 and (mode.startswith("skip") or mode == "vmapskip")
         out = None if skipped else psum(data(step))
         if rank == 1 and step == 6 and mode == "skipadd":
             psum(data(step))  # one more, so the counts agree again at the end
-        if mode in ("skip", "skipadd"):
+        if mode in ("skip", "skipadd", "vmapskip"):
             distributed.verify(f"step {step}")
         if out is not None:
             got = float(np.asarray(out.addressable_data(0))[0, 0]) * per

@@ -55,18 +55,15 @@ from typing import Any
 
 from distmap import errors
 
+# The exit statuses of the progress watch belong to the launcher-rank contract (launchers describe them).
+from distmap._src.launch.contract import EXIT_DIVERGED, EXIT_PEER_FAILED, EXIT_STALLED  # noqa: F401
+
 #: ``0`` turns the fast exit off (see the module docstring).
 FAST_EXIT_ENV = "DISTMAP_FAST_EXIT"
 
 #: Seconds a failing rank may spend exiting (its late ``atexit`` handlers, rank 0's wait).
 EXIT_GRACE_S = 3.0
 
-#: Exit status of a rank that stopped launching while the others waited for it.
-EXIT_STALLED = 76
-#: Exit status of a rank whose launches differ from the others' (``DivergenceError``).
-EXIT_DIVERGED = 77
-#: Exit status of a rank that ends because another rank failed, stalled or diverged.
-EXIT_PEER_FAILED = 78
 
 #: Called at a normal exit, before JAX's shutdown barrier (the progress watch says "done").
 ON_NORMAL_EXIT: list[Callable[[], None]] = []

@@ -67,6 +67,12 @@ ENV_VARS = (
 #: Exit status of a rank whose processes did not all join within the start-up time-out
 #: (``EX_TEMPFAIL``). JAX would otherwise abort the process with SIGABRT and no explanation.
 EXIT_INIT_TIMEOUT = 75
+#: Exit status of a rank that stopped launching while the others waited for it (the progress watch).
+EXIT_STALLED = 76
+#: Exit status of a rank whose launches differ from the others' (``DivergenceError``).
+EXIT_DIVERGED = 77
+#: Exit status of a rank that ends because another rank failed, stalled or diverged.
+EXIT_PEER_FAILED = 78
 
 #: Text in the error rank 0 raises when the coordinator's port is taken; a launcher that
 #: picked the port itself sees it in rank 0's log and retries with a fresh port.
@@ -189,7 +195,10 @@ __all__ = [
     "COORDINATOR_BIND",
     "CPU_DEVICES",
     "ENV_VARS",
+    "EXIT_DIVERGED",
     "EXIT_INIT_TIMEOUT",
+    "EXIT_PEER_FAILED",
+    "EXIT_STALLED",
     "INIT_TIMEOUT",
     "LOCAL_DEVICE_IDS",
     "NUM_PROCESSES",

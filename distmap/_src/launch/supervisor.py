@@ -181,9 +181,13 @@ def describe_exit(returncode: int) -> str:
         except ValueError:
             name = f"signal {-returncode}"
         return f"was killed by {name} (exit code {128 - returncode})"
-    if returncode == contract.EXIT_INIT_TIMEOUT:
-        return f"exited with code {returncode} (start-up time-out: not every rank joined the run)"
-    return f"exited with code {returncode}"
+    why = {
+        contract.EXIT_INIT_TIMEOUT: "start-up time-out: not every rank joined the run",
+        contract.EXIT_STALLED: "stalled: it stopped making progress while the others waited for it",
+        contract.EXIT_DIVERGED: "diverged: it launched other multi-process computations than the others",
+        contract.EXIT_PEER_FAILED: "ended because another rank failed",
+    }.get(returncode)
+    return f"exited with code {returncode}" + (f" ({why})" if why else "")
 
 
 # The launcher's dead-man switch, one per attempt: it reads the ranks' process group ids from

@@ -26,6 +26,7 @@ NaNs or infs the real data would not, gradients included); collectives mask it.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -233,6 +234,12 @@ def call(fn: Callable[..., Any], chunk_size: int | None, lowering: Lowering, pla
     fn_kinds = tuple(True if leaves_lib.is_array(x) else StaticKind(x) for x in fn_leaves)
     fn_arrays = [x for x, k in zip(fn_leaves, fn_kinds) if k is True]
     static = _Static(fn_def, fn_kinds, chunk_size, lowering, plan, tuple(padded))
+    watch = sys.modules.get("distmap._src.progress")  # loaded by distmap.distributed, which starts the watch
+    if watch is not None and getattr(lowering.mesh, "is_multi_process", False):
+        # Every rank launches the same multi-process computations in the same order; the progress
+        # watch (when a launcher turned it on) compares what each launched. The key's repr must be
+        # the same on every rank: names, sizes, shapes and dtypes only, no object addresses.
+        watch.note("vmap", _launch_key(fn, plan, lowering, values))
     if traced:
         out = _jitted_run(static, fn_arrays, *values)
     else:
@@ -248,6 +255,12 @@ def call(fn: Callable[..., Any], chunk_size: int | None, lowering: Lowering, pla
     return jax.tree_util.tree_map(
         lambda x: x.value if isinstance(x, _StaticOut) else x, out, is_leaf=lambda x: isinstance(x, _StaticOut)
     )
+
+
+def _launch_key(fn: Any, plan: Plan, lowering: Lowering, values: Sequence[Any]) -> tuple:
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    shapes = tuple((tuple(np.shape(v)), str(getattr(v, "dtype", type(v).__name__))) for v in values)
+    return (name, plan.names, plan.sizes, lowering.mesh_axes, shapes)
 
 
 def _split_levels(plan: Plan, lowering: Lowering) -> list[tuple[int, str, tuple[str, ...], int]]:
