@@ -235,7 +235,7 @@ def call(fn: Callable[..., Any], chunk_size: int | None, lowering: Lowering, pla
     fn_arrays = [x for x, k in zip(fn_leaves, fn_kinds) if k is True]
     static = _Static(fn_def, fn_kinds, chunk_size, lowering, plan, tuple(padded))
     watch = sys.modules.get("distmap._src.progress")  # loaded by distmap.distributed, which starts the watch
-    if watch is not None and getattr(lowering.mesh, "is_multi_process", False):
+    if watch is not None and _spans_processes(lowering.mesh):
         # Every rank launches the same multi-process computations in the same order; the progress
         # watch (when a launcher turned it on) compares what each launched. The key's repr must be
         # the same on every rank: names, sizes, shapes and dtypes only, no object addresses.
@@ -255,6 +255,11 @@ def call(fn: Callable[..., Any], chunk_size: int | None, lowering: Lowering, pla
     return jax.tree_util.tree_map(
         lambda x: x.value if isinstance(x, _StaticOut) else x, out, is_leaf=lambda x: isinstance(x, _StaticOut)
     )
+
+
+def _spans_processes(mesh: Any) -> bool:
+    # Inside jit only the abstract mesh is known, which does not say; then any multi-process run counts.
+    return mesh.is_multi_process if isinstance(mesh, Mesh) else jax.process_count() > 1
 
 
 def _launch_key(fn: Any, plan: Plan, lowering: Lowering, values: Sequence[Any]) -> tuple:
@@ -283,7 +288,7 @@ def _place(plan: Plan, lowering: Lowering, values: list[Any], leaves: list[Any])
     """
     mesh = lowering.mesh
     split = _split_levels(plan, lowering)
-    multi_process = getattr(mesh, "is_multi_process", False)
+    multi_process = _spans_processes(mesh)
     padded: list[frozenset[int]] = []
     out = list(values)
     array_pos = {i: j for j, i in enumerate(plan.arrays)}
