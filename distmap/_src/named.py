@@ -50,7 +50,9 @@ class NamedArray:
     axes: tuple[Axis, ...]
 
     def __init__(self, array: Any, axes: Sequence[Axis]):
-        if not hasattr(array, "shape") or not hasattr(array, "dtype") or isinstance(array, np.ndarray) or np.isscalar(array):
+        if not isinstance(array, jax.Array) and (  # jax arrays and tracers: the fast path
+            not hasattr(array, "shape") or not hasattr(array, "dtype") or isinstance(array, np.ndarray) or np.isscalar(array)
+        ):
             array = as_jax_array(array, "NamedArray")
         axes = tuple(axes)
         for ax in axes:

@@ -97,9 +97,12 @@ def vmap(
             f"vmap(kwargs=...): expected a dict with one spec per keyword, got {type(kwargs).__name__}."
         )
     kwargs = {} if kwargs is None else dict(kwargs)
-    specs.check_spec(default, "default")
-    specs.check_spec(tuple(args), "args")
-    specs.check_spec(kwargs, "kwargs")
+    if default is not _DEFAULT:
+        specs.check_spec(default, "default")
+    if args:
+        specs.check_spec(tuple(args), "args")
+    if kwargs:
+        specs.check_spec(kwargs, "kwargs")
     request = plan_lib.Request(parsed, default, tuple(args), kwargs, chunk_size, fn)
 
     @functools.wraps(fn)

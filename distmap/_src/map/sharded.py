@@ -121,6 +121,8 @@ def from_inputs(plan: Plan, leaves: list[Any], mesh: Any) -> Lowering | None:
     the_mesh = None
     for i in plan.arrays:
         row = plan.dims[i]
+        if row.count(None) == len(row):
+            continue  # not mapped: its layout says nothing about the mapped axes
         arr = leaves[i].array if type(plan.kinds[i]) is tuple else leaves[i]
         sharding = _sharding_of(arr)
         if sharding is None:
