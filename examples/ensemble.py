@@ -25,6 +25,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # runs from a checkout too
 
 import distmap.flags  # noqa: E402
+from distmap import distributed  # noqa: E402  (at the top: a rank that exits non-zero then exits at once)
 
 distmap.flags.define_mesh_flags(mesh="data=-1", axis_mapping="batch=data")
 _STEPS = flags.DEFINE_integer("steps", 40, "Training steps.")
@@ -116,8 +117,6 @@ def train(model: Any, x: Any, y: Any, steps: int, lr: float, *, log: Any = None,
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from distmap import distributed
-
     # Joins the run a launcher started (or runs alone), and checks every rank has the same flags.
     distributed.initialize_from_flags()
     import jax
@@ -151,6 +150,9 @@ def main(argv: list[str]) -> int:
             if i == 0:
                 start[0] = time.perf_counter()  # throughput after the first (compiling) step
             elif (i + 1) % _LOG_EVERY.value == 0 or i + 1 == _STEPS.value:
+                # Every rank at the same point: a rank that skipped or added a step fails here, named,
+                # before a loss of mismatched collectives is printed (a no-op without the progress watch).
+                distributed.verify(f"step {i + 1}")
                 rate = i * _BATCH.value * _ENSEMBLE.value / (time.perf_counter() - start[0])
                 say(f"step {i + 1:4d}  loss {loss:.5f}  {rate:,.0f} member-examples/s")
 
