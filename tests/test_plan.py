@@ -263,3 +263,33 @@ def test_python_scalar_constants_come_back_as_they_are_and_traced_scalars_as_arr
     # The one documented difference: on a mesh a Python scalar argument is traced (as jax.jit traces
     # it), so an output computed from it alone is an array, broadcast along the map.
     np.testing.assert_allclose(np.asarray(doubled), [1.0] * 4)
+
+
+def test_a_closure_over_arrays_is_traced_not_frozen(mesh):
+    # A lambda built per call closing over new arrays: right values (not the first compile's) and
+    # no new compilation, since the code and the captured structure are the same.
+    Batch = Axis("batch", 8)
+    x = distmap.arange(Batch).astype(jnp.float32)
+
+    def scaled(scale):
+        return distmap.vmap(lambda v: v * scale, Batch, mesh=mesh, axis_mapping={"batch": "data"})
+
+    np.testing.assert_allclose(scaled(jnp.float32(2.0))(x).array, np.arange(8) * 2.0)
+    for s in (3.0, 4.0):
+        assert compiles(lambda: np.testing.assert_allclose(scaled(jnp.float32(s))(x).array, np.arange(8) * s)) == 0
+    # a Python scalar in the closure is static, as under jax.jit: a new value is a new compilation
+    np.testing.assert_allclose(scaled(0.5)(x).array, np.arange(8) * 0.5)
+    np.testing.assert_allclose(scaled(0.25)(x).array, np.arange(8) * 0.25)
+
+
+def test_an_inline_lambda_compiles_once(mesh):
+    x = distmap.arange(Axis("batch", 8))
+    run = lambda: distmap.vmap(lambda v: v + 1, "batch", mesh=mesh, axis_mapping={"batch": "data"})(x)  # noqa: E731
+    run()
+    assert compiles(lambda: [run() for _ in range(3)]) == 0
+
+
+def test_a_python_int_too_large_to_trace_is_static(mesh):
+    x = distmap.arange(Axis("batch", 8))
+    for f in both(lambda v, n: v + n % 7, "batch", mesh, {"batch": "data"}):
+        np.testing.assert_array_equal(np.asarray(f(x, 2**40).array), np.arange(8) + 2**40 % 7)

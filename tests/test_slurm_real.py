@@ -95,7 +95,8 @@ def test_failing_task_fails_the_job_and_kill_on_bad_exit_stops_the_other(tmp_pat
     batch_log = (run_dir / f"sbatch-{job_id}.log").read_text()
     assert job["ExitCode"].split(":")[0] == "1", (job, batch_log)
     assert "task 1: Exited with exit code 1" in batch_log, batch_log
-    assert "task 0: Terminated" in batch_log, batch_log  # srun stopped the healthy task (it sleeps 120 s)
+    # srun stopped the healthy task (it sleeps 120 s): its program got the SIGTERM (143), its wrapper waited
+    assert "task 0: Exited with exit code 143" in batch_log, batch_log
     assert "distmap: task 1 failed first, with exit status 1 (srun exited with " in batch_log, batch_log
     assert "PID" in (run_dir / "task_0.log").read_text()  # it was running when task 1 failed
     assert not marked_pids(env[TEST_MARK], TEST_MARK)

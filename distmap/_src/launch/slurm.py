@@ -61,6 +61,9 @@ if [ "$g" -gt 0 ]; then
   while [ "$i" -lt "$g" ]; do ids="$ids,$(( first + i ))"; i=$(( i + 1 )); done
   export DISTMAP_LOCAL_DEVICE_IDS="$ids"
 fi
+# The program gets SLURM's signals itself (a time limit, scancel, preemption) and may finish on them;
+# this shell only waits for it (trapped signals are reset to their defaults in the program).
+trap : TERM INT HUP USR1 USR2
 "$@"
 rc=$?
 if [ "$rc" -ne 0 ] && [ -n "${DISTMAP_STATUS_DIR:-}" ]; then

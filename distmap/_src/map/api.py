@@ -44,9 +44,9 @@ def vmap(
 
     Several axes are mapped in turn, the first given outermost; outputs carry them at
     the front in the order given (NamedArrays by name, unnamed arrays at dim 0...).
-    Outputs that do not depend on the mapped inputs are broadcast, Python scalars
-    included (as ``jax.vmap`` does); other non-array outputs (a string, ``None``) are
-    returned as they are. An axis no input carries is created, and then needs
+    Array outputs that do not depend on the mapped inputs are broadcast; non-array
+    outputs (a Python scalar, a string, ``None``) are returned as they are, as
+    ``equinox.filter_vmap`` returns them. An axis no input carries is created, and then needs
     a size (``Axis("batch", 4)`` or ``{"batch": 4}``).
 
     Inside ``fn`` the named collectives (:func:`distmap.psum`, ``pmean``, ``pmax``,

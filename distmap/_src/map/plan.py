@@ -236,11 +236,19 @@ def resolve(request: Request, args: Sequence[Any], kwargs: Mapping[str, Any]) ->
             inner.append(None)
         else:
             _check_unmappable(spec, leaf, where(i, names[0]))
-            kinds.append(Scalar(t) if t in SCALAR_TYPES else StaticKind(leaf))
+            kinds.append(Scalar(t) if t in SCALAR_TYPES and _traceable(leaf) else StaticKind(leaf))
             dims.append(None)
             inner.append(None)
     sizes = tuple(_agree(name, given, found[level], args, kwargs) for level, (name, given) in enumerate(request.axes))
     return Plan(names, sizes, treedef, tuple(kinds), tuple(dims), tuple(inner)), leaves
+
+
+def _traceable(x: Any) -> bool:
+    """Whether ``jax.jit`` can trace the Python scalar ``x``: an int must fit the default integer type."""
+    if type(x) is not int:
+        return True
+    bits = 64 if jax.config.jax_enable_x64 else 32
+    return -(2 ** (bits - 1)) <= x < 2 ** (bits - 1)
 
 
 def _leaf_specs(request: Request, args: tuple, kwargs: dict) -> list[Any]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import sys
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -192,16 +193,48 @@ class _Static:
     def _key(self) -> tuple:
         return (self.fn_def, self.fn_kinds, self.chunk_size, self.lowering, self.plan, self.padded)
 
-    def fn(self, arrays: Sequence[Any]) -> Callable[..., Any]:
-        """The mapped function back, its arrays (an equinox Module's, say) from the traced ``arrays``."""
-        it = iter(arrays)
-        return jax.tree_util.tree_unflatten(self.fn_def, [next(it) if k is True else k.value for k in self.fn_kinds])
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Static) and self._hash == other._hash and self._key() == other._key()
 
     def __hash__(self) -> int:
         return self._hash
+
+    def fn(self, arrays: Sequence[Any]) -> Callable[..., Any]:
+        """The mapped function back, its arrays (an equinox Module's, a closure's) from the traced ``arrays``."""
+        it = iter(arrays)
+        kind, treedef = self.fn_def[0], self.fn_def[-1]
+        values = jax.tree_util.tree_unflatten(treedef, [next(it) if k is True else k.value for k in self.fn_kinds])
+        if kind == "pytree":
+            return values
+        _, code, fn_globals, name, _ = self.fn_def
+        defaults, kwdefaults, cells = values
+        out = types.FunctionType(code, fn_globals.value, name, defaults, tuple(types.CellType(c) for c in cells))
+        out.__kwdefaults__ = kwdefaults
+        return out
+
+
+def _function_parts(fn: Callable[..., Any]) -> tuple[tuple, tuple[Any, ...], list[Any]]:
+    """``fn`` as jit data: ``(structure, leaf kinds, arrays)``; the arrays are traced, the rest is static.
+
+    An equinox Module is a pytree: its arrays are traced. A plain Python function is taken apart
+    into its code, defaults and closure, so that a closure over arrays (``lambda v: v * w``) traces
+    ``w`` instead of baking it in, and a lambda built afresh for each call (the same code, the same
+    captured values) reuses the compilation. Its globals are read when it is traced, as under
+    ``jax.jit``: a global rebound later is not seen by calls already compiled.
+    """
+    if type(fn) is types.FunctionType:
+        try:
+            cells = tuple(c.cell_contents for c in fn.__closure__ or ())
+        except ValueError:  # an empty cell (a name bound later in the enclosing scope): keep fn whole
+            cells = None
+        if cells is not None:
+            leaves, treedef = jax.tree_util.tree_flatten((fn.__defaults__, fn.__kwdefaults__, cells))
+            kinds = tuple(True if leaves_lib.is_array(x) else StaticKind(x) for x in leaves)
+            arrays = [x for x, k in zip(leaves, kinds) if k is True]
+            return ("function", fn.__code__, StaticKind(fn.__globals__), fn.__name__, treedef), kinds, arrays
+    leaves, treedef = jax.tree_util.tree_flatten(fn)
+    kinds = tuple(True if leaves_lib.is_array(x) else StaticKind(x) for x in leaves)
+    return ("pytree", treedef), kinds, [x for x, k in zip(leaves, kinds) if k is True]
 
 
 class _StaticOut:
@@ -231,10 +264,8 @@ def call(fn: Callable[..., Any], chunk_size: int | None, lowering: Lowering, pla
     padded: list[frozenset[int]] = [frozenset()] * len(plan.arrays)
     if not traced:
         values, padded = _place(plan, lowering, values, leaves)
-    # The function is data too: an equinox Module's arrays are traced, the rest is static.
-    fn_leaves, fn_def = jax.tree_util.tree_flatten(fn)
-    fn_kinds = tuple(True if leaves_lib.is_array(x) else StaticKind(x) for x in fn_leaves)
-    fn_arrays = [x for x, k in zip(fn_leaves, fn_kinds) if k is True]
+    # The function is data too: its arrays (an equinox Module's, a closure's) are traced, the rest is static.
+    fn_def, fn_kinds, fn_arrays = _function_parts(fn)
     static = _Static(fn_def, fn_kinds, chunk_size, lowering, plan, tuple(padded))
     watch = sys.modules.get("distmap._src.progress")  # loaded by distmap.distributed, which starts the watch
     if watch is not None and _spans_processes(lowering.mesh):
