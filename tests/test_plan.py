@@ -293,3 +293,12 @@ def test_a_python_int_too_large_to_trace_is_static(mesh):
     x = distmap.arange(Axis("batch", 8))
     for f in both(lambda v, n: v + n % 7, "batch", mesh, {"batch": "data"}):
         np.testing.assert_array_equal(np.asarray(f(x, 2**40).array), np.arange(8) + 2**40 % 7)
+
+
+def test_a_mesh_given_that_nothing_would_use_is_refused(mesh):
+    f = distmap.vmap(lambda v: v * 2, "batch", mesh=mesh)  # no mapping, no mesh axis named "batch"
+    with pytest.raises(errors.MeshError, match=r"mesh=\{'data': 4, 'model': 2\} was given, but nothing splits"):
+        f(distmap.ones({"batch": 4}))
+    # an explicit (even empty) mapping says what to split: then mapping nothing is what was asked
+    np.testing.assert_allclose(distmap.vmap(lambda v: v * 2, "batch", mesh=mesh, axis_mapping={})(
+        distmap.ones({"batch": 4})).array, 2.0)

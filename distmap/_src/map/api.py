@@ -18,6 +18,7 @@ import numpy as np
 from distmap import errors
 from distmap._src.axis import AxisSelection, parse_selection
 from distmap._src.map import local, plan as plan_lib, sharded, specs
+from distmap._src.mesh import current_axis_mapping
 
 _DEFAULT = specs.default_spec
 
@@ -111,6 +112,14 @@ def vmap(
         plan, leaves = plan_lib.resolve(request, call_args, call_kwargs)
         if lowering is None:  # no mapping splits the map: inputs already split along it still say where it lives
             lowering = sharded.from_inputs(plan, leaves, mesh)
+            if lowering is None and mesh is not None and axis_mapping is None and current_axis_mapping() is None:
+                # mesh= given, and no mapping at all: the user asked for a mesh that nothing would use.
+                raise errors.MeshError(
+                    f"vmap over {request.names}: mesh={dict(mesh.shape)} was given, but nothing splits these axes "
+                    "over it: there is no axis mapping, no mesh axis has their name, and no input is split along "
+                    f"them. Pass axis_mapping={{{request.names[0]!r}: {tuple(mesh.axis_names)[0]!r}}} (say), or drop "
+                    "mesh= to map on one device."
+                )
         if lowering is not None:
             return sharded.call(fn, chunk_size, lowering, plan, leaves)
         arrays = [leaves[i].array if type(plan.kinds[i]) is tuple else leaves[i] for i in plan.arrays]
