@@ -122,7 +122,6 @@ def vmap(
                 )
         if lowering is not None:
             return sharded.call(fn, chunk_size, lowering, plan, leaves)
-        arrays = [leaves[i].array if type(plan.kinds[i]) is tuple else leaves[i] for i in plan.arrays]
-        return local.run(fn, plan, arrays, leaves, chunk_size=chunk_size)
+        return local.run(fn, plan, plan.unwrap(leaves, plan.arrays), leaves, chunk_size=chunk_size)
 
     return mapped

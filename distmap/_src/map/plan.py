@@ -160,6 +160,11 @@ class Plan:
             self.in_axes = tuple(tuple(_level_dim(row, level) for row in rows) for level in range(len(names)))
         self._hash: int | None = None  # only the mesh lowering hashes a plan (as jit static data)
 
+    def unwrap(self, leaves: Sequence[Any], indices: Sequence[int]) -> list[Any]:
+        """The values at ``indices`` of the call's ``leaves``, each NamedArray as its array."""
+        kinds = self.kinds
+        return [leaves[i].array if type(kinds[i]) is tuple else leaves[i] for i in indices]
+
     def _key(self) -> tuple:
         return (self.names, self.sizes, self.treedef, self.kinds, self.dims)
 

@@ -124,7 +124,7 @@ def from_inputs(plan: Plan, leaves: list[Any], mesh: Any) -> Lowering | None:
         row = plan.dims[i]
         if row.count(None) == len(row):
             continue  # not mapped: its layout says nothing about the mapped axes
-        arr = leaves[i].array if type(plan.kinds[i]) is tuple else leaves[i]
+        (arr,) = plan.unwrap(leaves, (i,))
         sharding = _sharding_of(arr)
         if sharding is None:
             continue
@@ -259,7 +259,7 @@ def call(fn: Callable[..., Any], chunk_size: int | None, lowering: Lowering, pla
     Already traced (inside ``jit``, or under an eager ``vmap``/``grad``), the call nests in
     that trace: a ``reshard`` (Explicit meshes) evaluated eagerly under ``vmap`` would fail.
     """
-    values = [leaves[i].array if type(plan.kinds[i]) is tuple else leaves[i] for i in plan.traced]
+    values = plan.unwrap(leaves, plan.traced)
     traced = any(_is_tracer(v) for v in values)
     padded: list[frozenset[int]] = [frozenset()] * len(plan.arrays)
     if not traced:
