@@ -103,8 +103,13 @@ def inputs(batch: int, seed: int = 0):
 
 
 def on_mesh(tree, mesh):
-    """Place as distmap's mapping asks: 'batch' split over 'data' where it divides, the rest replicated."""
-    return distmap.shard(tree, {"batch": "data"}, mesh)
+    """Place as distmap's mapping asks: 'batch' split over 'data' where it divides, the rest replicated.
+
+    An uneven batch cannot be held split (``distmap.shard`` refuses it), so it is placed whole.
+    """
+    x = tree[0]
+    even = x.axis_size("batch") % mesh.shape["data"] == 0
+    return distmap.shard(tree, {"batch": "data" if even else None}, mesh)
 
 
 def count_collectives(compiled) -> Counter:
