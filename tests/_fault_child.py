@@ -39,7 +39,6 @@ from distmap import distributed  # noqa: E402 - at the top, so that sys.exit(mai
 def run(mode: str, steps: int) -> int:
     distributed.initialize()
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from jax.experimental import multihost_utils
     from jax.sharding import PartitionSpec as P
@@ -50,15 +49,16 @@ def run(mode: str, steps: int) -> int:
     mesh = jax.make_mesh((jax.device_count(),), ("x",), devices=jax.devices())
     per = jax.local_device_count()
     width = 256 if mode == "bench" else 4
-    psum = distributed.watched(jax.jit(jax.shard_map(lambda a: jax.lax.psum(a, "x"), mesh=mesh, in_specs=P("x"),
-                                                     out_specs=P())), "psum")
     if mode == "vmapskip":
         import distmap
 
         summed = distmap.vmap(lambda row: distmap.psum(row, "batch"), "batch", mesh=mesh, axis_mapping={"batch": "x"})
 
-        def psum(a):  # the same per-device value as the shard_map above: the sum over every row
+        def psum(a):  # the same per-device value as the shard_map below: the sum over every row
             return summed(distmap.named(a, ("batch", "f"))).array
+    else:
+        psum = distributed.watched(jax.jit(jax.shard_map(lambda a: jax.lax.psum(a, "x"), mesh=mesh, in_specs=P("x"),
+                                                         out_specs=P())), "psum")
 
     def data(step: int):
         local = np.full((per, width), float(100 * step + rank), np.float32)

@@ -20,6 +20,7 @@ import uuid
 
 import pytest
 
+from _daemon import wait_unmarked
 from distmap import distributed, errors
 from distmap._src import exits, progress
 from distmap._src.launch import local
@@ -186,32 +187,17 @@ def test_after_the_programs_own_jax_distributed_initialize_the_message_names_jax
 # ---------------------------------------------------------------------------- real runs: 2 processes
 
 
-def _survivors(marker: str) -> list[int]:
-    alive = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if marker.encode() in f.read():
-                    alive.append(int(pid))
-        except OSError:
-            continue
-    return alive
-
-
 def _launch(tmp_path, mode: str, stall_timeout: float = 10.0, **env: str):
     """Run the fault child's ``mode`` on 2 processes; returns (result, output, launcher errors, logs by rank)."""
-    marker = f"{MARKER}={uuid.uuid4().hex}"
+    token = uuid.uuid4().hex
+    marker = f"{MARKER}={token}"
     settings = {"DISTMAP_STALL_TIMEOUT": f"{stall_timeout:g}", "DISTMAP_SHUTDOWN_TIMEOUT": "5", "DISTMAP_HEARTBEAT_TIMEOUT": "5", **env}
     program = ["env", marker, *(f"{k}={v}" for k, v in settings.items()), PY, CHILD, mode]
     out, err = io.StringIO(), io.StringIO()
     opts = SupervisorOptions(log_dir=str(tmp_path), announce=False, grace_period=5.0, timeout=60.0)
     res = local.run_local(program, num_processes=2, devices_per_process=1, init_timeout=60, options=opts, out=out, err=err)
-    deadline = time.monotonic() + 10  # the launcher has reaped its ranks; give the kernel a moment
-    while _survivors(marker) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _survivors(marker) == [], "a process of the run outlived it"
+    # the launcher has reaped its ranks; give the kernel a moment
+    assert wait_unmarked(token, 10.0, MARKER) == [], "a process of the run outlived it"
     logs = {r: open(res.attempts[-1].logs[r]).read() for r in range(2)}
     return res, out.getvalue(), err.getvalue(), logs
 
