@@ -76,9 +76,20 @@ from distmap._src.math import (
 # -- random sampling by axes (distmap/random.py)
 from distmap import random
 
-# -- named maps and collectives (distmap/_src/vmap.py, collectives.py)
+# -- named maps and collectives (distmap/_src/map/api.py, collectives.py)
 from distmap._src.map.api import vmap
-from distmap._src.collectives import all_gather, axis_index, axis_size, pmax, pmean, pmin, psum
+from distmap._src.collectives import (
+    all_gather,
+    all_to_all,
+    axis_index,
+    axis_size,
+    pmax,
+    pmean,
+    pmin,
+    ppermute,
+    psum,
+    psum_scatter,
+)
 
 # -- meshes and axis mappings (distmap/_src/mesh.py, sharded.py)
 from distmap._src.mesh import (
@@ -106,6 +117,7 @@ __all__ = [
     "abs",
     "all",
     "all_gather",
+    "all_to_all",
     "allclose",
     "any",
     "arange",
@@ -167,9 +179,11 @@ __all__ = [
     "pmax",
     "pmean",
     "pmin",
+    "ppermute",
     "prod",
     "pspec_for",
     "psum",
+    "psum_scatter",
     "random",
     "rearrange",
     "reciprocal",

@@ -208,8 +208,14 @@ def test_a_module_as_fn_compiles_once_and_its_arrays_are_traced(mesh):
     f = distmap.vmap(Scale(jnp.asarray(2.0)), Batch, mesh=mesh, axis_mapping={"batch": "data"})
     np.testing.assert_allclose(f(x).array, np.arange(8) * 2.0)
     assert compiles(lambda: f(x)) == 0
+    # A fresh map of another Module traces and compiles again, as a fresh jax.jit(module) does.
     g = distmap.vmap(Scale(jnp.asarray(3.0)), Batch, mesh=mesh, axis_mapping={"batch": "data"})
-    assert compiles(lambda: np.testing.assert_allclose(g(x).array, np.arange(8) * 3.0)) == 0  # same structure
+    assert compiles(lambda: np.testing.assert_allclose(g(x).array, np.arange(8) * 3.0)) == 1
+    # A Module passed as an argument is traced like any argument: new weights, no compilation.
+    h = distmap.vmap(lambda m, v: m(v), Batch, args=(None,), mesh=mesh, axis_mapping={"batch": "data"})
+    h(Scale(jnp.asarray(1.0)), x)
+    for w in (4.0, 5.0):
+        assert compiles(lambda: np.testing.assert_allclose(h(Scale(jnp.asarray(w)), x).array, np.arange(8) * w)) == 0
 
 
 def test_non_array_outputs_come_back_as_they_are(mesh):
@@ -266,27 +272,34 @@ def test_python_scalar_constants_come_back_as_they_are_and_traced_scalars_as_arr
 
 
 def test_a_closure_over_arrays_is_traced_not_frozen(mesh):
-    # A lambda built per call closing over new arrays: right values (not the first compile's) and
-    # no new compilation, since the code and the captured structure are the same.
+    # One mapped function whose closure cell is rebound: the new array every call, no new compilation.
     Batch = Axis("batch", 8)
     x = distmap.arange(Batch).astype(jnp.float32)
-
-    def scaled(scale):
-        return distmap.vmap(lambda v: v * scale, Batch, mesh=mesh, axis_mapping={"batch": "data"})
-
-    np.testing.assert_allclose(scaled(jnp.float32(2.0))(x).array, np.arange(8) * 2.0)
+    scale = jnp.float32(2.0)
+    f = distmap.vmap(lambda v: v * scale, Batch, mesh=mesh, axis_mapping={"batch": "data"})
+    np.testing.assert_allclose(f(x).array, np.arange(8) * 2.0)
     for s in (3.0, 4.0):
-        assert compiles(lambda: np.testing.assert_allclose(scaled(jnp.float32(s))(x).array, np.arange(8) * s)) == 0
-    # a Python scalar in the closure is static, as under jax.jit: a new value is a new compilation
-    np.testing.assert_allclose(scaled(0.5)(x).array, np.arange(8) * 0.5)
-    np.testing.assert_allclose(scaled(0.25)(x).array, np.arange(8) * 0.25)
+        scale = jnp.float32(s)
+        assert compiles(lambda: np.testing.assert_allclose(f(x).array, np.arange(8) * s)) == 0
+    # A Python scalar in the closure is static, as under jax.jit: a new value is a new trace, never a stale one.
+    scale = 0.5
+    np.testing.assert_allclose(f(x).array, np.arange(8) * 0.5)
+    scale = -0.0
+    assert np.signbit(np.asarray(f(distmap.ones(Batch)).array)).all()  # -0.0 after 0.5 (and after 0.0 below)
+    scale = 0.0
+    assert not np.signbit(np.asarray(f(distmap.ones(Batch)).array)).any()
 
 
-def test_an_inline_lambda_compiles_once(mesh):
+def test_a_fresh_mapped_function_compiles_as_a_fresh_jit_does(mesh):
+    # distmap.vmap(...) built anew on every call traces anew, exactly as jax.jit(lambda ...) built anew does:
+    # no cache outlives the function it belongs to, so none can serve another function's trace.
     x = distmap.arange(Axis("batch", 8))
     run = lambda: distmap.vmap(lambda v: v + 1, "batch", mesh=mesh, axis_mapping={"batch": "data"})(x)  # noqa: E731
     run()
-    assert compiles(lambda: [run() for _ in range(3)]) == 0
+    assert compiles(lambda: [run() for _ in range(3)]) == 3
+    f = distmap.vmap(lambda v: v + 1, "batch", mesh=mesh, axis_mapping={"batch": "data"})
+    f(x)
+    assert compiles(lambda: [f(x) for _ in range(3)]) == 0  # one function: one compilation
 
 
 def test_a_python_int_too_large_to_trace_is_static(mesh):

@@ -1,15 +1,16 @@
-"""Named collectives: reduce, gather and index over a mapped axis by its name.
+"""Named collectives: reduce, gather, index and move data over a mapped axis by its name.
 
 Inside ``distmap.vmap(fn, "batch")``, ``psum(x, "batch")`` sums ``x`` over every
-element of the map. On one device that is a ``jax.lax.psum`` over the vmap axis; on a
-mesh it combines the vmap axis with the mesh axes behind it, and ignores the padding
-of an uneven split. Code written for one device needs no change.
+element of the map. On one device that is a collective over the vmap axis; on a mesh it
+combines the vmap axis with the mesh axes behind it, and leaves out the padding of an
+uneven split. Each collective is written once, over both parts
+(:mod:`distmap._src.map.two_level`), so code written for one device needs no change and
+gives the same values, dtypes and errors on a mesh.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -17,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from distmap import errors
-from distmap._src.map import frames
 from distmap._src.axis import Axis, AxisSelector, axis_name
+from distmap._src.map import frames, two_level
 from distmap._src.named import NamedArray, _wrap, as_jax_array
 
 AxisNames = AxisSelector | Sequence[AxisSelector]
@@ -38,7 +39,7 @@ def _names(axis: AxisNames, fn: str) -> tuple[str, ...]:
     return names
 
 
-def _frames(axis: AxisNames, fn: str) -> list[frames.MapFrame]:
+def _frames(axis: AxisNames, fn: str) -> tuple[frames.MapFrame, ...]:
     out = []
     for name in _names(axis, fn):
         frame = frames.find_frame(name)
@@ -54,33 +55,16 @@ def _frames(axis: AxisNames, fn: str) -> list[frames.MapFrame]:
                 "would only see one chunk; drop chunk_size or move the collective outside the map."
             )
         out.append(frame)
-    return out
-
-
-def _jax_names(fs: list[frames.MapFrame]) -> tuple[str, ...]:
-    out: list[str] = []
-    for f in fs:
-        out.extend(f.jax_axis_names)
     return tuple(out)
 
 
-def _flat_index(fs: list[frames.MapFrame]) -> tuple[jax.Array, jax.Array]:
-    """(index over the named axes combined, whether this element is real rather than padding)."""
-    index = jnp.zeros((), jnp.int32)
-    valid = jnp.ones((), bool)
-    for f in fs:
-        i = _global_index(f)
-        index = index * f.size + i
-        valid = valid & (i < f.size)
-    return index, valid
-
-
-def _global_index(f: frames.MapFrame) -> jax.Array:
-    local = jax.lax.axis_index(f.vmap_name)
-    if not f.mesh_axes:
-        return local
-    shard = jax.lax.axis_index(f.mesh_axes)
-    return shard * f.local_size + local
+def _one_frame(axis: AxisNames, fn: str) -> frames.MapFrame:
+    fs = _frames(axis, fn)
+    if len(fs) != 1:
+        raise errors.AxisSelectorError(
+            f"{fn}: takes one mapped axis, got {tuple(f.name for f in fs)}; call it once per axis."
+        )
+    return fs[0]
 
 
 def _array(leaf: Any, fn: str) -> jax.Array:
@@ -90,55 +74,21 @@ def _array(leaf: Any, fn: str) -> jax.Array:
     return as_jax_array(leaf, fn)
 
 
-def _map_leaves(fn, x: Any, name: str = "collective") -> Any:
-    def one(leaf):
+def _map_leaves(op: Callable[[jax.Array], jax.Array], x: Any, fn: str) -> Any:
+    """``op`` on the array of every leaf of ``x``; NamedArrays keep their axes."""
+
+    def one(leaf: Any) -> Any:
         if isinstance(leaf, NamedArray):
-            return _wrap(fn(leaf.array), leaf.axes)
-        return fn(_array(leaf, name))
+            return _wrap(op(leaf.array), leaf.axes)
+        return op(_array(leaf, fn))
 
     return jax.tree_util.tree_map(one, x, is_leaf=lambda v: isinstance(v, NamedArray))
 
 
-def _masked(fs, values, fill, name: str = "collective"):
-    if not any(f.padded for f in fs):
-        return values
-    _, valid = _flat_index(fs)
-    return _map_leaves(lambda a: jnp.where(valid, a, jnp.asarray(fill(a.dtype), a.dtype)), values, name)
-
-
-def _explicit_typed(a: jax.Array) -> bool:
-    """Whether ``a``'s type carries a sharding on a mesh with Explicit axes (traced under ``jax.set_mesh``).
-
-    Under ``jax.vmap``, JAX 0.12's psum/pmax/pmin batching rule keeps the whole batch's sharding
-    on each element's type and fails ("Length of sharding.spec ... must be equal to aval's
-    ndim"); ``all_gather`` has no such trouble, so such operands reduce over the vmap axis by a
-    gather and a local reduction (the same values), and over mesh axes as usual.
-    """
-    sharding = getattr(jax.typeof(a), "sharding", None)
-    mesh = getattr(sharding, "mesh", None)
-    explicit = jax.sharding.AxisType.Explicit
-    return mesh is not None and any(t == explicit for t in getattr(mesh, "axis_types", ()))
-
-
-def _reduce(a: jax.Array, fs: list[frames.MapFrame], how: str) -> jax.Array:
-    """``a`` reduced (``how``: "sum", "max" or "min") over every element of the maps ``fs``."""
-    names = _jax_names(fs)
-    lax_op = {"sum": jax.lax.psum, "max": jax.lax.pmax, "min": jax.lax.pmin}[how]
-    if not _explicit_typed(a):
-        if how == "sum":
-            return lax_op(a, names)
-        return _extreme_of(a, names, how == "max")
-    local = getattr(jnp, how)
-    for f in fs:
-        a = local(jax.lax.all_gather(a, f.vmap_name, axis=0), axis=0).astype(a.dtype)
-    mesh_axes = tuple(n for f in fs for n in f.mesh_axes)
-    if not mesh_axes:
-        return a
-    return lax_op(a, mesh_axes) if how == "sum" else _extreme_of(a, mesh_axes, how == "max")
-
-
 def psum(x: Any, axis: AxisNames) -> Any:
     """Sum ``x`` (a NamedArray, array or pytree of them) over every element of the named map(s).
+
+    Dtypes follow ``jax.lax.psum``: a bool counts as ``int32``.
 
     Example:
         >>> import distmap
@@ -147,60 +97,36 @@ def psum(x: Any, axis: AxisNames) -> Any:
         Array([6, 6, 6, 6], dtype=int32)
     """
     fs = _frames(axis, "psum")
-    return _map_leaves(lambda a: _reduce(a, fs, "sum"), _masked(fs, x, lambda d: 0, "psum"), "psum")
+    return _map_leaves(lambda a: two_level.reduce_sum(a, fs), x, "psum")
 
 
 def pmean(x: Any, axis: AxisNames) -> Any:
-    """Mean of ``x`` over every (real) element of the named map(s)."""
+    """Mean of ``x`` over every (real) element of the named map(s), as ``jax.lax.pmean`` (an int or bool mean is a float)."""
     fs = _frames(axis, "pmean")
     count = int(np.prod([f.size for f in fs]))
-    total = _map_leaves(lambda a: _reduce(a, fs, "sum"), _masked(fs, x, lambda d: 0, "pmean"), "pmean")
-    return _map_leaves(lambda a: a / count, total)
-
-
-def _extreme(dtype: Any, high: bool) -> Any:
-    if jnp.issubdtype(dtype, jnp.floating):
-        return jnp.inf if high else -jnp.inf
-    if jnp.issubdtype(dtype, jnp.bool_):
-        return high
-    info = jnp.iinfo(dtype)
-    return info.max if high else info.min
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def _pextreme(x: jax.Array, names: tuple[str, ...], high: bool) -> jax.Array:
-    return jax.lax.pmax(x, names) if high else jax.lax.pmin(x, names)
-
-
-@_pextreme.defjvp
-def _pextreme_jvp(names, high, primals, tangents):
-    # jax.lax.pmax has no derivative; like jnp.max, share the tangent among the elements that tie.
-    (x,), (t,) = primals, tangents
-    out = _pextreme(x, names, high)
-    hit = (x == out).astype(t.dtype)
-    return out, jax.lax.psum(t * hit, names) / jax.lax.psum(hit, names)
-
-
-def _extreme_of(a: jax.Array, names: tuple[str, ...], high: bool) -> jax.Array:
-    if jnp.issubdtype(a.dtype, jnp.inexact):
-        return _pextreme(a, names, high)
-    return jax.lax.pmax(a, names) if high else jax.lax.pmin(a, names)
+    return _map_leaves(lambda a: two_level.reduce_sum(a, fs) / count, x, "pmean")
 
 
 def pmax(x: Any, axis: AxisNames) -> Any:
-    """Maximum of ``x`` over every element of the named map(s); differentiable (ties share the gradient)."""
+    """Maximum of ``x`` over every element of the named map(s).
+
+    A NaN anywhere gives NaN, on one device and on a mesh alike. Differentiable for
+    floats: elements that tie for the maximum share the gradient, as with ``jnp.max``.
+
+    Example:
+        >>> import distmap
+        >>> B = distmap.Axis("batch", 3)
+        >>> distmap.vmap(lambda v: distmap.pmax(v, "batch"), B)(distmap.arange(B)).array.tolist()
+        [2, 2, 2]
+    """
     fs = _frames(axis, "pmax")
-    return _map_leaves(
-        lambda a: _reduce(a, fs, "max"), _masked(fs, x, lambda d: _extreme(d, False), "pmax"), "pmax"
-    )
+    return _map_leaves(lambda a: two_level.reduce_extreme(a, fs, True), x, "pmax")
 
 
 def pmin(x: Any, axis: AxisNames) -> Any:
-    """Minimum of ``x`` over every element of the named map(s); differentiable (ties share the gradient)."""
+    """Minimum of ``x`` over every element of the named map(s); NaN wins, ties share the gradient (see :func:`pmax`)."""
     fs = _frames(axis, "pmin")
-    return _map_leaves(
-        lambda a: _reduce(a, fs, "min"), _masked(fs, x, lambda d: _extreme(d, True), "pmin"), "pmin"
-    )
+    return _map_leaves(lambda a: two_level.reduce_extreme(a, fs, False), x, "pmin")
 
 
 def axis_index(axis: AxisNames) -> jax.Array:
@@ -215,15 +141,18 @@ def axis_index(axis: AxisNames) -> jax.Array:
         >>> distmap.vmap(lambda: distmap.axis_index("batch"), B)().tolist()
         [0, 1, 2]
     """
-    fs = _frames(axis, "axis_index")
-    if len(fs) == 1:
-        return _global_index(fs[0])
-    return _flat_index(fs)[0]
+    return two_level.index(_frames(axis, "axis_index"))[0]
 
 
 def axis_size(axis: AxisNames) -> int:
     """The true size of the named mapped axis (the product, for several names)."""
     return int(np.prod([f.size for f in _frames(axis, "axis_size")]))
+
+
+def _check_new_axis(leaf: NamedArray, names: Sequence[str], fn: str) -> None:
+    for name in names:
+        if leaf.has_axis(name):
+            raise errors.MappingError(f"{fn} over {name!r}: the array already has an axis named {name!r} ({leaf.axis_names}).")
 
 
 def all_gather(x: Any, axis: AxisNames) -> Any:
@@ -242,31 +171,177 @@ def all_gather(x: Any, axis: AxisNames) -> Any:
     """
     fs = _frames(axis, "all_gather")
 
-    def gather(a: jax.Array, f: frames.MapFrame) -> jax.Array:
-        out = a
-        # innermost first: the vmap axis, then each mesh axis from the innermost out
-        out = jax.lax.all_gather(out, f.vmap_name, axis=0, tiled=False)
-        for mesh_axis in reversed(f.mesh_axes):
-            out = jax.lax.all_gather(out, mesh_axis, axis=0, tiled=True)
-        if f.padded:
-            out = out[: f.size]
-        return out
+    def gathered(a: jax.Array) -> jax.Array:
+        for f in reversed(fs):  # the last name gathered first, so the first ends up in front
+            a = two_level.gather(a, f)
+        return a
 
-    def one(leaf):
+    def one(leaf: Any) -> Any:
         if isinstance(leaf, NamedArray):
-            for f in fs:
-                if any(ax.name == f.name for ax in leaf.axes):
-                    raise errors.MappingError(
-                        f"all_gather over {f.name!r}: the array already has an axis named {f.name!r} "
-                        f"({leaf.axis_names})."
-                    )
-            out = leaf.array
-            for f in reversed(fs):  # the last name gathered first, so the first ends up in front
-                out = gather(out, f)
-            return _wrap(out, tuple(Axis(f.name, f.size) for f in fs) + leaf.axes)
-        out = _array(leaf, "all_gather")
-        for f in reversed(fs):
-            out = gather(out, f)
-        return out
+            _check_new_axis(leaf, [f.name for f in fs], "all_gather")
+            return _wrap(gathered(leaf.array), tuple(Axis(f.name, f.size) for f in fs) + leaf.axes)
+        return gathered(_array(leaf, "all_gather"))
+
+    return jax.tree_util.tree_map(one, x, is_leaf=lambda v: isinstance(v, NamedArray))
+
+
+def ppermute(x: Any, axis: AxisNames, perm: Sequence[tuple[int, int]]) -> Any:
+    """Send ``x`` from element ``src`` to element ``dst`` of the map, for each pair ``(src, dst)`` in ``perm``.
+
+    As ``jax.lax.ppermute``: indices are global (the flat index for several names, the first
+    major), each element sends and receives at most once, and an element nothing is sent to
+    gets zeros. A rotation by one is ``[(i, (i + 1) % n) for i in range(n)]``. On a mesh each
+    distinct shard offset among the pairs costs one collective-permute of a device's block.
+
+    Example:
+        >>> import distmap
+        >>> B = distmap.Axis("batch", 4)
+        >>> rot = [(i, (i + 1) % 4) for i in range(4)]
+        >>> distmap.vmap(lambda v: distmap.ppermute(v, "batch", rot), B)(distmap.arange(B)).array.tolist()
+        [3, 0, 1, 2]
+    """
+    fs = _frames(axis, "ppermute")
+    pairs = _check_perm(perm, int(np.prod([f.size for f in fs])), tuple(f.name for f in fs))
+    return _map_leaves(lambda a: two_level.permute(a, fs, pairs), x, "ppermute")
+
+
+def _check_perm(perm: Any, n: int, names: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    what = f"ppermute over {names[0]!r}" if len(names) == 1 else f"ppermute over {names}"
+    try:
+        pairs = tuple((int(s), int(d)) for s, d in perm)
+        bad_type = any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for p in perm for v in p)
+    except (TypeError, ValueError):
+        raise errors.MappingError(f"{what}: perm must be a sequence of (source, destination) int pairs, got {perm!r}.") from None
+    if bad_type:
+        raise errors.MappingError(f"{what}: perm must hold int indices, got {perm!r}.")
+    for s, d in pairs:
+        if not (0 <= s < n and 0 <= d < n):
+            raise errors.AxisIndexError(f"{what}: pair ({s}, {d}) is out of range for an axis of size {n}.")
+    for k, which in ((0, "source"), (1, "destination")):
+        seen = [p[k] for p in pairs]
+        dup = sorted({v for v in seen if seen.count(v) > 1})
+        if dup:
+            raise errors.MappingError(f"{what}: {which} {dup[0]} appears more than once in perm; each element sends and receives at most once.")
+    return pairs
+
+
+def _dim_of(leaf: Any, selector: Any, fn: str, arg: str) -> int:
+    """The dimension of ``leaf`` that ``selector`` names: an axis name for a NamedArray, an int otherwise."""
+    if isinstance(leaf, NamedArray):
+        if not isinstance(selector, (str, Axis)):
+            raise errors.AxisSelectorError(
+                f"{fn}: {arg} must name an axis of the NamedArray (axes {leaf.axis_names}), got {selector!r}."
+            )
+        try:
+            return leaf.axis_indices(selector)  # type: ignore[return-value]  (one selector: one index)
+        except errors.AxisNotFoundError as e:
+            raise errors.AxisNotFoundError(f"{fn}: {arg}={selector!r}: {e}") from None
+    if isinstance(selector, bool) or not isinstance(selector, (int, np.integer)):
+        raise errors.AxisSelectorError(f"{fn}: {arg} must be an int dimension for an unnamed array, got {selector!r}.")
+    ndim = np.ndim(leaf)
+    if not -ndim <= selector < ndim:
+        raise errors.AxisSelectorError(f"{fn}: {arg}={selector} is out of range for an array of rank {ndim}.")
+    return int(selector) % ndim
+
+
+def _check_divides(size: int, n: int, tiled: bool, fn: str, what: str, name: str) -> None:
+    if (size != n) if not tiled else (size % n):
+        need = f"a multiple of {n}" if tiled else f"exactly {n}"
+        raise errors.AxisSizeError(
+            f"{fn} over {name!r}: {what} has size {size}, but {'tiled' if tiled else 'untiled'} it must have size "
+            f"{need} (the size of {name!r})" + ("" if tiled else "; pass tiled=True to split it into equal pieces") + "."
+        )
+
+
+def psum_scatter(x: Any, axis: AxisSelector, *, scatter_axis: Any = None, scatter_dimension: int = 0, tiled: bool = False) -> Any:
+    """Sum ``x`` over the map and give element ``i`` only its piece ``i`` of one axis, as ``jax.lax.psum_scatter``.
+
+    For a NamedArray, ``scatter_axis`` names the axis that is scattered: of the mapped axis's
+    size ``n`` (it is then removed), or with ``tiled=True`` of a multiple of ``n`` (it keeps its
+    name, ``n`` times shorter). Unnamed arrays use ``scatter_dimension``. The communication is
+    one reduce-scatter, as in a hand-written ``shard_map``.
+
+    Example:
+        >>> import distmap, jax.numpy as jnp
+        >>> B, F = distmap.Axis("batch", 2), distmap.Axis("feature", 2)
+        >>> x = distmap.named(jnp.arange(4).reshape(2, 2), (B, F))  # [[0, 1], [2, 3]]
+        >>> distmap.vmap(lambda r: distmap.psum_scatter(r, "batch", scatter_axis="feature"), B)(x).array.tolist()
+        [2, 4]
+    """
+    f = _one_frame(axis, "psum_scatter")
+
+    def one(leaf: Any) -> Any:
+        if isinstance(leaf, NamedArray):
+            d = _dim_of(leaf, scatter_axis, "psum_scatter", "scatter_axis")
+            ax = leaf.axes[d]
+            _check_divides(ax.size, f.size, tiled, "psum_scatter", f"axis {ax.name!r}", f.name)
+            out = two_level.scatter_sum(leaf.array, f, d, tiled)
+            axes = list(leaf.axes)
+            if tiled:
+                axes[d] = Axis(ax.name, ax.size // f.size)
+            else:
+                del axes[d]
+            return _wrap(out, tuple(axes))
+        a = _array(leaf, "psum_scatter")
+        d = _dim_of(a, scatter_dimension, "psum_scatter", "scatter_dimension")
+        _check_divides(a.shape[d], f.size, tiled, "psum_scatter", f"dimension {d}", f.name)
+        return two_level.scatter_sum(a, f, d, tiled)
+
+    return jax.tree_util.tree_map(one, x, is_leaf=lambda v: isinstance(v, NamedArray))
+
+
+def all_to_all(x: Any, axis: AxisSelector, split_axis: Any, concat_axis: Any, *, tiled: bool = False) -> Any:
+    """Element ``i`` sends piece ``j`` of ``split_axis`` to element ``j``, which stacks what it receives by source.
+
+    As ``jax.lax.all_to_all``. For a NamedArray, ``split_axis`` names an axis of the mapped axis's
+    size ``n``: untiled, it is removed and the received pieces form a new axis ``concat_axis`` (a
+    name or an ``Axis``, of size ``n``, indexed by source) in its place; with ``tiled=True``,
+    ``split_axis`` has a multiple of ``n`` and becomes ``n`` times shorter while ``concat_axis``, an
+    axis of the array, becomes ``n`` times longer (pieces in source order). Unnamed arrays take
+    ``jax.lax``'s int dimensions. One all-to-all on a mesh, as in a hand-written ``shard_map``.
+
+    Example:
+        >>> import distmap, jax.numpy as jnp
+        >>> B = distmap.Axis("batch", 2)
+        >>> x = distmap.named(jnp.arange(4).reshape(2, 2), ("batch", "dest"))  # element i holds [2i, 2i+1]
+        >>> y = distmap.vmap(lambda r: distmap.all_to_all(r, "batch", "dest", "src"), B)(x)
+        >>> y.axis_names, y.array.tolist()
+        (('batch', 'src'), [[0, 2], [1, 3]])
+    """
+    f = _one_frame(axis, "all_to_all")
+
+    def one(leaf: Any) -> Any:
+        if isinstance(leaf, NamedArray):
+            d = _dim_of(leaf, split_axis, "all_to_all", "split_axis")
+            ax = leaf.axes[d]
+            _check_divides(ax.size, f.size, tiled, "all_to_all", f"axis {ax.name!r}", f.name)
+            axes = list(leaf.axes)
+            if tiled:
+                c = _dim_of(leaf, concat_axis, "all_to_all", "concat_axis")
+                out = two_level.all_to_all(leaf.array, f, d, c, True)
+                axes[d] = Axis(ax.name, ax.size // f.size)
+                axes[c] = Axis(axes[c].name, axes[c].size * f.size)
+                return _wrap(out, tuple(axes))
+            if not isinstance(concat_axis, (str, Axis)):
+                raise errors.AxisSelectorError(
+                    f"all_to_all over {f.name!r}: untiled, concat_axis is the name of the new axis of sources, "
+                    f"got {concat_axis!r}."
+                )
+            new = axis_name(concat_axis)
+            if isinstance(concat_axis, Axis) and concat_axis.size != f.size:
+                raise errors.AxisSizeError(
+                    f"all_to_all over {f.name!r}: concat_axis {concat_axis} must have size {f.size} (one per source)."
+                )
+            del axes[d]
+            if new == f.name or any(a.name == new for a in axes):
+                raise errors.DuplicateAxisError(f"all_to_all over {f.name!r}: the new axis {new!r} is already taken.")
+            out = two_level.all_to_all(leaf.array, f, d, d, False)
+            axes.insert(d, Axis(new, f.size))
+            return _wrap(out, tuple(axes))
+        a = _array(leaf, "all_to_all")
+        d = _dim_of(a, split_axis, "all_to_all", "split_axis")
+        _check_divides(a.shape[d], f.size, tiled, "all_to_all", f"dimension {d}", f.name)
+        c = _dim_of(a, concat_axis, "all_to_all", "concat_axis")  # the result has the operand's rank
+        return two_level.all_to_all(a, f, d, c, tiled)
 
     return jax.tree_util.tree_map(one, x, is_leaf=lambda v: isinstance(v, NamedArray))

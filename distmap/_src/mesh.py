@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from distmap import errors
+from distmap._src import jax_compat
 from distmap._src.named import NamedArray
 
 MeshAxes = Union[str, Sequence[str], None]
@@ -165,10 +166,15 @@ def current_axis_mapping() -> AxisMapping | None:
 
 
 def current_mesh() -> Mesh | jax.sharding.AbstractMesh | None:
-    """The mesh set by ``jax.set_mesh``, or None: the concrete mesh, or inside ``jax.jit`` the abstract one."""
-    try:
-        mesh = jax.sharding.get_mesh()
-    except ValueError:  # inside jax.jit, where only the abstract mesh may be read
+    """The mesh set by ``jax.set_mesh``, or None.
+
+    One rule under every transformation: the concrete mesh ``jax.set_mesh`` set, whether or not
+    JAX is tracing (eager ``jax.grad``, ``jax.vmap``, ``jax.jacfwd`` and ``jax.jit`` alike), so
+    concrete arrays are placed on real devices; only where no concrete mesh is set (inside
+    ``jax.sharding.use_abstract_mesh``) the abstract one, which traced values follow.
+    """
+    mesh = jax_compat.concrete_mesh()
+    if mesh is None or getattr(mesh, "empty", False) or not mesh.axis_names:
         mesh = jax.sharding.get_abstract_mesh()
     if mesh is None or getattr(mesh, "empty", False) or not mesh.axis_names:
         return None

@@ -105,6 +105,7 @@ def vmap(
     if kwargs:
         specs.check_spec(kwargs, "kwargs")
     request = plan_lib.Request(parsed, default, tuple(args), kwargs, chunk_size, fn)
+    compiled: list[sharded.Compiled] = []  # this mapped function's own compilation cache, made on first mesh call
 
     @functools.wraps(fn)
     def mapped(*call_args: Any, **call_kwargs: Any) -> Any:
@@ -121,7 +122,9 @@ def vmap(
                     "mesh= to map on one device."
                 )
         if lowering is not None:
-            return sharded.call(fn, chunk_size, lowering, plan, leaves)
+            if not compiled:
+                compiled.append(sharded.Compiled())
+            return sharded.call(fn, chunk_size, lowering, plan, leaves, compiled[0])
         return local.run(fn, plan, plan.unwrap(leaves, plan.arrays), leaves, chunk_size=chunk_size)
 
     return mapped

@@ -3,8 +3,8 @@
 Each ``distmap.vmap`` level pushes a :class:`MapFrame` while it traces the user's
 function, so ``distmap.psum(x, "batch")`` knows which JAX axis names stand behind
 ``"batch"`` (the vmap axis alone on one device; the vmap axis and the mesh axes on a
-mesh), how many elements are real (uneven sizes are padded on a mesh), and whether
-the map is chunked (then no collective over it can be right).
+mesh), how the axis is split (:class:`~.split.Split`: uneven sizes are padded on a mesh),
+and whether the map is chunked (then no collective over it can be right).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import contextvars
 import dataclasses
 from collections.abc import Iterator
 
+from distmap._src.map.split import Split
+
 
 @dataclasses.dataclass(frozen=True)
 class MapFrame:
@@ -21,31 +23,25 @@ class MapFrame:
 
     Attributes:
         name: the user's axis name.
-        size: the true (global) size of the axis.
-        vmap_name: the axis name given to ``jax.vmap`` for the local part.
-        local_size: elements per device in the local vmap (``size`` on one device).
-        mesh_axes: the mesh axes the axis is split over, outermost first (empty on one device).
-        num_shards: the product of those mesh axes' sizes.
-        chunked: whether the local vmap runs in sequential chunks.
+        split: how the axis is laid out (its true size, shards, mesh axes; :class:`~.split.Split`).
+        vmap_name: the axis name given to ``jax.vmap`` for the device's part.
+        chunked: whether the device's part runs in sequential chunks.
     """
 
     name: str
-    size: int
+    split: Split
     vmap_name: str
-    local_size: int
-    mesh_axes: tuple[str, ...] = ()
-    num_shards: int = 1
     chunked: bool = False
 
     @property
-    def padded(self) -> bool:
-        """Whether the map runs over padding beyond the true size (uneven sharding)."""
-        return self.local_size * self.num_shards != self.size
+    def size(self) -> int:
+        """The true (global) size of the axis."""
+        return self.split.size
 
     @property
-    def jax_axis_names(self) -> tuple[str, ...]:
-        """Every JAX axis name a collective over this axis must combine: mesh axes, then the vmap axis."""
-        return self.mesh_axes + (self.vmap_name,)
+    def mesh_axes(self) -> tuple[str, ...]:
+        """The mesh axes the axis is split over, outermost first (empty on one device)."""
+        return self.split.mesh_axes
 
 
 _PLAIN: dict[tuple[str, int], MapFrame] = {}
@@ -55,7 +51,7 @@ def plain(name: str, size: int) -> MapFrame:
     """The frame of a one-device map level: a vmap axis named as the mapped axis (made once per name and size)."""
     frame = _PLAIN.get((name, size))
     if frame is None:
-        frame = MapFrame(name, size, name, size)
+        frame = MapFrame(name, Split(size), name)
         if len(_PLAIN) < 4096:
             _PLAIN[name, size] = frame
     return frame

@@ -32,6 +32,7 @@ from distmap import errors
 from distmap._src.axis import Axis
 from distmap._src.leaves import is_array, is_named
 from distmap._src.map import specs
+from distmap._src.map.statics import static_key
 from distmap._src.named import NamedArray
 
 #: Python scalars: traced by the mesh lowering's ``jax.jit`` as ``jax.jit`` traces them, never mapped.
@@ -48,7 +49,7 @@ class Request:
         fn: the mapped function, whose parameters the specs bind to (read on first need).
     """
 
-    __slots__ = ("axes", "names", "default", "args", "kwargs", "chunk_size", "fn", "_binding")
+    __slots__ = ("axes", "names", "default", "args", "kwargs", "chunk_size", "fn", "_binding", "_key")
 
     def __init__(
         self,
@@ -67,6 +68,14 @@ class Request:
         self.chunk_size = chunk_size
         self.fn = fn
         self._binding: Any = _UNREAD
+        self._key: Any = None
+
+    def key(self) -> tuple:
+        """What a plan depends on besides the call's inputs: the axes, the specs and (with specs) fn's parameters."""
+        if self._key is None:
+            binding = self.binding.key if (self.args or self.kwargs) and self.binding is not None else None
+            self._key = (self.axes, _spec_key(self.default), _spec_key(self.args), _spec_key(self.kwargs), binding)
+        return self._key
 
     @property
     def binding(self) -> specs.Binding | None:
@@ -77,6 +86,11 @@ class Request:
 
 
 _UNREAD = object()
+
+
+def _spec_key(spec: Any) -> tuple:
+    leaves, treedef = jax.tree_util.tree_flatten(spec, is_leaf=specs.is_spec_leaf)
+    return (treedef, tuple(static_key(leaf) for leaf in leaves))
 
 
 class Scalar:
@@ -95,32 +109,20 @@ class Scalar:
 
 
 class StaticKind:
-    """The kind of a non-array leaf: its value, compared by ``==`` when hashable, else by identity."""
+    """The kind of a non-array leaf: its value, compared by :func:`~.statics.static_key` (never stale)."""
 
-    __slots__ = ("value", "_hash")
+    __slots__ = ("value", "_key", "_hash")
 
     def __init__(self, value: Any):
         self.value = value
-        try:
-            self._hash = hash((type(value), value))
-        except TypeError:
-            self._hash = None
+        self._key = static_key(value)
+        self._hash = hash(self._key)
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, StaticKind):
-            return False
-        a, b = self.value, other.value
-        if a is b:
-            return True
-        if self._hash is None or other._hash is None or type(a) is not type(b):
-            return False
-        try:
-            return bool(a == b)
-        except Exception:  # an __eq__ that does not give a bool: fall back to identity
-            return False
+        return isinstance(other, StaticKind) and self._hash == other._hash and self._key == other._key
 
     def __hash__(self) -> int:
-        return id(self.value) if self._hash is None else self._hash
+        return self._hash
 
 
 class Plan:
@@ -198,6 +200,36 @@ def resolve(request: Request, args: Sequence[Any], kwargs: Mapping[str, Any]) ->
     args = tuple(args)
     kwargs = dict(kwargs)
     leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=is_named)
+    key = (request.key(), treedef, tuple(_signature(leaf) for leaf in leaves))
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _resolve(request, args, kwargs, leaves, treedef)
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan, leaves
+
+
+#: Plans by (request, input structure): a plan depends on nothing else, so a hit is always right.
+_PLANS: dict[tuple, Plan] = {}
+_MAX_PLANS = 1024
+
+
+def _signature(leaf: Any) -> Any:
+    """What the plan reads of one leaf: a NamedArray's axes; an array's type, shape and dtype; a scalar's
+    type; any other value by its static key. Callable specs are therefore asked once per signature, as
+    ``jax.vmap`` reads ``in_axes`` once per trace."""
+    t = type(leaf)
+    if t is NamedArray:
+        return leaf.axes
+    if t in SCALAR_TYPES:
+        return (t, _traceable(leaf))
+    if is_array(leaf):
+        return (t, tuple(leaf.shape), leaf.dtype)
+    return static_key(leaf)
+
+
+def _resolve(request: Request, args: tuple, kwargs: dict, leaves: list[Any], treedef: Any) -> Plan:
     names = request.names
     levels = len(names)
     leaf_specs: list[Any] | None = None
@@ -245,7 +277,7 @@ def resolve(request: Request, args: Sequence[Any], kwargs: Mapping[str, Any]) ->
             dims.append(None)
             inner.append(None)
     sizes = tuple(_agree(name, given, found[level], args, kwargs) for level, (name, given) in enumerate(request.axes))
-    return Plan(names, sizes, treedef, tuple(kinds), tuple(dims), tuple(inner)), leaves
+    return Plan(names, sizes, treedef, tuple(kinds), tuple(dims), tuple(inner))
 
 
 def _traceable(x: Any) -> bool:

@@ -192,7 +192,7 @@ def make_loop(fn, axis, what, default, args_spec, kwargs_spec, checkpoint, rever
 
     @functools.wraps(fn)
     def looped(init: Any, *xs: Any, **kxs: Any) -> Any:
-        layout = _layout(what, name, mesh, fixed_mapping)
+        layout = _layout(what, name, fixed_mapping, mesh, (init, xs, kxs))
         return _run(fn, label, what, request, init, xs, kxs, policy, reverse, unroll, returns_y, arg_label, layout)
 
     return looped
@@ -220,14 +220,39 @@ class _Layout:
         return jax.tree_util.tree_map(one, tree, is_leaf=leaves_lib.is_named)
 
 
-def _layout(what: str, name: str, mesh: Any, mapping: Any) -> _Layout | None:
-    """Where the loop runs: None on one device, or inside a mesh map (whose arrays are per-device already)."""
+def _layout(what: str, name: str, mapping: Any, given: Any, trees: Sequence[Any]) -> _Layout | None:
+    """Where the loop runs: None on one device, or inside a mesh map (whose arrays are per-device already).
+
+    ``mapping`` is the one given to the loop (checked against the axes of ``trees``, the loop's
+    inputs, as ``vmap`` checks its own), ``given`` the mesh given to it. Refused as ``vmap`` refuses:
+    a mapping key that names no axis of the loop's arrays, and a mesh given that nothing would use.
+    """
     if any(f.mesh_axes for f in frames.current_frames()):
         return None
-    mapping = mapping if mapping is not None else mesh_lib.current_axis_mapping()
+    if mapping is not None:
+        present = _axis_names(trees)
+        unused = sorted({n for n, _ in mapping.rules} - present)
+        if unused:
+            raise errors.MeshError(
+                f"{what}(axis_mapping=...): the mapping names {unused}, but no array of this loop has such an axis "
+                f"(their axes: {sorted(present)}); an axis mapping given to a loop lays out only its own arrays. Fix "
+                "the name, or set mappings meant for the whole program with distmap.axis_mapping(...)."
+            )
+    else:
+        mapping = mesh_lib.current_axis_mapping()
+    if mapping is None and given is not None:
+        # As vmap: a mesh with no mapping lays out the axes named like its mesh axes.
+        same = sorted(_axis_names(trees) & set(given.axis_names))
+        if not same:
+            raise errors.MeshError(
+                f"{what} over {name!r}: mesh={dict(given.shape)} was given, but nothing lays the loop out on it: there "
+                "is no axis mapping and no array of the loop has an axis named like a mesh axis. Pass "
+                f"axis_mapping={{'<axis>': {tuple(given.axis_names)[0]!r}}} (say), or drop mesh= to loop on one device."
+            )
+        mapping = mesh_lib.as_axis_mapping({n: n for n in same})
     if mapping is None:
         return None
-    mesh = mesh if mesh is not None else mesh_lib.current_mesh()
+    mesh = given if given is not None else mesh_lib.current_mesh()
     if mesh is None:
         return None
     looped = mapping.resolve((name,), mesh).get(name)
@@ -237,6 +262,15 @@ def _layout(what: str, name: str, mesh: Any, mapping: Any) -> _Layout | None:
             f"elements one after another, so the looped axis must stay whole; map {name!r} to None."
         )
     return _Layout(mapping, mesh)
+
+
+def _axis_names(trees: Sequence[Any]) -> set[str]:
+    """The names of every axis of every NamedArray in ``trees``."""
+    out: set[str] = set()
+    for leaf in jax.tree_util.tree_leaves(tuple(trees), is_leaf=leaves_lib.is_named):
+        if type(leaf) is NamedArray:
+            out.update(ax.name for ax in leaf.axes)
+    return out
 
 
 def check_unroll(unroll: Any, what: str) -> int | bool:

@@ -2,22 +2,29 @@
 
 For each mapped axis that the axis mapping sends to mesh axes, every input the plan maps
 along it is split along that dimension over those mesh axes (``in_specs``), and each device
-runs the one-device lowering (:func:`.local.run`) on its shard with the same plan. The
-vmap axis stands for the device's part and the mesh axes for the rest, so the named
-collectives combine both.
+runs the one-device lowering (:func:`.local.run`) on its shard with the same plan. The vmap
+axis stands for the device's part and the mesh axes for the rest, so the named collectives
+combine both.
 
-The call is a ``jax.jit`` over the arrays and Python scalars (traced, as ``jax.jit`` traces
-them); the function, the plan, the lowering and the inputs' layout are its static data,
-so it compiles once per distinct structure.
+**Compilation, as ``jax.jit``.** Called outside any trace, a mapped function compiles like
+``jax.jit(f)``: each function ``distmap.vmap`` returns keeps its own cache (a :class:`Compiled`),
+keyed by the plan, the lowering, the inputs' layout and the static rest of ``fn``; arrays and
+Python scalars are traced, so new values never recompile. A fresh ``distmap.vmap(...)`` (or a
+fresh lambda) traces again, as a fresh ``jax.jit`` would. Inside an enclosing trace (``jax.jit``,
+``jax.grad``, ``jax.vmap``) the map adds no cache of its own: it is traced into the enclosing
+computation, whose own cache decides.
 
-Uneven sizes: an axis of size ``n`` over ``k`` devices is mapped as ``ceil(n / k) * k``
-elements, the indices past ``n`` repeating the last element (padding that never makes
-NaNs or infs the real data would not, gradients included); collectives mask it.
+**fn's arrays are inputs.** ``fn`` is taken apart (:mod:`.fn_parts`): the arrays of a Module,
+a ``partial``, a closure or the globals it reads enter the ``shard_map`` as replicated inputs,
+never closed over, so weights that live on an Explicit mesh work and are never baked in.
+
+**Uneven sizes** (:class:`~.split.Split` owns the rule): an axis of size ``n`` over ``k`` devices
+is mapped as ``ceil(n / k) * k`` elements, the padding repeating the last element.
 
 * An input distmap places itself (a host array, or a ``jax.Array`` not on this mesh) is
   padded where it is placed and split evenly, so each device receives only its share.
-* An input already on the mesh (or traced, inside ``jit``) cannot hold an uneven split: it
-  arrives whole along that dimension, and each device takes its own slice.
+* An input already on the mesh (or traced) cannot hold an uneven split: it arrives whole
+  along that dimension, and each device takes its own slice.
 * Outputs keep their true size ``n``. On an Explicit mesh an array cannot be split unevenly
   either, so such an output is gathered first (one all-gather); on an Auto mesh XLA picks the
   layout, and the cut fuses with a consumer inside the same ``jit``.
@@ -27,20 +34,27 @@ from __future__ import annotations
 
 import math
 import sys
-import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from distmap import errors
+from distmap._src import jax_compat
 from distmap._src import leaves as leaves_lib
-from distmap._src.map import frames, local, specs
+from distmap._src.map import fn_parts, frames, local, specs
 from distmap._src.map.plan import Plan, StaticKind
-from distmap._src.mesh import AxisMapping, as_axis_mapping, current_axis_mapping, current_mesh, typed_part
+from distmap._src.map.split import Split
+from distmap._src.mesh import (
+    AxisMapping,
+    as_axis_mapping,
+    current_axis_mapping,
+    current_mesh,
+    has_explicit_axes,
+    typed_part,
+)
 
 
 class Lowering:
@@ -62,8 +76,20 @@ class Lowering:
     def axes_of(self, name: str) -> tuple[str, ...]:
         return dict(self.mesh_axes).get(name, ())
 
-    def shards(self, name: str) -> int:
-        return math.prod(self.mesh.shape[a] for a in self.axes_of(name))
+    def split(self, name: str, size: int) -> Split:
+        """How the mapped axis ``name`` of ``size`` elements is laid out on this mesh."""
+        axes = self.axes_of(name)
+        return Split(size, math.prod(self.mesh.shape[a] for a in axes), axes)
+
+
+def check_mapping_keys(mapping: AxisMapping, names: Sequence[str], what: str, hint: str) -> None:
+    """An axis mapping given to one call may only name what that call splits (a typo is not ignored)."""
+    unused = sorted({n for n, _ in mapping.rules} - set(names))
+    if unused:
+        raise errors.MeshError(
+            f"{what}(axis_mapping=...): the mapping names {unused}, but {hint}. Fix the name, or set mappings "
+            "meant for the whole program with distmap.axis_mapping(...)."
+        )
 
 
 def resolve(names: Sequence[str], mesh: Any, axis_mapping: Any) -> Lowering | None:
@@ -72,13 +98,9 @@ def resolve(names: Sequence[str], mesh: Any, axis_mapping: Any) -> Lowering | No
         raise errors.MeshError(f"vmap(mesh=...): expected a jax.sharding.Mesh, got {type(mesh).__name__}.")
     if axis_mapping is not None:
         mapping: AxisMapping | None = as_axis_mapping(axis_mapping)
-        unused = sorted({n for n, _ in mapping.rules} - set(names))  # type: ignore[union-attr]
-        if unused:
-            raise errors.MeshError(
-                f"vmap(axis_mapping=...): the mapping names {unused}, but this map is over {tuple(names)}; "
-                "an axis mapping given to vmap splits only the mapped axes. Fix the name, or set mappings meant "
-                "for the whole program with distmap.axis_mapping(...)."
-            )
+        check_mapping_keys(
+            mapping, names, "vmap", f"this map is over {tuple(names)}; an axis mapping given to vmap splits only the mapped axes"
+        )
     else:
         mapping = current_axis_mapping()
     if mapping is None:
@@ -171,27 +193,32 @@ def _sharding_of(arr: Any) -> NamedSharding | None:
     return sharding
 
 
-class _Static:
-    """The static data of the jitted call: compared by value, so equal calls share one compilation.
+def _is_tracer(x: Any) -> bool:
+    return isinstance(x, jax.core.Tracer)
 
-    ``padded`` holds, per array leaf, the levels at which the leaf arrives already padded
-    to a multiple of the shard count (placed by distmap); at the other uneven levels it
-    arrives whole and each device takes its slice.
+
+class _Static:
+    """The static data of one lowered call: equal statics share a trace.
+
+    ``padded`` holds, per array leaf, the levels at which the leaf arrives already padded to a
+    multiple of the shard count (placed by distmap); at the other uneven levels it arrives
+    whole and each device takes its slice. ``scalars_traced`` says whether Python scalars are
+    inputs (a jitted call) or fixed values (traced inline into an enclosing computation).
     """
 
-    __slots__ = ("fn_def", "fn_kinds", "chunk_size", "lowering", "plan", "padded", "_hash")
+    __slots__ = ("skeleton", "chunk_size", "lowering", "plan", "padded", "scalars_traced", "_hash")
 
-    def __init__(self, fn_def, fn_kinds, chunk_size, lowering: Lowering, plan: Plan, padded):
-        self.fn_def = fn_def
-        self.fn_kinds: tuple[Any, ...] = fn_kinds
+    def __init__(self, skeleton, chunk_size, lowering: Lowering, plan: Plan, padded, scalars_traced: bool):
+        self.skeleton: fn_parts.Skeleton = skeleton
         self.chunk_size = chunk_size
         self.lowering = lowering
         self.plan = plan
         self.padded: tuple[frozenset[int], ...] = padded
+        self.scalars_traced = scalars_traced
         self._hash = hash(self._key())
 
     def _key(self) -> tuple:
-        return (self.fn_def, self.fn_kinds, self.chunk_size, self.lowering, self.plan, self.padded)
+        return (self.skeleton, self.chunk_size, self.lowering, self.plan, self.padded, self.scalars_traced)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Static) and self._hash == other._hash and self._key() == other._key()
@@ -199,42 +226,21 @@ class _Static:
     def __hash__(self) -> int:
         return self._hash
 
-    def fn(self, arrays: Sequence[Any]) -> Callable[..., Any]:
-        """The mapped function back, its arrays (an equinox Module's, a closure's) from the traced ``arrays``."""
-        it = iter(arrays)
-        kind, treedef = self.fn_def[0], self.fn_def[-1]
-        values = jax.tree_util.tree_unflatten(treedef, [next(it) if k is True else k.value for k in self.fn_kinds])
-        if kind == "pytree":
-            return values
-        _, code, fn_globals, name, _ = self.fn_def
-        defaults, kwdefaults, cells = values
-        out = types.FunctionType(code, fn_globals.value, name, defaults, tuple(types.CellType(c) for c in cells))
-        out.__kwdefaults__ = kwdefaults
-        return out
 
+class Compiled:
+    """The compilation cache of one mapped function, as ``jax.jit(f)`` keeps one per ``f``.
 
-def _function_parts(fn: Callable[..., Any]) -> tuple[tuple, tuple[Any, ...], list[Any]]:
-    """``fn`` as jit data: ``(structure, leaf kinds, arrays)``; the arrays are traced, the rest is static.
-
-    An equinox Module is a pytree: its arrays are traced. A plain Python function is taken apart
-    into its code, defaults and closure, so that a closure over arrays (``lambda v: v * w``) traces
-    ``w`` instead of baking it in, and a lambda built afresh for each call (the same code, the same
-    captured values) reuses the compilation. Its globals are read when it is traced, as under
-    ``jax.jit``: a global rebound later is not seen by calls already compiled.
+    Its ``jax.jit`` wraps a function made for it alone, so no other mapped function can ever
+    hit its traces (JAX's caches key on the function object).
     """
-    if type(fn) is types.FunctionType:
-        try:
-            cells = tuple(c.cell_contents for c in fn.__closure__ or ())
-        except ValueError:  # an empty cell (a name bound later in the enclosing scope): keep fn whole
-            cells = None
-        if cells is not None:
-            leaves, treedef = jax.tree_util.tree_flatten((fn.__defaults__, fn.__kwdefaults__, cells))
-            kinds = tuple(True if leaves_lib.is_array(x) else StaticKind(x) for x in leaves)
-            arrays = [x for x, k in zip(leaves, kinds) if k is True]
-            return ("function", fn.__code__, StaticKind(fn.__globals__), fn.__name__, treedef), kinds, arrays
-    leaves, treedef = jax.tree_util.tree_flatten(fn)
-    kinds = tuple(True if leaves_lib.is_array(x) else StaticKind(x) for x in leaves)
-    return ("pytree", treedef), kinds, [x for x, k in zip(leaves, kinds) if k is True]
+
+    __slots__ = ("jitted",)
+
+    def __init__(self) -> None:
+        def run(static: _Static, fn_arrays: list[Any], values: list[Any]) -> Any:
+            return _run(static, fn_arrays, values, None)
+
+        self.jitted = jax.jit(run, static_argnums=0)
 
 
 class _StaticOut:
@@ -249,45 +255,50 @@ class _StaticOut:
 jax.tree_util.register_pytree_node(_StaticOut, lambda s: ((), s.value), lambda value, _: _StaticOut(value))
 
 
-def _is_tracer(x: Any) -> bool:
-    return isinstance(x, jax.core.Tracer)
-
-
-def call(fn: Callable[..., Any], chunk_size: int | None, lowering: Lowering, plan: Plan, leaves: list[Any]) -> Any:
-    """Run the map on the mesh: placed there first when called eagerly, always as one jitted call.
-
-    Already traced (inside ``jit``, or under an eager ``vmap``/``grad``), the call nests in
-    that trace: a ``reshard`` (Explicit meshes) evaluated eagerly under ``vmap`` would fail.
-    """
+def call(
+    fn: Callable[..., Any], chunk_size: int | None, lowering: Lowering, plan: Plan, leaves: list[Any], compiled: Compiled
+) -> Any:
+    """Run the map on the mesh: jitted with ``compiled``'s cache at top level, traced inline under a trace."""
+    skeleton, fn_arrays = fn_parts.take_apart(fn)
     values = plan.unwrap(leaves, plan.traced)
-    traced = any(_is_tracer(v) for v in values)
-    padded: list[frozenset[int]] = [frozenset()] * len(plan.arrays)
-    if not traced:
-        values, padded = _place(plan, lowering, values, leaves)
-    # The function is data too: its arrays (an equinox Module's, a closure's) are traced, the rest is static.
-    fn_def, fn_kinds, fn_arrays = _function_parts(fn)
-    static = _Static(fn_def, fn_kinds, chunk_size, lowering, plan, tuple(padded))
+    inline = jax_compat.under_trace()
     watch = sys.modules.get("distmap._src.progress")  # loaded by distmap.distributed, which starts the watch
     if watch is not None and _spans_processes(lowering.mesh):
         # Every rank launches the same multi-process computations in the same order; the progress
         # watch (when a launcher turned it on) compares what each launched. The key's repr must be
         # the same on every rank: names, sizes, shapes and dtypes only, no object addresses.
         watch.note("vmap", _launch_key(fn, plan, lowering, values))
-    if traced:
-        out = _jitted_run(static, fn_arrays, *values)
+    if inline:
+        # Under an enclosing trace: no cache of ours (a jit made for this call alone, inlined into an
+        # enclosing jit; under an eager grad or vmap it stages the resharding an eager call could not
+        # do), and Python scalars stay the values they are, as they are for the one-device map.
+        static = _Static(skeleton, chunk_size, lowering, plan, (frozenset(),) * len(plan.arrays), False)
+        run = jax.jit(lambda fa, vs: _run(static, fa, vs, leaves), inline=True)
+        out = run(fn_arrays, plan.unwrap(leaves, plan.arrays))
     else:
-        try:
-            context = jax.set_mesh(lowering.mesh)
-        except ValueError:
-            # Under a transformation whose tracers fn closes over (grad with respect to captured
-            # parameters, say) no mesh context can be entered; the call nests in that trace.
-            out = _jitted_run(static, fn_arrays, *values)
-        else:
-            with context:
-                out = _jitted_run(static, fn_arrays, *values)
+        values, padded = _place(plan, lowering, values, leaves)
+        fn_arrays = _place_replicated(fn_arrays, lowering.mesh)
+        static = _Static(skeleton, chunk_size, lowering, plan, padded, True)
+        with _mesh_context(lowering.mesh):
+            out = compiled.jitted(static, fn_arrays, values)
     return jax.tree_util.tree_map(
         lambda x: x.value if isinstance(x, _StaticOut) else x, out, is_leaf=lambda x: isinstance(x, _StaticOut)
     )
+
+
+class _NoContext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _mesh_context(mesh: Any) -> Any:
+    """``jax.set_mesh(mesh)`` for a jitted call, unless that mesh is current already."""
+    if current_mesh() is mesh or not isinstance(mesh, Mesh):
+        return _NoContext()
+    return jax.set_mesh(mesh)
 
 
 def _spans_processes(mesh: Any) -> bool:
@@ -301,13 +312,12 @@ def _launch_key(fn: Any, plan: Plan, lowering: Lowering, values: Sequence[Any]) 
     return (name, plan.names, plan.sizes, lowering.mesh_axes, shapes)
 
 
-def _split_levels(plan: Plan, lowering: Lowering) -> list[tuple[int, str, tuple[str, ...], int]]:
-    """``(level, name, mesh axes, shards)`` of each level the lowering splits."""
-    out = []
+def _splits(plan: Plan, lowering: Lowering) -> dict[int, Split]:
+    """The :class:`Split` of each level the lowering splits over mesh axes."""
+    out = {}
     for level, name in enumerate(plan.names):
-        axes = lowering.axes_of(name)
-        if axes:
-            out.append((level, name, axes, lowering.shards(name)))
+        if lowering.axes_of(name):
+            out[level] = lowering.split(name, plan.sizes[level])
     return out
 
 
@@ -320,7 +330,7 @@ def _place(plan: Plan, lowering: Lowering, values: list[Any], leaves: list[Any])
     the map's ``jit`` reshards them once.
     """
     mesh = lowering.mesh
-    split = _split_levels(plan, lowering)
+    splits = _splits(plan, lowering)
     multi_process = _spans_processes(mesh)
     padded: list[frozenset[int]] = []
     out = list(values)
@@ -343,29 +353,32 @@ def _place(plan: Plan, lowering: Lowering, values: list[Any], leaves: list[Any])
                 "distmap.distributed.host_local_to_global (each process passing its own rows), or distmap.shard."
             )
         pads = set()
-        for level, _, _, k in split:
+        for level, split in splits.items():
             d = row[level]
-            n = plan.sizes[level]
-            if d is not None and n % k:
-                arr = _pad_edge(arr, d, n, -(-n // k) * k)
+            if d is not None and split.padded:
+                arr = split.pad(arr, d)
                 pads.add(level)
         spec = _spec_for(row, np.ndim(arr), plan, lowering, range(len(plan.names)))
         out[v] = jax.device_put(arr, NamedSharding(mesh, spec))
         padded.append(frozenset(pads))
-    return out, padded
+    return out, tuple(padded)
+
+
+def _place_replicated(arrays: list[Any], mesh: Mesh) -> list[Any]:
+    """``fn``'s arrays that live on other devices, replicated onto ``mesh`` (a ``jit`` refuses them there)."""
+    out = []
+    for a in arrays:
+        sharding = getattr(a, "sharding", None)
+        if isinstance(a, jax.Array) and not (isinstance(sharding, NamedSharding) and sharding.mesh == mesh):
+            if a.committed or not a.is_fully_addressable or _spans_processes(mesh):
+                a = jax.device_put(a, NamedSharding(mesh, PartitionSpec()))
+        out.append(a)
+    return out
 
 
 def _path(plan: Plan, leaves: list[Any], i: int) -> str:
     args, kwargs = jax.tree_util.tree_unflatten(plan.treedef, leaves)
     return specs.leaf_paths(args, kwargs)[i]
-
-
-def _pad_edge(arr: Any, dim: int, n: int, padded: int) -> Any:
-    """``arr`` with dimension ``dim`` extended from ``n`` to ``padded`` by repeating its last element."""
-    idx = np.minimum(np.arange(padded), n - 1)
-    if isinstance(arr, jax.Array):
-        return jnp.take(arr, idx, axis=dim)
-    return np.take(np.asarray(arr), idx, axis=dim)
 
 
 def _one_spec(axes: tuple[str, ...] | None) -> Any:
@@ -385,66 +398,66 @@ def _spec_for(row, ndim: int, plan: Plan, lowering: Lowering, levels) -> Partiti
     return PartitionSpec(*parts)
 
 
-def _take_local(block: jax.Array, dim: int, size: int, local_size: int, mesh_axes: tuple[str, ...]) -> jax.Array:
-    """This device's ``local_size`` elements of a dimension held whole, indices past ``size`` clamped to its end."""
-    start = jax.lax.axis_index(mesh_axes) * local_size
-    idx = jnp.minimum(start + jnp.arange(local_size), size - 1)
-    return jnp.take(block, idx, axis=dim)
+def _run(static: _Static, fn_arrays: list[Any], values: list[Any], fixed: list[Any] | None) -> Any:
+    """The map as one ``jax.shard_map`` (traced by ``Compiled`` or into an enclosing computation).
 
-
-def _run(static: _Static, fn_arrays: list[Any], *values: Any) -> Any:
+    ``values`` are the leaves at ``plan.traced`` (a jitted call) or at ``plan.arrays`` (inline,
+    where ``fixed`` holds the call's leaves and Python scalars keep their values).
+    """
     plan, lowering = static.plan, static.lowering
-    fn = static.fn(fn_arrays)
     mesh = lowering.mesh
     names = plan.names
-    split = {level: (axes, k) for level, _, axes, k in _split_levels(plan, lowering)}
-    local_sizes = tuple(-(-n // split[l][1]) if l in split else n for l, n in enumerate(plan.sizes))
-    even = {l for l in split if plan.sizes[l] % split[l][1] == 0}
+    splits = _splits(plan, lowering)
+    local_sizes = tuple(splits[l].local_size if l in splits else n for l, n in enumerate(plan.sizes))
+    inputs = plan.traced if static.scalars_traced else plan.arrays
 
     array_pos = {i: j for j, i in enumerate(plan.arrays)}
-    in_specs, takes = [], []
-    for v, i in enumerate(plan.traced):
+    in_specs: list[PartitionSpec] = []
+    takes: list[tuple[tuple[int, Split], ...]] = []
+    for v, i in enumerate(inputs):
         if i not in array_pos:
-            in_specs.append(PartitionSpec())
+            in_specs.append(PartitionSpec())  # a traced Python scalar
             takes.append(())
             continue
         row, pads = plan.dims[i], static.padded[array_pos[i]]
-        ready = [l for l in split if l in even or l in pads]
+        ready = [l for l, s in splits.items() if not s.padded or l in pads]
         in_specs.append(_spec_for(row, np.ndim(values[v]), plan, lowering, ready))
-        takes.append(tuple((row[l], l) for l in split if row[l] is not None and l not in ready))
+        takes.append(tuple((row[l], s) for l, s in splits.items() if row[l] is not None and l not in ready))
+    fn_specs = [PartitionSpec()] * len(fn_arrays)  # fn sees its arrays whole on every device
 
     vmap_names = {n: (n if n not in mesh.axis_names else f"{n}:local") for n in names}
 
     def frame_for(level: int, size: int) -> frames.MapFrame:
-        axes, k = split.get(level, ((), 1))
-        name = names[level]
-        return frames.MapFrame(name, plan.sizes[level], vmap_names[name], size, mesh_axes=axes, num_shards=k)
+        split = splits.get(level) or Split(plan.sizes[level])
+        return frames.MapFrame(names[level], split, vmap_names[names[level]])
 
     out_info: list[Any] = []
+    base = fixed if fixed is not None else [k.value if isinstance(k, StaticKind) else None for k in plan.kinds]
 
     def body(*blocks: Any) -> tuple[Any, ...]:
-        blocks = list(blocks)
+        data, fn_blocks = list(blocks[: len(inputs)]), list(blocks[len(inputs) :])
         for v, todo in enumerate(takes):
-            for d, l in todo:
-                blocks[v] = _take_local(blocks[v], d, plan.sizes[l], local_sizes[l], split[l][0])
-        leaves = [k.value if isinstance(k, StaticKind) else None for k in plan.kinds]
-        for v, i in enumerate(plan.traced):
-            leaves[i] = blocks[v]
+            for d, split in todo:
+                data[v] = split.take_local(data[v], d)
+        leaves = list(base)
+        for v, i in enumerate(inputs):
+            leaves[i] = data[v]
         arrays = [leaves[i] for i in plan.arrays]
-        out = local.run(
-            fn, plan, arrays, leaves, sizes=local_sizes, chunk_size=static.chunk_size, frame_for=frame_for
-        )
+        fn = static.skeleton.rebuild(fn_blocks)
+        out = local.run(fn, plan, arrays, leaves, sizes=local_sizes, chunk_size=static.chunk_size, frame_for=frame_for)
         out_tree, out_kinds, out_arrays = leaves_lib.split(out)
         # Every output carries the mapped axes in front; keep only the rest, put back below with global sizes.
         out_info[:] = [out_tree, [k[len(names) :] if type(k) is tuple else k for k in out_kinds]]
         return tuple(out_arrays)
 
-    out_spec = PartitionSpec(*[_one_spec(split[l][0]) if l in split else None for l in range(len(names))])
-    mapped = jax.shard_map(body, mesh=mesh, in_specs=tuple(in_specs), out_specs=out_spec, check_vma=False)
-    out_arrays = mapped(*_reshard_inputs(list(values), in_specs, mesh))
+    out_spec = PartitionSpec(*[_one_spec(splits[l].mesh_axes) if l in splits else None for l in range(len(names))])
+    mapped = jax.shard_map(
+        body, mesh=mesh, in_specs=tuple(in_specs + fn_specs), out_specs=out_spec, check_vma=False
+    )
+    out_arrays = mapped(*_reshard_inputs(list(values) + list(fn_arrays), in_specs + fn_specs, mesh))
     out_tree, out_kinds = out_info
-    uneven = [l for l in split if l not in even]
-    out_arrays = [_cut_back(a, plan, split, uneven, mesh) for a in out_arrays]
+    uneven = [l for l, s in splits.items() if s.padded]
+    out_arrays = [_cut_back(a, splits, uneven, mesh, len(names)) for a in out_arrays]
     out_kinds = [_StaticOutKind(k.value) if isinstance(k, leaves_lib.Static) else k for k in out_kinds]
     return leaves_lib.join(out_tree, out_kinds, out_arrays, front=plan.front())
 
@@ -458,27 +471,22 @@ class _StaticOutKind(leaves_lib.Static):
         super().__init__(_StaticOut(value))
 
 
-def _cut_back(arr: jax.Array, plan: Plan, split, uneven: list[int], mesh: Any) -> jax.Array:
+def _cut_back(arr: jax.Array, splits: dict[int, Split], uneven: list[int], mesh: Any, levels: int) -> jax.Array:
     """Drop the padding of unevenly split levels (dims ``0..levels-1`` of every output)."""
     if not uneven:
         return arr
-    if _is_explicit(mesh):
+    if has_explicit_axes(mesh):
         # An Explicit-typed array cannot hold an uneven split: gather those dims first (one all-gather).
-        parts = [None if l in uneven else (_one_spec(split[l][0]) if l in split else None) for l in range(len(plan.names))]
+        parts = [None if l in uneven else (_one_spec(splits[l].mesh_axes) if l in splits else None) for l in range(levels)]
         arr = jax.sharding.reshard(arr, _sharding(mesh, typed_part(PartitionSpec(*parts), mesh, explicit=True)))
     for l in uneven:
-        arr = jax.lax.slice_in_dim(arr, 0, plan.sizes[l], axis=l)
+        arr = splits[l].cut(arr, l)
     return arr
-
-
-def _is_explicit(mesh: Any) -> bool:
-    explicit = jax.sharding.AxisType.Explicit
-    return any(t == explicit for t in getattr(mesh, "axis_types", ()))
 
 
 def _reshard_inputs(values: list[Any], in_specs: list[PartitionSpec], mesh: Any) -> list[Any]:
     """On a mesh with Explicit axes, ``shard_map``'s in_specs assert rather than reshard: reshard first."""
-    if not _is_explicit(mesh):
+    if not has_explicit_axes(mesh):
         return values
     # Only the Explicit axes are resharded here; shard_map reshards Auto axes (of a mixed mesh) itself.
     return [
@@ -487,8 +495,5 @@ def _reshard_inputs(values: list[Any], in_specs: list[PartitionSpec], mesh: Any)
 
 
 def _sharding(mesh: Any, spec: PartitionSpec) -> Any:
-    # Inside jax.jit under jax.set_mesh only the abstract mesh is known: a bare spec refers to it.
+    # Inside jax.jit under jax.set_mesh only the abstract mesh may be known: a bare spec refers to it.
     return NamedSharding(mesh, spec) if isinstance(mesh, Mesh) else spec
-
-
-_jitted_run = jax.jit(_run, static_argnums=0)

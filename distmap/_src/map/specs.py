@@ -103,11 +103,12 @@ class Binding:
     that have names. ``None`` (see :func:`binding_of`) means the signature could not be read.
     """
 
-    __slots__ = ("positional", "keyword_only", "_by_keyword")
+    __slots__ = ("positional", "keyword_only", "_by_keyword", "key")
 
     def __init__(self, positional: tuple[str, ...], n_positional_only: int, keyword_only: frozenset[str]):
         self.positional = positional
         self.keyword_only = keyword_only
+        self.key = (positional, n_positional_only, keyword_only)  # what spec binding reads
         # Positional-only parameters cannot be passed by keyword, so no kwargs spec names them.
         self._by_keyword = {name: i for i, name in enumerate(positional) if i >= n_positional_only}
 
