@@ -60,7 +60,7 @@ def _unnamed(spec_name: str, sizes: list[int], rest: tuple[int, ...], seed: int)
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
-_COLLECTIVES = ["none", "psum", "pmean", "pmax", "axis_index", "all_gather"]
+_COLLECTIVES = ["none", "psum", "pmean", "pmax", "pmin", "axis_index", "all_gather", "ppermute", "psum_scatter", "all_to_all"]
 
 
 def body(op: str, over):
@@ -77,6 +77,16 @@ def body(op: str, over):
             extra = v + distmap.axis_index(over)
         elif op == "all_gather":
             extra = distmap.all_gather(v, over).sum(over)
+        elif op == "ppermute":  # a rotation by 2 over the flat index
+            n = distmap.axis_size(over)
+            extra = distmap.ppermute(v, over, [(i, (i + 2) % n) for i in range(n)])
+        elif op == "psum_scatter" and isinstance(over, str):  # one axis: scatter a fresh axis of its size
+            n = distmap.axis_size(over)
+            extra = v + distmap.psum_scatter(distmap.broadcast_axis(v, distmap.Axis("piece", n)), over, scatter_axis="piece")
+        elif op == "all_to_all" and isinstance(over, str):
+            n = distmap.axis_size(over)
+            spread = distmap.broadcast_axis(v, distmap.Axis("dest", n)) * distmap.arange(distmap.Axis("dest", n))
+            extra = v + distmap.all_to_all(spread, over, "dest", "src").sum("src")
         return {"v": v, "extra": extra, "u": u * 2}
 
     return fn

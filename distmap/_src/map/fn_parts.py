@@ -9,23 +9,27 @@ into the jitted call and the ``shard_map`` as an input:
 
 * a pytree (an equinox Module or its bound method, a ``jax.tree_util.Partial``): its leaves;
 * a ``functools.partial``: its function (taken apart in turn), arguments and keywords;
-* a bound method: its function and its ``__self__`` (a pytree's leaves);
+* a bound method: its function and its ``__self__``;
 * a plain Python function written outside the installed libraries: its defaults, the
   contents of its closure cells, and the values of the global names its code reads
   (nested lambdas and comprehensions included), each a pytree whose leaves are taken,
-  and whose own functions are taken apart the same way.
+  and whose own functions are taken apart the same way;
+* an instance of a plain class written outside the installed libraries (a trainer holding
+  a model, say): its attributes, the same way; ``fn`` then sees a shallow copy of it.
 
 :func:`take_apart` returns the arrays and a :class:`Skeleton`: the rest, which compares by
 :func:`~.statics.static_key` (so a changed flag, float or function makes a new trace, never a
 stale one) and which :meth:`Skeleton.rebuild` turns back into a function of new arrays.
-What this cannot see, it leaves to JAX: an array held by a plain Python object's attribute
-is read when ``fn`` is traced, as ``jax.jit`` reads it.
+What this cannot see (an object of a library class, a module's attribute), it leaves to JAX:
+read when ``fn`` is traced, as ``jax.jit`` reads it.
 """
 
 from __future__ import annotations
 
 import functools
+import copy
 import os
+import sys
 import sysconfig
 import types
 from collections.abc import Callable, Hashable
@@ -48,10 +52,34 @@ def _library_dirs() -> tuple[str, ...]:
 _LIBRARY_DIRS = _library_dirs()
 
 
-def _is_user_function(f: types.FunctionType) -> bool:
+def _is_user_file(filename: str) -> bool:
     """Written by the user (a script, a notebook, the user's project), not by an installed library."""
-    filename = f.__code__.co_filename
     return not (filename.startswith(_LIBRARY_DIRS) or filename.startswith("<frozen"))
+
+
+def _is_user_function(f: types.FunctionType) -> bool:
+    return _is_user_file(f.__code__.co_filename)
+
+
+_PLAIN_CLASSES: dict[type, bool] = {}
+
+
+def _is_user_object(obj: Any) -> bool:
+    """An instance of a plain class of the user's (its state in ``__dict__``, built by ``object.__new__``)."""
+    cls = type(obj)
+    known = _PLAIN_CLASSES.get(cls)
+    if known is None:
+        module = sys.modules.get(cls.__module__)
+        filename = getattr(module, "__file__", None) or "<user>"  # __main__ of a notebook has no file
+        known = (
+            cls.__new__ is object.__new__
+            and "__dict__" in dir(cls)
+            and not isinstance(obj, type)
+            and _is_user_file(filename)
+        )
+        if len(_PLAIN_CLASSES) < 4096:
+            _PLAIN_CLASSES[cls] = known
+    return known and hasattr(obj, "__dict__")
 
 
 _NAMES: dict[types.CodeType, tuple[str, ...]] = {}
@@ -135,6 +163,26 @@ class _MethodView:
 jax.tree_util.register_pytree_node(_MethodView, lambda v: (v.children, None), lambda _, c: types.MethodType(*c))
 
 
+class _ObjectView:
+    """A plain object seen as a pytree node: its attributes are its children."""
+
+    __slots__ = ("aux", "children")
+
+    def __init__(self, aux: tuple, children: tuple):
+        self.aux, self.children = aux, children
+
+
+def _rebuild_object(aux: tuple, children: tuple) -> Any:
+    original, names = aux
+    out = copy.copy(original.obj)
+    for name, value in zip(names, children):
+        object.__setattr__(out, name, value)
+    return out
+
+
+jax.tree_util.register_pytree_node(_ObjectView, lambda v: (v.children, v.aux), _rebuild_object)
+
+
 def _view(obj: Any, seen: set[int]) -> Any:
     """``obj`` with the functions it holds replaced by views, so that flattening reaches their arrays."""
     t = type(obj)
@@ -159,6 +207,10 @@ def _view(obj: Any, seen: set[int]) -> Any:
         return _PartialView((_view(obj.func, seen), _view_tree(obj.args, seen), _view_tree(obj.keywords, seen)))
     if t is types.MethodType:
         return _MethodView((_view(obj.__func__, seen), _view_tree(obj.__self__, seen)))
+    if _is_user_object(obj) and id(obj) not in seen:
+        seen.add(id(obj))
+        names = tuple(sorted(vars(obj)))
+        return _ObjectView((_Same(obj), names), tuple(_view_tree(getattr(obj, n), seen) for n in names))
     return obj
 
 
