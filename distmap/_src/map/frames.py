@@ -9,10 +9,10 @@ and whether the map is chunked (then no collective over it can be right).
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from distmap._src.map.split import Split
 
@@ -44,6 +44,8 @@ class MapFrame:
         return self.split.mesh_axes
 
 
+T = TypeVar("T")
+
 _PLAIN: dict[tuple[str, int], MapFrame] = {}
 
 
@@ -73,11 +75,10 @@ def find_frame(name: str) -> MapFrame | None:
     return None
 
 
-@contextlib.contextmanager
-def pushed(frame: MapFrame) -> Iterator[None]:
-    """Make ``frame`` current while the body runs (the body traces the user's function)."""
+def traced_in(frame: MapFrame, body: Callable[..., T], *args: Any) -> T:
+    """``body(*args)`` with ``frame`` current (the body traces the user's function)."""
     token = _STACK.set(_STACK.get() + (frame,))
     try:
-        yield
+        return body(*args)
     finally:
         _STACK.reset(token)

@@ -83,8 +83,7 @@ def run(
         chunked = chunk_size is not None and chunk_size < size
 
         def body(*d: Any) -> tuple[Any, ...]:
-            with frames.pushed(frame):
-                return level(lvl + 1, d)
+            return frames.traced_in(frame, level, lvl + 1, d)
 
         in_axes = plan.in_axes[lvl]
         if chunked:

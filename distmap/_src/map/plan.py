@@ -88,7 +88,9 @@ class Request:
 _UNREAD = object()
 
 
-def _spec_key(spec: Any) -> tuple:
+def _spec_key(spec: Any) -> Any:
+    if spec is specs.default_spec or spec == () or spec == {}:
+        return spec if spec is specs.default_spec else type(spec)  # the common cases, without a flatten
     leaves, treedef = jax.tree_util.tree_flatten(spec, is_leaf=specs.is_spec_leaf)
     return (treedef, tuple(static_key(leaf) for leaf in leaves))
 
@@ -144,7 +146,7 @@ class Plan:
         inner: per leaf, the axes a NamedArray has inside the map (None for other leaves).
     """
 
-    __slots__ = ("names", "sizes", "treedef", "kinds", "dims", "arrays", "traced", "in_axes", "inner", "_hash")
+    __slots__ = ("names", "sizes", "treedef", "kinds", "dims", "arrays", "traced", "in_axes", "inner", "_hash", "_front")
 
     def __init__(self, names, sizes, treedef, kinds, dims, inner):
         self.names: tuple[str, ...] = names
@@ -161,6 +163,7 @@ class Plan:
         else:
             self.in_axes = tuple(tuple(_level_dim(row, level) for row in rows) for level in range(len(names)))
         self._hash: int | None = None  # only the mesh lowering hashes a plan (as jit static data)
+        self._front: tuple[Axis, ...] | None = None
 
     def unwrap(self, leaves: Sequence[Any], indices: Sequence[int]) -> list[Any]:
         """The values at ``indices`` of the call's ``leaves``, each NamedArray as its array."""
@@ -180,8 +183,16 @@ class Plan:
 
     def front(self, sizes: Sequence[int] | None = None) -> tuple[Axis, ...]:
         """The axes every output gains in front, in order (with ``sizes``, a device's share, if given)."""
-        # The names were checked by vmap and the sizes come from shapes: no need to validate again.
-        return tuple(tuple.__new__(Axis, ns) for ns in zip(self.names, self.sizes if sizes is None else sizes))
+        if sizes is None or tuple(sizes) == self.sizes:
+            if self._front is None:
+                self._front = _axes(self.names, self.sizes)
+            return self._front
+        return _axes(self.names, sizes)
+
+
+def _axes(names: Sequence[str], sizes: Sequence[int]) -> tuple[Axis, ...]:
+    # The names were checked by vmap and the sizes come from shapes: no need to validate again.
+    return tuple(tuple.__new__(Axis, ns) for ns in zip(names, sizes))
 
 
 def _level_dim(row: tuple[int | None, ...], level: int) -> int | None:

@@ -140,6 +140,8 @@ def from_inputs(plan: Plan, leaves: list[Any], mesh: Any) -> Lowering | None:
     """
     if any(f.mesh_axes for f in frames.current_frames()):
         return None  # inside a map already split over the mesh: the inputs are each device's blocks
+    if not any(_on_a_mesh(leaf) for leaf in plan.unwrap(leaves, plan.arrays)):
+        return None  # the common case, decided without a closer look
     found: dict[str, tuple[str, ...]] = {}
     the_mesh = None
     for i in plan.arrays:
@@ -175,6 +177,14 @@ def from_inputs(plan: Plan, leaves: list[Any], mesh: Any) -> Lowering | None:
             "vmap(..., mesh=mesh)."
         )
     return Lowering(mesh, tuple((n, found[n]) for n in plan.names if n in found))
+
+
+def _on_a_mesh(arr: Any) -> bool:
+    """Whether ``arr`` is laid out on a mesh at all (a quick look, before :func:`_sharding_of`'s closer one)."""
+    if _is_tracer(arr):
+        mesh = getattr(getattr(jax.typeof(arr), "sharding", None), "mesh", None)
+        return mesh is not None and not getattr(mesh, "empty", False)
+    return type(getattr(arr, "sharding", None)) is NamedSharding
 
 
 def _sharding_of(arr: Any) -> NamedSharding | None:

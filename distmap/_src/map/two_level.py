@@ -171,12 +171,11 @@ def _complex_extreme(a: jax.Array, fs: Frames, high: bool) -> jax.Array:
 def gather(a: jax.Array, f: MapFrame) -> jax.Array:
     """Every real element's ``a``, stacked at dim 0 in axis order (size ``f.size``)."""
     split = f.split
-    if split.mesh_axes:
-        a = jax.lax.all_gather(a, split.mesh_axes, axis=0, tiled=False)  # (shards, ...): each block sent once
-    a = jax.lax.all_gather(a, f.vmap_name, axis=0, tiled=False)  # (local, [shards,] ...): no communication
-    if split.mesh_axes:
-        a = jnp.swapaxes(a, 0, 1).reshape((split.padded_size,) + a.shape[2:])
-    return split.cut(a, 0)
+    if not split.mesh_axes:
+        return jax.lax.all_gather(a, f.vmap_name, axis=0, tiled=False)
+    a = jax.lax.all_gather(a, split.mesh_axes, axis=0, tiled=False)  # (shards, ...): each block sent once
+    a = jax.lax.all_gather(a, f.vmap_name, axis=1, tiled=False)  # (shards, local, ...): no communication
+    return split.cut(a.reshape((split.padded_size,) + a.shape[2:]), 0)
 
 
 def _local_gather(a: jax.Array, fs: Frames) -> jax.Array:
