@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from distmap import errors
@@ -244,6 +243,17 @@ def _dim_of(leaf: Any, selector: Any, fn: str, arg: str) -> int:
     return int(selector) % ndim
 
 
+def _split_dim(leaf: Any, selector: Any, f: frames.MapFrame, tiled: bool, fn: str, arg: str) -> int:
+    """The dimension of ``leaf`` that ``selector`` names, checked to split into one piece per element of ``f``."""
+    d = _dim_of(leaf, selector, fn, arg)
+    if isinstance(leaf, NamedArray):
+        what, size = f"axis {leaf.axes[d].name!r}", leaf.axes[d].size
+    else:
+        what, size = f"dimension {d}", leaf.shape[d]
+    _check_divides(size, f.size, tiled, fn, what, f.name)
+    return d
+
+
 def _check_divides(size: int, n: int, tiled: bool, fn: str, what: str, name: str) -> None:
     if (size != n) if not tiled else (size % n):
         need = f"a multiple of {n}" if tiled else f"exactly {n}"
@@ -272,9 +282,8 @@ def psum_scatter(x: Any, axis: AxisSelector, *, scatter_axis: Any = None, scatte
 
     def one(leaf: Any) -> Any:
         if isinstance(leaf, NamedArray):
-            d = _dim_of(leaf, scatter_axis, "psum_scatter", "scatter_axis")
+            d = _split_dim(leaf, scatter_axis, f, tiled, "psum_scatter", "scatter_axis")
             ax = leaf.axes[d]
-            _check_divides(ax.size, f.size, tiled, "psum_scatter", f"axis {ax.name!r}", f.name)
             out = two_level.scatter_sum(leaf.array, f, d, tiled)
             axes = list(leaf.axes)
             if tiled:
@@ -283,8 +292,7 @@ def psum_scatter(x: Any, axis: AxisSelector, *, scatter_axis: Any = None, scatte
                 del axes[d]
             return _wrap(out, tuple(axes))
         a = _array(leaf, "psum_scatter")
-        d = _dim_of(a, scatter_dimension, "psum_scatter", "scatter_dimension")
-        _check_divides(a.shape[d], f.size, tiled, "psum_scatter", f"dimension {d}", f.name)
+        d = _split_dim(a, scatter_dimension, f, tiled, "psum_scatter", "scatter_dimension")
         return two_level.scatter_sum(a, f, d, tiled)
 
     return jax.tree_util.tree_map(one, x, is_leaf=lambda v: isinstance(v, NamedArray))
@@ -312,9 +320,8 @@ def all_to_all(x: Any, axis: AxisSelector, split_axis: Any, concat_axis: Any, *,
 
     def one(leaf: Any) -> Any:
         if isinstance(leaf, NamedArray):
-            d = _dim_of(leaf, split_axis, "all_to_all", "split_axis")
+            d = _split_dim(leaf, split_axis, f, tiled, "all_to_all", "split_axis")
             ax = leaf.axes[d]
-            _check_divides(ax.size, f.size, tiled, "all_to_all", f"axis {ax.name!r}", f.name)
             axes = list(leaf.axes)
             if tiled:
                 c = _dim_of(leaf, concat_axis, "all_to_all", "concat_axis")
@@ -339,8 +346,7 @@ def all_to_all(x: Any, axis: AxisSelector, split_axis: Any, concat_axis: Any, *,
             axes.insert(d, Axis(new, f.size))
             return _wrap(out, tuple(axes))
         a = _array(leaf, "all_to_all")
-        d = _dim_of(a, split_axis, "all_to_all", "split_axis")
-        _check_divides(a.shape[d], f.size, tiled, "all_to_all", f"dimension {d}", f.name)
+        d = _split_dim(a, split_axis, f, tiled, "all_to_all", "split_axis")
         c = _dim_of(a, concat_axis, "all_to_all", "concat_axis")  # the result has the operand's rank
         return two_level.all_to_all(a, f, d, c, tiled)
 

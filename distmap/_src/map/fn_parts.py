@@ -38,7 +38,7 @@ from typing import Any
 import jax
 
 from distmap._src import leaves as leaves_lib
-from distmap._src.map.statics import static_key
+from distmap._src.map.statics import Identity, static_key
 
 
 def _library_dirs() -> tuple[str, ...]:
@@ -99,21 +99,6 @@ def _global_names(code: types.CodeType) -> tuple[str, ...]:
         if len(_NAMES) < 4096:
             _NAMES[code] = found
     return found
-
-
-class _Same:
-    """An object in a view that the skeleton keeps by identity (code objects, globals dicts)."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: Any):
-        self.obj = obj
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Same) and self.obj is other.obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
 
 
 class _FunctionView:
@@ -202,7 +187,7 @@ def _view(obj: Any, seen: set[int]) -> Any:
             tuple(_view_tree(c, seen) for c in contents),
             tuple(_view_tree(g[n], seen) for n in names),
         )
-        return _FunctionView((_Same(obj.__code__), _Same(g), obj.__name__, obj.__qualname__, names), children)
+        return _FunctionView((Identity(obj.__code__), Identity(g), obj.__name__, obj.__qualname__, names), children)
     if t is functools.partial:
         return _PartialView((_view(obj.func, seen), _view_tree(obj.args, seen), _view_tree(obj.keywords, seen)))
     if t is types.MethodType:
@@ -210,7 +195,7 @@ def _view(obj: Any, seen: set[int]) -> Any:
     if _is_user_object(obj) and id(obj) not in seen:
         seen.add(id(obj))
         names = tuple(sorted(vars(obj)))
-        return _ObjectView((_Same(obj), names), tuple(_view_tree(getattr(obj, n), seen) for n in names))
+        return _ObjectView((Identity(obj), names), tuple(_view_tree(getattr(obj, n), seen) for n in names))
     return obj
 
 

@@ -15,7 +15,7 @@ from collections.abc import Hashable
 from typing import Any
 
 
-class _Identity:
+class Identity:
     """Compares as the object it holds (kept alive, so its id is never reused while the key lives)."""
 
     __slots__ = ("obj",)
@@ -24,7 +24,7 @@ class _Identity:
         self.obj = obj
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Identity) and self.obj is other.obj
+        return isinstance(other, Identity) and self.obj is other.obj
 
     def __hash__(self) -> int:
         return id(self.obj)
@@ -78,5 +78,5 @@ def static_key(value: Any) -> Hashable:
     try:
         h = hash(value)
     except TypeError:
-        return _Identity(value)
+        return Identity(value)
     return _ByValue(value, h)
