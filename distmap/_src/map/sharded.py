@@ -377,11 +377,14 @@ def _place(plan: Plan, lowering: Lowering, values: list[Any], leaves: list[Any])
 def _place_replicated(arrays: list[Any], mesh: Mesh) -> list[Any]:
     """``fn``'s arrays that live on other devices, replicated onto ``mesh`` (a ``jit`` refuses them there)."""
     out = []
+    multi_process = _spans_processes(mesh)
     for a in arrays:
         sharding = getattr(a, "sharding", None)
-        if isinstance(a, jax.Array) and not (isinstance(sharding, NamedSharding) and sharding.mesh == mesh):
-            if a.committed or not a.is_fully_addressable or _spans_processes(mesh):
+        if isinstance(a, jax.Array):
+            if not (isinstance(sharding, NamedSharding) and sharding.mesh == mesh) and (a.committed or multi_process):
                 a = jax.device_put(a, NamedSharding(mesh, PartitionSpec()))
+        elif multi_process:  # a host array: the same on every process, as fn is
+            a = jax.device_put(a, NamedSharding(mesh, PartitionSpec()))
         out.append(a)
     return out
 
