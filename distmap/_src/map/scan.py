@@ -240,11 +240,15 @@ def _layout(what: str, name: str, mesh: Any, mapping: Any) -> _Layout | None:
 
 
 def check_unroll(unroll: Any, what: str) -> int | bool:
-    """``unroll`` as ``jax.lax.scan`` takes it: a positive int, or True to unroll every step."""
+    """``unroll`` as ``jax.lax.scan`` takes it: a positive int, True (unroll every step) or False (1, not unrolled)."""
     if unroll is True:
         return True
+    if unroll is False:
+        return 1
     if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)) or unroll < 1:
-        raise errors.MappingError(f"{what}(unroll=...): expected a positive int or True (unroll fully), got {unroll!r}.")
+        raise errors.MappingError(
+            f"{what}(unroll=...): expected a positive int, True (unroll fully) or False (not unrolled), got {unroll!r}."
+        )
     return int(unroll)
 
 
@@ -311,8 +315,10 @@ def resolve_slices(
     name = request.names[0]
     try:
         plan, leaves = plan_lib.resolve(request, tuple(xs), dict(kxs))
-    except (errors.AxisSizeError, errors.MappingError) as e:
-        raise type(e)(_retitle(str(e), what, name, arg_label)) from None
+    except errors.AxisSizeError as e:
+        raise errors.AxisSizeError(_retitle(_length_message(str(e), name, xs, kxs), what, name, arg_label)) from None
+    except errors.MappingError as e:
+        raise errors.MappingError(_retitle(str(e), what, name, arg_label)) from None
     scanned: list[Any] = []  # arrays with the looped axis at dim 0
     kinds: list[Any] = []  # per leaf: ("slice", inner axes | True) or ("whole", leaf)
     for i, leaf in enumerate(leaves):
@@ -328,10 +334,35 @@ def resolve_slices(
 
 
 def _retitle(msg: str, what: str, name: str, arg_label: Callable[[int], str]) -> str:
-    """The plan's message in the loop's terms: the loop's name, and its arguments as the caller passed them."""
+    """The plan's message in the loop's terms: the loop's name, and its arguments as the caller passed them
+    (positional ones by parameter name where known, keyword ones by their keyword)."""
     msg = msg.replace(f"vmap over {name!r}", f"{what} over {name!r}").replace("vmap: ", f"{what}: ")
     msg = re.sub(r"\bargs\[(\d+)\]", lambda m: arg_label(int(m.group(1))), msg)
+    msg = re.sub(r"\bkwargs\['(\w+)'\]", r"\1", msg)
     return msg if msg.startswith(what) else f"{what} over {name!r}: {msg}"
+
+
+_SIZES = re.compile(r"has size (\d+) in (\S+) but size (\d+) in (\S+)\. ")
+
+
+def _length_message(msg: str, name: str, xs: Sequence[Any], kxs: Mapping[str, Any]) -> str:
+    """The plan's size disagreement told as a loop's: which argument has which length along the loop, an
+    unnamed array's by its leading dimension (as ``jax.lax.scan`` counts it)."""
+    m = _SIZES.search(msg)
+    if m is None:
+        return msg
+    flat, _ = jax.tree_util.tree_flatten_with_path((tuple(xs), dict(kxs)), is_leaf=leaves_lib.is_named)
+    by_path = {specs.path_str(p): leaf for p, leaf in flat}
+
+    def one(path: str, size: str) -> str:
+        leaf = by_path.get(path)
+        if leaf is not None and not isinstance(leaf, NamedArray) and getattr(leaf, "shape", ())[:1] == (int(size),):
+            return f"{path} has leading dimension {size}"
+        return f"{path} has {name!r} of size {size}"
+
+    return (f"the loop's length differs between its sliced arguments: {one(m.group(2), m.group(1))}, but "
+            f"{one(m.group(4), m.group(3))}. Every sliced argument must have the same length along {name!r}; "
+            "slice them to one length, or pass an argument whole (spec None, or is_scanned=False).")
 
 
 class _AfterCarry:
@@ -379,7 +410,10 @@ def _run(fn, label, what, request, init, xs, kxs, policy, reverse, unroll, retur
     returned: list[Any] = []
     y_info: list[Any] = []
 
+    lowered = None if policy is None else policy.lower(name, length, what=f"{what} over {name!r}")
+
     def step(carry: Any, slices: Sequence[Any]) -> tuple[Any, Any]:
+        carry, slices = ckpt.tag_step(lowered, name, carry, slices)
         a, k = sliced.at(slices)
         out = fn(carry, *a, **k)
         if returns_y:
@@ -405,13 +439,10 @@ def _run(fn, label, what, request, init, xs, kxs, policy, reverse, unroll, retur
         return new_carry, y_arrays
 
     try:
-        if policy is None:
+        if lowered is None:
             carry, ys = jax.lax.scan(step, init, sliced.arrays, length=length, reverse=reverse, unroll=unroll)
         else:
-            carry, ys = ckpt.nested_scan(
-                step, init, sliced.arrays, length, policy, reverse=reverse, unroll=unroll,
-                what=f"{what} over {name!r}",
-            )
+            carry, ys = ckpt.nested_scan(step, init, sliced.arrays, length, lowered, reverse=reverse, unroll=unroll)
     except TypeError:
         if returned:  # JAX refused the carry: say which part changed, in distmap's terms (raises if found)
             _check_carry(what, label, name, *_signature(init), returned[0])
