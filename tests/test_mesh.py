@@ -391,3 +391,80 @@ def test_shard_moves_an_array_already_sharded_otherwise(mesh42):
 def test_shard_without_a_mesh_raises():
     with pytest.raises(errors.MeshError, match=r"shard: no mesh given and none set with jax.set_mesh"):
         distmap.shard(_x(("batch", 8)), axis_mapping={"batch": "data"})
+
+
+# ------------------------------------------------------- Haliax's partitioning helpers
+
+
+def test_legacy_with_mesh_block_is_read(devices):
+    from jax.sharding import Mesh
+
+    mesh = Mesh(np.array(devices).reshape(4, 2), ("data", "model"))  # as Haliax's tests make and enter it
+    x = _x(("batch", 8), ("embed", 4))
+    with pytest.warns(DeprecationWarning), mesh:  # JAX 0.10-0.12 honour it, with a warning
+        assert distmap._src.mesh.current_mesh() is mesh
+        y = distmap.shard(x, {"batch": "data", "embed": "model"})
+        z = jax.jit(lambda x: distmap.shard(x * 2, {"batch": "model"}))(x)
+    assert y.array.sharding == NamedSharding(mesh, P("data", "model"))
+    assert z.array.sharding.is_equivalent_to(NamedSharding(mesh, P("model", None)), 2)
+    assert distmap._src.mesh.current_mesh() is None
+    # jax.set_mesh wins over an enclosing legacy block
+    inner = distmap.make_mesh({"data": 8})
+    with pytest.warns(DeprecationWarning), mesh, distmap.set_mesh(inner):
+        assert distmap._src.mesh.current_mesh() == inner
+
+
+def test_pspec_for_keeps_placed_arrays_by_default_as_haliax(mesh42):
+    placed = distmap.shard(_x(("batch", 8), ("embed", 4)), {"batch": "data"}, mesh42)
+    shape_only = jax.eval_shape(lambda: distmap.zeros(placed.axes))  # as a model is first built abstractly
+    tree = {"placed": placed, "host": shape_only, "raw": jnp.ones((8, 4)), "np": np.ones(3), "scalar": jnp.float32(1)}
+    specs = distmap.pspec_for(tree, {"batch": "model"})
+    assert specs == {"placed": None, "host": P("model", None), "raw": P(None), "np": P(None), "scalar": P()}
+    assert _pspec(tree, {"batch": "model"})["placed"] == P("model", None)
+    with pytest.raises(errors.MeshError, match=r"pass Haliax's preserve_existing_shardings=False by keyword"):
+        distmap.pspec_for(tree, {"batch": "model"}, False)
+
+
+def test_field_axis_names_name_unnamed_array_fields(mesh42):
+    import equinox as eqx
+
+    class Proj(eqx.Module):
+        w: jax.Array = distmap.field(axis_names=("embed", "mlp"))
+        b: jax.Array
+        n: int = distmap.field(static=True, default=2)
+
+    class Outer(eqx.Module):
+        inner: Proj
+        scale: distmap.NamedArray
+
+    mod = Outer(Proj(jnp.ones((4, 8)), jnp.ones(8)), _x(("mlp", 8)))
+    specs = _pspec(mod, {"mlp": "model", "embed": "data"})
+    assert (specs.inner.w, specs.inner.b, specs.scale) == (P("data", "model"), P(None), P("model"))
+    shardings = distmap.infer_resource_partitions(mod, {"mlp": "model"}, mesh42, preserve_existing_shardings=False)
+    assert shardings.inner.w == NamedSharding(mesh42, P(None, "model"))
+    # the shardings serve jax.jit directly
+    out = jax.jit(lambda m: m, out_shardings=shardings)(mod)
+    assert out.inner.w.sharding.spec == P(None, "model") and out.scale.array.sharding.spec == P("model")
+    # kept where placed: the array's own sharding
+    kept = distmap.infer_resource_partitions(out, {"mlp": "data"}, mesh42)
+    assert kept.inner.w == out.inner.w.sharding
+    with pytest.raises(errors.ShapeMismatchError, match=r"axis_names=\('embed', 'mlp'\) holds an array of shape \(4,\)"):
+        _pspec(Proj(jnp.ones(4), jnp.ones(8)), {})
+
+
+def test_physical_axis_name_size_and_rounding(mesh42):
+    Axis = distmap.Axis
+    mapping = {"batch": ("data", "model"), "vocab": "model"}
+    assert distmap.physical_axis_name("batch", mapping) == ("data", "model")
+    assert distmap.physical_axis_name(Axis("vocab", 5), mapping) == "model"
+    assert distmap.physical_axis_name("embed", mapping) is None
+    assert distmap.physical_axis_size("batch", mapping, mesh42) == 8
+    assert distmap.physical_axis_size("embed", mapping, mesh42) is None
+    assert distmap.round_axis_for_partitioning(Axis("vocab", 5), mapping, mesh42) == Axis("vocab", 6)
+    assert distmap.round_axis_for_partitioning(Axis("batch", 17), mapping, mesh42) == Axis("batch", 24)
+    assert distmap.round_axis_for_partitioning(Axis("embed", 5), mapping, mesh42) == Axis("embed", 5)
+    with distmap.axis_mapping(mapping), distmap.set_mesh(mesh42):  # the current ones by default
+        assert distmap.physical_axis_size("vocab") == 2
+        assert distmap.round_axis_for_partitioning(Axis("vocab", 7)).size == 8
+        # the rounded axis is one shard() accepts
+        distmap.shard(distmap.zeros(distmap.round_axis_for_partitioning(Axis("vocab", 7))))

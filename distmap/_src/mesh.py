@@ -386,15 +386,14 @@ def pspec_for(
     preserve = preserve_existing_shardings
 
     def names_spec(names: Sequence[str], value: Any) -> PartitionSpec | None:
-        if preserve and _has_sharding(value):
-            return None
         shape = tuple(getattr(value, "shape", ()))
         if len(shape) != len(names):
             raise errors.ShapeMismatchError(
                 f"pspec_for: a field declared with axis_names={tuple(names)} holds an array of shape {shape}; "
                 f"it needs one name per dimension."
             )
-        return _pspec_of_axes(tuple(map(Axis, names, shape)), mapping, mesh, fn="pspec_for")
+        spec = _pspec_of_axes(tuple(map(Axis, names, shape)), mapping, mesh, fn="pspec_for")
+        return None if preserve and _has_sharding(value) else spec
 
     def leaf_spec(leaf: Any) -> Any:
         if isinstance(leaf, NamedArray):

@@ -9,6 +9,7 @@ every entry is masked out, unless ``initial=`` says otherwise.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from typing import Any
 
@@ -86,7 +87,8 @@ def _reduce_unnamed(jfn: Callable[..., jax.Array], name: str, x: Any, axis: Any,
             "distmap.named."
         )
     dims = (axis,) if isinstance(axis, int) and not isinstance(axis, bool) else axis
-    if dims is not None and not (isinstance(dims, tuple) and all(isinstance(d, int) and not isinstance(d, bool) for d in dims)):
+    positions = isinstance(dims, tuple) and builtins.all(isinstance(d, int) and not isinstance(d, bool) for d in dims)
+    if dims is not None and not positions:  # (builtins: this module's own `all` is the reduction)
         raise errors.ArgumentTypeError(
             f"{name}: {axis!r} names an axis, but the array is unnamed (shape {tuple(jnp.shape(x))}); reduce it with "
             f"axis=None or positions, or name its axes with distmap.named."
