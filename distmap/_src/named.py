@@ -582,8 +582,11 @@ def align(x: NamedArray, axes: tuple[Axis, ...], what: str = "the operand") -> j
     if order != list(range(x.ndim)):
         arr = jnp.transpose(arr, order)
     if x.ndim != len(axes):
-        present = {x.axes[i].name for i in order}
-        arr = jnp.reshape(arr, tuple(a.size if a.name in present else 1 for a in axes))
+        # Broadcast to the full shape with one broadcast_in_dim, not a reshape to size-1 dimensions: on a
+        # mesh, XLA keeps a split operand split through broadcast_in_dim, where the reshape (and the
+        # implicit broadcast of a size-1 dimension) can cost it an all-gather per use.
+        dims = tuple(sorted(pos[a.name] for a in x.axes))
+        arr = jax.lax.broadcast_in_dim(arr, tuple(a.size for a in axes), dims)
     return arr
 
 

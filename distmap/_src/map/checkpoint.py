@@ -43,18 +43,19 @@ Policy = Callable[..., Any]
 
 
 def carry_name(axis_name: str) -> str:
-    """The name a loop over ``axis_name`` gives its carry (for :class:`ScanCheckpointPolicy`'s policies).
+    """The name a loop over ``axis_name`` gives its carry (for :class:`ScanCheckpointPolicy`'s policies); the
+    same string Haliax tags it with, so a policy that names it is read alike.
 
     Example:
         >>> carry_name("layer")
-        'distmap.scan[layer].carry'
+        'scan(layer)__carry'
     """
-    return f"distmap.scan[{axis_name}].carry"
+    return f"scan({axis_name})__carry"
 
 
 def inputs_name(axis_name: str) -> str:
     """The name a loop over ``axis_name`` gives each step's sliced inputs (the layer's parameters among them)."""
-    return f"distmap.scan[{axis_name}].inputs"
+    return f"scan({axis_name})__input"
 
 
 def tree_checkpoint_name(tree: Any, name: str) -> Any:

@@ -210,11 +210,11 @@ class _Layout:
     def __init__(self, mapping: Any, mesh: Any):
         self.mapping, self.mesh = mapping, mesh
 
-    def apply(self, tree: Any, keep_whole: tuple[str, ...] = ()) -> Any:
+    def apply(self, tree: Any) -> Any:
         def one(leaf: Any) -> Any:
             if type(leaf) is not NamedArray:
                 return leaf
-            spec = mesh_lib.loop_pspec(leaf, self.mapping, self.mesh, keep_whole=keep_whole)
+            spec = mesh_lib.loop_pspec(leaf, self.mapping, self.mesh)
             return leaf if spec is None else _wrap(mesh_lib.place(leaf.array, spec, self.mesh), leaf.axes)
 
         return jax.tree_util.tree_map(one, tree, is_leaf=leaves_lib.is_named)
@@ -400,8 +400,11 @@ class _AfterCarry:
 def _run(fn, label, what, request, init, xs, kxs, policy, reverse, unroll, returns_y, arg_label, layout):
     name = request.names[0]
     if layout is not None:
+        # The carry (and, per step, the new carry and the ys) are laid out by their names. The sliced arguments
+        # keep the layout they arrive in: constraining a whole stack to the context mapping before the loop
+        # gathered every layer at once under an FSDP-style parameter mapping, and constraining each step's
+        # slice cost temporaries that XLA's own choice (Haliax's) does not (benchmarks/bench_decoder.py).
         init = layout.apply(init)
-        xs, kxs = layout.apply((tuple(xs), dict(kxs)), keep_whole=(name,))
     sliced = resolve_slices(request, what, xs, kxs, arg_label)
     axis, length = sliced.axis, sliced.axis.size
 
