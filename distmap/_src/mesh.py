@@ -296,6 +296,15 @@ def check_mesh(mesh: Any, fn: str) -> Any:
     )
 
 
+def given_or_current_mesh(mesh: Any, fn: str) -> Any:
+    """``mesh`` (checked), else the current one; ``MeshError`` naming ``fn`` where there is neither."""
+    mesh = check_mesh(mesh, fn)
+    mesh = mesh if mesh is not None else current_mesh()
+    if mesh is None:
+        raise errors.MeshError(f"{fn}: no mesh given and none set with jax.set_mesh.")
+    return mesh
+
+
 def _check_mapping_arg(axis_mapping: Any, fn: str) -> None:
     if _is_mesh(axis_mapping):
         raise errors.MeshError(
@@ -456,10 +465,7 @@ def infer_resource_partitions(
         >>> tuple(s.spec)
         ('data',)
     """
-    mesh = check_mesh(mesh, "infer_resource_partitions")
-    mesh = mesh if mesh is not None else current_mesh()
-    if mesh is None:
-        raise errors.MeshError("infer_resource_partitions: no mesh given and none set with jax.set_mesh.")
+    mesh = given_or_current_mesh(mesh, "infer_resource_partitions")
     specs = pspec_for(x, axis_mapping, mesh, preserve_existing_shardings=preserve_existing_shardings)
 
     def to_sharding(spec: Any, node: Any) -> Any:
@@ -502,10 +508,7 @@ def physical_axis_size(axis: Any, axis_mapping: AxisMappingLike | AxisMapping | 
         >>> distmap.physical_axis_size("batch", {"batch": "data"}, mesh)
         1
     """
-    mesh = check_mesh(mesh, "physical_axis_size")
-    mesh = mesh if mesh is not None else current_mesh()
-    if mesh is None:
-        raise errors.MeshError("physical_axis_size: no mesh given and none set with jax.set_mesh.")
+    mesh = given_or_current_mesh(mesh, "physical_axis_size")
     found = physical_axis_name(axis, axis_mapping)
     if found is None:
         return None

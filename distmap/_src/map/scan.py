@@ -51,7 +51,7 @@ def scan(
     kwargs: Mapping[str, Any] | None = None,
     checkpoint: ckpt.CheckpointSpec = None,
     reverse: bool = False,
-    unroll: int = 1,
+    unroll: int | bool = 1,
     mesh: Any = None,
     axis_mapping: Any = None,
     is_scanned: Any = None,
@@ -65,10 +65,11 @@ def scan(
         default: the spec of unnamed leaves of the scanned arguments (as in :func:`distmap.vmap`).
         args: per-positional-argument overrides of ``default``, counted after the carry.
         kwargs: per-keyword overrides of ``default``.
-        checkpoint: gradient checkpointing (see :class:`distmap.Checkpoint`): ``None``, ``"layer"``,
-            ``"carry"``, an int ``k`` (keep the carry every ``k`` steps) or a ``Checkpoint``.
+        checkpoint: gradient checkpointing (see :class:`distmap.Checkpoint`): ``None``, ``True`` or
+            ``"carry"`` (keep only the carry, Haliax's ``True``), ``"layer"``, an int ``k`` (keep the carry
+            every ``k`` steps), a ``Checkpoint``, or Haliax's ``ScanCheckpointPolicy`` and its strings.
         reverse: loop from the last element to the first (``ys`` stay in axis order).
-        unroll: steps per loop iteration, passed to ``jax.lax.scan`` (``True``: unroll fully).
+        unroll: steps per loop iteration, passed to ``jax.lax.scan`` (``True``: unroll fully; ``False``: 1).
         mesh, axis_mapping: on a mesh (given, or set with ``jax.set_mesh`` and
             :func:`distmap.axis_mapping`), every NamedArray of the carry, of the sliced
             arguments and of each step's ``y`` is laid out by its names at every step, so
@@ -105,7 +106,7 @@ def fold(
     kwargs: Mapping[str, Any] | None = None,
     checkpoint: ckpt.CheckpointSpec = None,
     reverse: bool = False,
-    unroll: int = 1,
+    unroll: int | bool = 1,
     mesh: Any = None,
     axis_mapping: Any = None,
     is_scanned: Any = None,
@@ -210,11 +211,11 @@ class _Layout:
     def __init__(self, mapping: Any, mesh: Any):
         self.mapping, self.mesh = mapping, mesh
 
-    def apply(self, tree: Any) -> Any:
+    def apply(self, tree: Any, keep_whole: tuple[str, ...] = ()) -> Any:
         def one(leaf: Any) -> Any:
             if type(leaf) is not NamedArray:
                 return leaf
-            spec = mesh_lib.loop_pspec(leaf, self.mapping, self.mesh)
+            spec = mesh_lib.loop_pspec(leaf, self.mapping, self.mesh, keep_whole=keep_whole)
             return leaf if spec is None else _wrap(mesh_lib.place(leaf.array, spec, self.mesh), leaf.axes)
 
         return jax.tree_util.tree_map(one, tree, is_leaf=leaves_lib.is_named)
