@@ -302,9 +302,9 @@ def _policy(what: str, checkpoint: Any, gradient_checkpointing: Any, prevent_cse
         raise errors.MappingError(f"{what}: pass checkpoint= or gradient_checkpointing= (Haliax's name), not both.")
     policy = ckpt.as_checkpoint(checkpoint if checkpoint is not None else gradient_checkpointing,
                                 what=f"{what}(checkpoint=...)")
+    if prevent_cse is not None and not isinstance(prevent_cse, bool):
+        raise errors.MappingError(f"{what}(prevent_cse=...): expected a bool, got {prevent_cse!r}.")
     if prevent_cse is not None and policy is not None:
-        if not isinstance(prevent_cse, bool):
-            raise errors.MappingError(f"{what}(prevent_cse=...): expected a bool, got {prevent_cse!r}.")
         policy = dataclasses.replace(policy, prevent_cse=prevent_cse)
     return policy
 
