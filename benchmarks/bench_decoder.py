@@ -11,8 +11,8 @@ model, heads: model}``.
 
 Both sides start from the same weights and batch. Reported, side by side from one run: the loss, the
 collectives in the compiled HLO, compiled temporary bytes, compile time (tracing and lowering; XLA's
-compile; each the median of fresh builds) and step time (median of interleaved repeats), and distmap's
-ratio to Haliax.
+compile; each the median CPU time of fresh builds, interleaved) and step time (median wall time of
+interleaved repeats), and distmap's ratio to Haliax.
 
 Run: ``python benchmarks/bench_decoder.py`` (distmap alone) or, in an environment where both distmap and
 Haliax are installed (``pip install -e . marin-haliax``; Haliax is not a dependency of this project), the same
@@ -172,11 +172,12 @@ class Side:
             axes = tuple(lib.Axis(n, sizes[n]) for n in ("batch", "position", "embed"))
             self.x = lib.shard(lib.named(jnp.asarray(x), axes), COMPUTE)
             self.target = lib.shard(lib.named(jnp.asarray(target), axes), COMPUTE)
-            t0 = time.perf_counter()
+            # CPU time of this process (all its threads): on a shared machine, wall time measures the neighbours too
+            t0 = time.process_time()
             lowered = self.step.lower(self.stack, self.x, self.target)
-            t1 = time.perf_counter()
+            t1 = time.process_time()
             compiled = lowered.compile()
-            self.trace_s, self.compile_s = t1 - t0, time.perf_counter() - t1
+            self.trace_s, self.compile_s = t1 - t0, time.process_time() - t1
         self.hlo = compiled.as_text()
         self.collectives = _collectives(self.hlo)
         self.temp_bytes = compiled.memory_analysis().temp_size_in_bytes
@@ -193,14 +194,18 @@ class Side:
 
 
 def _version(label: str) -> str:
+    """The version of the library the side ran: the installed distribution's, or where it was imported from."""
     from importlib import metadata
 
+    module = __import__(label)
+    dist = "marin-haliax" if label == "haliax" else label
     try:
-        return metadata.version("marin-haliax" if label == "haliax" else label)
+        found = metadata.distribution(dist)
     except metadata.PackageNotFoundError:
-        import haliax
-
-        return f"from source ({haliax.__file__})"
+        return f"from {os.path.dirname(module.__file__)}"
+    installed = os.path.realpath(str(found.locate_file(label)))
+    here = os.path.realpath(os.path.dirname(module.__file__))
+    return found.version if here == installed or label == "distmap" else f"from {here}"
 
 
 def main() -> None:
@@ -247,8 +252,8 @@ def main() -> None:
             ("loss (last step)", lambda s: f"{s.losses[-1]:.6f}"),
             *[(k, lambda s, k=k: str(s.collectives[k])) for k in COLLECTIVES],
             ("temp bytes", lambda s: f"{s.temp_bytes:,}"),
-            ("trace + lower s (median)", lambda s: f"{s.trace_s:.2f}"),
-            ("XLA compile s (median)", lambda s: f"{s.compile_s:.2f}"),
+            ("trace + lower, CPU s (median)", lambda s: f"{s.trace_s:.2f}"),
+            ("XLA compile, CPU s (median)", lambda s: f"{s.compile_s:.2f}"),
             ("step ms (median)", lambda s: f"{1e3 * statistics.median(s.times):.2f}")]
     head = ["", *[s.label for s in sides]] + (["distmap / haliax"] if len(sides) == 2 else [])
     print(" | ".join(head))
