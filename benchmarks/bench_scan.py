@@ -154,7 +154,10 @@ def bench_case(case: Case, rounds: int) -> dict:
 
 
 POLICIES = [("none", None), ("every layer, dots kept ('layer')", "layer"), ("carry only ('carry')", "carry"),
-            ("every 2nd layer (Checkpoint(every=2))", 2), ("every 4th layer (Checkpoint(every=4))", 4)]
+            ("Haliax's gradient_checkpointing=True", True),
+            ("ScanCheckpointPolicy() (carries saved by name)", distmap.ScanCheckpointPolicy()),
+            ("every 2nd layer (Checkpoint(every=2))", 2), ("every 4th layer (Checkpoint(every=4))", 4),
+            ("ScanCheckpointPolicy(nested=4): 4 blocks of 4", distmap.ScanCheckpointPolicy(nested=4))]
 
 
 def checkpoint_memory(layers=16, batch=2048, feature=128) -> list[tuple[str, int, float]]:

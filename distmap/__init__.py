@@ -9,7 +9,7 @@ Example:
 
 from distmap import errors
 from distmap._src.axis import Axis, AxisSelection, AxisSelector, AxisSpec, SizedAxes
-from distmap._src.named import NamedArray, named
+from distmap._src.named import NamedArray, is_named_array, named
 from distmap._src import array_methods as _array_methods  # noqa: F401  (NamedArray's reduction methods)
 from distmap._src.reductions import all, any, argmax, argmin, logsumexp, max, mean, min, prod, std, sum, var
 
@@ -45,6 +45,7 @@ from distmap._src.math import (
     ceil,
     clip,
     cos,
+    equal,
     exp,
     expm1,
     floor,
@@ -98,15 +99,20 @@ from distmap._src.mesh import (
     as_axis_mapping,
     axis_mapping,
     current_axis_mapping,
+    infer_resource_partitions,
     make_mesh,
+    physical_axis_name,
+    physical_axis_size,
     pspec_for,
+    round_axis_for_partitioning,
     shard,
 )
+from distmap._src.partitioning import auto_sharded, field, set_mesh
 from distmap._src.layout import layout, visualize_shardings
 
 # -- loops over a named axis, checkpointing (distmap/_src/map/scan.py, map/checkpoint.py)
 from distmap._src.map.scan import fold, scan
-from distmap._src.map.checkpoint import Checkpoint
+from distmap._src.map.checkpoint import Checkpoint, ScanCheckpointPolicy, tree_checkpoint_name
 
 # -- comparisons by name (distmap/_src/compare.py)
 from distmap._src.compare import allclose, array_equal, isclose
@@ -121,6 +127,7 @@ __all__ = [
     "allclose",
     "any",
     "arange",
+    "auto_sharded",
     "argmax",
     "argmin",
     "array_equal",
@@ -146,15 +153,19 @@ __all__ = [
     "distributed",
     "dot",
     "einsum",
+    "equal",
     "errors",
     "exp",
     "expm1",
+    "field",
     "flatten_axes",
     "floor",
     "fold",
     "full",
     "full_like",
     "gelu",
+    "infer_resource_partitions",
+    "is_named_array",
     "isclose",
     "isfinite",
     "isnan",
@@ -176,6 +187,8 @@ __all__ = [
     "negative",
     "ones",
     "ones_like",
+    "physical_axis_name",
+    "physical_axis_size",
     "pmax",
     "pmean",
     "pmin",
@@ -191,8 +204,11 @@ __all__ = [
     "rename",
     "ResourceAxis",
     "round",
+    "round_axis_for_partitioning",
     "rsqrt",
     "scan",
+    "set_mesh",
+    "ScanCheckpointPolicy",
     "shard",
     "sigmoid",
     "sign",
@@ -209,6 +225,7 @@ __all__ = [
     "sum",
     "take",
     "tanh",
+    "tree_checkpoint_name",
     "unflatten_axis",
     "unstack",
     "var",
@@ -238,3 +255,8 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'distmap' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazily loaded names are attributes too, before their first use.
+    return sorted(set(globals()) | set(_LAZY))

@@ -29,6 +29,11 @@ def auto42(devices):
     return distmap.make_mesh({"data": 4, "model": 2}, axis_types=AxisType.Auto)
 
 
+def _pspec(*args, **kwargs):
+    """``pspec_for`` asking for the spec the names give, also for arrays already placed (Haliax's default keeps those)."""
+    return distmap.pspec_for(*args, preserve_existing_shardings=False, **kwargs)
+
+
 def _x(*names_sizes, dtype=np.float32):
     names = tuple(n for n, _ in names_sizes)
     shape = tuple(s for _, s in names_sizes)
@@ -108,9 +113,9 @@ def test_axis_mapping_context_nests_and_restores():
     with distmap.axis_mapping({"batch": "data"}) as outer:
         assert distmap.current_axis_mapping() == outer == distmap.AxisMapping((("batch", ("data",)),), ordered=False)
         with distmap.axis_mapping({"batch": "model"}):
-            assert distmap.pspec_for(_x(("batch", 8))) == P("model")
+            assert _pspec(_x(("batch", 8))) == P("model")
         assert distmap.current_axis_mapping() is outer
-        assert distmap.pspec_for(_x(("batch", 8))) == P("data")
+        assert _pspec(_x(("batch", 8))) == P("data")
     assert distmap.current_axis_mapping() is None
 
 
@@ -124,29 +129,29 @@ def test_axis_mapping_context_restored_after_an_exception():
 def test_explicit_keyword_overrides_the_context(mesh42):
     x = _x(("batch", 8), ("embed", 6))
     with distmap.axis_mapping({"batch": "data", "embed": "model"}):
-        assert distmap.pspec_for(x) == P("data", "model")
-        assert distmap.pspec_for(x, {"batch": "model"}) == P("model", None)
+        assert _pspec(x) == P("data", "model")
+        assert _pspec(x, {"batch": "model"}) == P("model", None)
         y = distmap.shard(x, {"batch": "model"}, mesh42)
         assert y.array.sharding.spec == P("model", None)
         # an explicit empty mapping replicates, rather than falling back to the context
-        assert distmap.pspec_for(x, {}) == P(None, None)
+        assert _pspec(x, {}) == P(None, None)
 
 
 def test_no_mapping_anywhere_raises(mesh42):
     x = _x(("batch", 8))
     with pytest.raises(errors.MeshError, match=r"pspec_for: no axis mapping given and none is current"):
-        distmap.pspec_for(x)
+        _pspec(x)
     with pytest.raises(errors.MeshError, match=r"shard: no axis mapping given"):
         distmap.shard(x, mesh=mesh42)
 
 
 def test_dict_mapping_with_tuple_of_mesh_axes(mesh42):
     x = _x(("batch", 16), ("embed", 3))
-    assert distmap.pspec_for(x, {"batch": ("data", "model")}) == P(("data", "model"), None)
-    assert distmap.pspec_for(x, {"batch": ["model", "data"]}) == P(("model", "data"), None)
-    assert distmap.pspec_for(x, {"batch": ("data",)}) == P("data", None)
-    assert distmap.pspec_for(x, {"batch": None, "embed": "model"}) == P(None, "model")
-    assert distmap.pspec_for(x, {"batch": ()}) == P(None, None)
+    assert _pspec(x, {"batch": ("data", "model")}) == P(("data", "model"), None)
+    assert _pspec(x, {"batch": ["model", "data"]}) == P(("model", "data"), None)
+    assert _pspec(x, {"batch": ("data",)}) == P("data", None)
+    assert _pspec(x, {"batch": None, "embed": "model"}) == P(None, "model")
+    assert _pspec(x, {"batch": ()}) == P(None, None)
     y = distmap.shard(x, {"batch": ("data", "model")}, mesh42)
     assert y.array.sharding.spec == P(("data", "model"), None)
     np.testing.assert_array_equal(np.asarray(y.array), np.asarray(x.array))
@@ -178,29 +183,29 @@ def test_ordered_rules_first_free_rule_wins():
     rules = [("batch", "data"), ("embed", "data"), ("embed", "model"), ("heads", "model")]
     x = _x(("embed", 4), ("batch", 8), ("heads", 2))
     # batch comes first in the rules, so it takes 'data' even though embed is the array's first dim
-    assert distmap.pspec_for(x, rules) == P("model", "data", None)
+    assert _pspec(x, rules) == P("model", "data", None)
     # without batch, embed gets 'data' and heads gets 'model'
-    assert distmap.pspec_for(_x(("embed", 4), ("heads", 2)), rules) == P("data", "model")
+    assert _pspec(_x(("embed", 4), ("heads", 2)), rules) == P("data", "model")
     # a name's later rules are ignored once it has one (batch never moves to model)
-    assert distmap.pspec_for(_x(("batch", 8)), [("batch", "data"), ("batch", "model")]) == P("data")
+    assert _pspec(_x(("batch", 8)), [("batch", "data"), ("batch", "model")]) == P("data")
     # a (name, None) rule settles the name as replicated: later rules for it are not tried
-    assert distmap.pspec_for(_x(("batch", 8)), [("batch", None), ("batch", "data")]) == P(None)
+    assert _pspec(_x(("batch", 8)), [("batch", None), ("batch", "data")]) == P(None)
 
 
 def test_ordered_rules_with_tuples_need_every_mesh_axis_free():
     rules = [("batch", ("data", "model")), ("embed", "model"), ("embed", "data"), ("batch", "data")]
-    assert distmap.pspec_for(_x(("batch", 8), ("embed", 4)), rules) == P(("data", "model"), None)
-    assert distmap.pspec_for(_x(("embed", 4)), rules) == P("model")
+    assert _pspec(_x(("batch", 8), ("embed", 4)), rules) == P(("data", "model"), None)
+    assert _pspec(_x(("embed", 4)), rules) == P("model")
     # the tuple rule is not tried piecemeal: it needs both, only 'data' is free, the later rule wins
     rules2 = [("embed", "model"), ("batch", ("data", "model")), ("batch", "data")]
-    assert distmap.pspec_for(_x(("batch", 8), ("embed", 4)), rules2) == P("data", "model")
+    assert _pspec(_x(("batch", 8), ("embed", 4)), rules2) == P("data", "model")
 
 
 def test_same_mesh_axis_for_two_names_is_fine_across_arrays():
     # {'batch': 'data', 'embed': 'data'} is allowed while no single array carries both.
     tree = {"a": _x(("batch", 8)), "b": _x(("embed", 4), ("k", 2))}
     mapping = {"batch": "data", "embed": "data"}
-    assert distmap.pspec_for(tree, mapping) == {"a": P("data"), "b": P("data", None)}
+    assert _pspec(tree, mapping) == {"a": P("data"), "b": P("data", None)}
 
 
 @pytest.mark.parametrize(
@@ -211,7 +216,7 @@ def test_conflict_in_one_array_raises(mapping, mesh42):
     x = _x(("batch", 8), ("embed", 4))
     pattern = r"named axes 'batch' and 'embed' of one array both claim mesh axis '(data|model)'"
     with pytest.raises(errors.MeshError, match=pattern):
-        distmap.pspec_for(x, mapping)
+        _pspec(x, mapping)
     with pytest.raises(errors.MeshError, match=pattern):
         distmap.shard(x, mapping, mesh42)
 
@@ -223,9 +228,9 @@ def test_unknown_mesh_axis_names_axis_and_mesh(mesh42):
     msg = str(info.value)
     assert "'batch'" in msg and "'dta'" in msg and "('data', 'model')" in msg and "{'data': 4, 'model': 2}" in msg
     with pytest.raises(errors.MeshError, match=r"sends 'batch' to mesh axis 'dta'"):
-        distmap.pspec_for(x, {"batch": ("data", "dta")}, mesh=mesh42)
+        _pspec(x, {"batch": ("data", "dta")}, mesh=mesh42)
     # without a mesh there is nothing to check the name against
-    assert distmap.pspec_for(x, {"batch": "dta"}) == P("dta")
+    assert _pspec(x, {"batch": "dta"}) == P("dta")
 
 
 # ------------------------------------------------------------------------------ pspec_for
@@ -240,35 +245,35 @@ def test_pspec_for_pytree():
         "none": None,
     }
     mapping = {"batch": "data", "hidden": "model"}
-    specs = distmap.pspec_for(tree, mapping)
-    assert specs == {
+    specs = _pspec(tree, mapping)
+    assert specs == {  # Haliax's leaf rules: an unnamed array of rank >= 1 is P(None), a scalar P()
         "x": P("data", None),
         "w": [P(None, "model"), P("model")],
-        "raw": P(),
+        "raw": P(None),
         "step": P(),
         "none": None,
     }
-    assert distmap.pspec_for(_x(("batch", 8)), mapping) == P("data")
-    assert distmap.pspec_for(distmap.named(jnp.float32(1.0), ()), mapping) == P()
+    assert _pspec(_x(("batch", 8)), mapping) == P("data")
+    assert _pspec(distmap.named(jnp.float32(1.0), ()), mapping) == P()
 
 
 def test_pspec_for_refuses_uneven_dims_given_a_mesh(mesh42):
     tree = [_x(("batch", 8), ("embed", 2)), _x(("batch", 12), ("embed", 2))]
     mapping = {"batch": "data", "embed": "model"}
-    assert distmap.pspec_for(tree, mapping, mesh42) == [P("data", "model"), P("data", "model")]
+    assert _pspec(tree, mapping, mesh42) == [P("data", "model"), P("data", "model")]
     with pytest.raises(errors.AxisSizeError, match=r"pspec_for: axis 'batch' has size 6, which mesh axes \('data',\) \(4 devices\)"):
-        distmap.pspec_for(_x(("batch", 6), ("embed", 4)), mapping, mesh42)
+        _pspec(_x(("batch", 6), ("embed", 4)), mapping, mesh42)
     # over a tuple, the product must divide: 12 % 8 != 0
     with pytest.raises(errors.AxisSizeError, match=r"'batch' has size 12.*\('data', 'model'\) \(8 devices\)"):
-        distmap.pspec_for(tree[1], {"batch": ("data", "model")}, mesh42)
+        _pspec(tree[1], {"batch": ("data", "model")}, mesh42)
     # without a mesh sizes cannot be checked, so the mapping is applied as written
-    assert distmap.pspec_for(_x(("batch", 6), ("embed", 4)), mapping) == P("data", "model")
+    assert _pspec(_x(("batch", 6), ("embed", 4)), mapping) == P("data", "model")
 
 
 def test_pspec_for_and_shard_take_mapping_then_mesh(mesh42):
     x = _x(("batch", 8), ("embed", 4))
     mapping = {"batch": "data", "embed": "model"}
-    assert distmap.pspec_for(x, mapping, mesh42) == P("data", "model")
+    assert _pspec(x, mapping, mesh42) == P("data", "model")
     assert distmap.shard(x, mapping, mesh42).array.sharding.spec == P("data", "model")
     # the old order (mesh before mapping) is refused, naming the order
     for fn in (distmap.shard, distmap.pspec_for):
@@ -296,7 +301,7 @@ def test_resource_axis_constants(mesh42):
     class Phys(str, enum.Enum):  # an enum of names, as some Haliax code defines them
         DATA = "data"
 
-    spec = distmap.pspec_for(x, {"batch": Phys.DATA}, mesh42)
+    spec = _pspec(x, {"batch": Phys.DATA}, mesh42)
     assert spec == P("data", None) and type(spec[0]) is str
 
 
@@ -386,3 +391,80 @@ def test_shard_moves_an_array_already_sharded_otherwise(mesh42):
 def test_shard_without_a_mesh_raises():
     with pytest.raises(errors.MeshError, match=r"shard: no mesh given and none set with jax.set_mesh"):
         distmap.shard(_x(("batch", 8)), axis_mapping={"batch": "data"})
+
+
+# ------------------------------------------------------- Haliax's partitioning helpers
+
+
+def test_legacy_with_mesh_block_is_read(devices):
+    from jax.sharding import Mesh
+
+    mesh = Mesh(np.array(devices).reshape(4, 2), ("data", "model"))  # as Haliax's tests make and enter it
+    x = _x(("batch", 8), ("embed", 4))
+    with pytest.warns(DeprecationWarning), mesh:  # JAX 0.10-0.12 honour it, with a warning
+        assert distmap._src.mesh.current_mesh() is mesh
+        y = distmap.shard(x, {"batch": "data", "embed": "model"})
+        z = jax.jit(lambda x: distmap.shard(x * 2, {"batch": "model"}))(x)
+    assert y.array.sharding == NamedSharding(mesh, P("data", "model"))
+    assert z.array.sharding.is_equivalent_to(NamedSharding(mesh, P("model", None)), 2)
+    assert distmap._src.mesh.current_mesh() is None
+    # jax.set_mesh wins over an enclosing legacy block
+    inner = distmap.make_mesh({"data": 8})
+    with pytest.warns(DeprecationWarning), mesh, distmap.set_mesh(inner):
+        assert distmap._src.mesh.current_mesh() == inner
+
+
+def test_pspec_for_keeps_placed_arrays_by_default_as_haliax(mesh42):
+    placed = distmap.shard(_x(("batch", 8), ("embed", 4)), {"batch": "data"}, mesh42)
+    shape_only = jax.eval_shape(lambda: distmap.zeros(placed.axes))  # as a model is first built abstractly
+    tree = {"placed": placed, "host": shape_only, "raw": jnp.ones((8, 4)), "np": np.ones(3), "scalar": jnp.float32(1)}
+    specs = distmap.pspec_for(tree, {"batch": "model"})
+    assert specs == {"placed": None, "host": P("model", None), "raw": P(None), "np": P(None), "scalar": P()}
+    assert _pspec(tree, {"batch": "model"})["placed"] == P("model", None)
+    with pytest.raises(errors.MeshError, match=r"pass Haliax's preserve_existing_shardings=False by keyword"):
+        distmap.pspec_for(tree, {"batch": "model"}, False)
+
+
+def test_field_axis_names_name_unnamed_array_fields(mesh42):
+    import equinox as eqx
+
+    class Proj(eqx.Module):
+        w: jax.Array = distmap.field(axis_names=("embed", "mlp"))
+        b: jax.Array
+        n: int = distmap.field(static=True, default=2)
+
+    class Outer(eqx.Module):
+        inner: Proj
+        scale: distmap.NamedArray
+
+    mod = Outer(Proj(jnp.ones((4, 8)), jnp.ones(8)), _x(("mlp", 8)))
+    specs = _pspec(mod, {"mlp": "model", "embed": "data"})
+    assert (specs.inner.w, specs.inner.b, specs.scale) == (P("data", "model"), P(None), P("model"))
+    shardings = distmap.infer_resource_partitions(mod, {"mlp": "model"}, mesh42, preserve_existing_shardings=False)
+    assert shardings.inner.w == NamedSharding(mesh42, P(None, "model"))
+    # the shardings serve jax.jit directly
+    out = jax.jit(lambda m: m, out_shardings=shardings)(mod)
+    assert out.inner.w.sharding.spec == P(None, "model") and out.scale.array.sharding.spec == P("model")
+    # kept where placed: the array's own sharding
+    kept = distmap.infer_resource_partitions(out, {"mlp": "data"}, mesh42)
+    assert kept.inner.w == out.inner.w.sharding
+    with pytest.raises(errors.ShapeMismatchError, match=r"axis_names=\('embed', 'mlp'\) holds an array of shape \(4,\)"):
+        _pspec(Proj(jnp.ones(4), jnp.ones(8)), {})
+
+
+def test_physical_axis_name_size_and_rounding(mesh42):
+    Axis = distmap.Axis
+    mapping = {"batch": ("data", "model"), "vocab": "model"}
+    assert distmap.physical_axis_name("batch", mapping) == ("data", "model")
+    assert distmap.physical_axis_name(Axis("vocab", 5), mapping) == "model"
+    assert distmap.physical_axis_name("embed", mapping) is None
+    assert distmap.physical_axis_size("batch", mapping, mesh42) == 8
+    assert distmap.physical_axis_size("embed", mapping, mesh42) is None
+    assert distmap.round_axis_for_partitioning(Axis("vocab", 5), mapping, mesh42) == Axis("vocab", 6)
+    assert distmap.round_axis_for_partitioning(Axis("batch", 17), mapping, mesh42) == Axis("batch", 24)
+    assert distmap.round_axis_for_partitioning(Axis("embed", 5), mapping, mesh42) == Axis("embed", 5)
+    with distmap.axis_mapping(mapping), distmap.set_mesh(mesh42):  # the current ones by default
+        assert distmap.physical_axis_size("vocab") == 2
+        assert distmap.round_axis_for_partitioning(Axis("vocab", 7)).size == 8
+        # the rounded axis is one shard() accepts
+        distmap.shard(distmap.zeros(distmap.round_axis_for_partitioning(Axis("vocab", 7))))

@@ -33,6 +33,19 @@ def f(v):
     return v
 
 
+def _proj_class():
+    import equinox as eqx
+
+    class Proj(eqx.Module):
+        w: jax.Array = distmap.field(axis_names=("embed", "mlp"))
+
+    return Proj
+
+
+def _Proj(w):  # noqa: N802 (a Module built on first use, so equinox loads only when the entry runs)
+    return _proj_class()(w)
+
+
 class Scale:
     """A stand-in module for Stacked.init: anything callable that builds a pytree."""
 
@@ -154,7 +167,8 @@ CATALOGUE: list[tuple[str, object, type, tuple[str, ...]]] = [
     ("sum-wrong-size", lambda: X.sum(Axis("batch", 5)), E.AxisSizeError, ("batch", "5")),
     ("sum-duplicate", lambda: X.sum(("batch", "batch")), E.DuplicateAxisError, ("batch",)),
     ("sum-int-axis", lambda: X.sum(0), E.AxisSelectorError, ("0",)),
-    ("sum-unnamed", lambda: distmap.sum(jnp.zeros(3)), E.ArgumentTypeError, ("sum", "NamedArray")),
+    ("sum-unnamed-by-name", lambda: distmap.sum(jnp.zeros(3), "batch"), E.ArgumentTypeError, ("sum", "'batch'", "unnamed", "distmap.named")),
+    ("sum-not-an-array", lambda: distmap.sum("abc"), E.ArgumentTypeError, ("sum", "str", "NamedArray")),
     ("mean-where-wrong-size", lambda: X.mean("batch", where=MASK5), E.AxisSizeError, ("where", "batch", "5", "4")),
     ("sum-where-wrong-size", lambda: distmap.sum(X, where=MASK5), E.AxisSizeError, ("where", "batch")),
     ("max-where-wrong-size", lambda: X.max("batch", where=MASK5), E.AxisSizeError, ("where", "batch")),
@@ -325,6 +339,34 @@ CATALOGUE: list[tuple[str, object, type, tuple[str, ...]]] = [
     ("shard-no-mapping", lambda: distmap.shard(X, mesh=MESH), E.MeshError, ("shard", "axis_mapping")),
     ("shard-arguments-swapped", lambda: distmap.shard(X, MESH, {"batch": "data"}), E.MeshError, ("shard(x, axis_mapping, mesh)",)),
     ("shard-unknown-mesh-axis", lambda: distmap.shard(X, {"batch": "nope"}, MESH), E.MeshError, ("nope",)),
+    ("pspec-preserve-positional", lambda: distmap.pspec_for(X, {"batch": "data"}, False), E.MeshError, ("preserve_existing_shardings=False", "keyword")),
+    ("field-axis-names-wrong-rank", lambda: distmap.pspec_for(_Proj(jnp.ones(3)), {}), E.ShapeMismatchError, ("axis_names=('embed', 'mlp')", "(3,)")),
+    ("field-axis-names-str", lambda: distmap.field(axis_names="embed"), E.AxisSelectorError, ("axis_names", "'embed'")),
+    ("field-axis-names-static", lambda: distmap.field(axis_names=("a",), static=True), E.ArgumentTypeError, ("static", "axis_names")),
+    ("infer-partitions-no-mesh", lambda: distmap.infer_resource_partitions(X, {"batch": "data"}), E.MeshError, ("infer_resource_partitions", "mesh")),
+    ("physical-size-no-mesh", lambda: distmap.physical_axis_size("batch", {"batch": "data"}), E.MeshError, ("physical_axis_size", "mesh")),
+    ("physical-size-unknown-mesh-axis", lambda: distmap.physical_axis_size("batch", {"batch": "nope"}, MESH), E.MeshError, ("'batch'", "'nope'")),
+    ("set-mesh-not-a-mesh", lambda: distmap.set_mesh({"data": 4}), E.MeshError, ("set_mesh", "Mesh")),
+    # ------------------------------------------------------------ named_jit
+    ("named-jit-mapping-no-mesh", lambda: distmap.named_jit(f, {"batch": "data"})(X), E.MeshError, ("named_jit", "mesh")),
+    ("named-jit-donate-too-many", lambda: distmap.named_jit(f, donate_args=(True, True))(X), E.ArgumentTypeError, ("donate_args", "2", "1")),
+    ("named-jit-donate-unknown-kwarg", lambda: distmap.named_jit(lambda v: v, donate_kwargs={"w": True})(X), E.ArgumentTypeError, ("donate_kwargs", "'w'")),
+    ("named-jit-donate-bad-flag", lambda: distmap.named_jit(f, donate_args=("yes",))(X), E.ArgumentTypeError, ("donation flag", "'yes'")),
+    ("named-jit-donate-twice", lambda: distmap.named_jit(f, donate="all", donate_args=(True,)), E.ArgumentTypeError, ("donate=", "donate_args")),
+    # --------------------------------------------------------- checkpointing
+    ("checkpoint-policy-bad-carries", lambda: distmap.ScanCheckpointPolicy(save_carries="host"), E.MappingError, ("save_carries", "'host'", "offload")),
+    ("checkpoint-policy-offload-and-save-all", lambda: distmap.ScanCheckpointPolicy(save_block_internals=True, offload_block_internals=["a"]), E.MappingError, ("save_block_internals=True", "offload")),
+    ("checkpoint-policy-internals-str", lambda: distmap.ScanCheckpointPolicy(save_block_internals="attn"), E.MappingError, ("save_block_internals", "'attn'")),
+    ("checkpoint-policy-nested-zero", lambda: distmap.ScanCheckpointPolicy(nested=0), E.MappingError, ("nested", "0")),
+    ("checkpoint-nested-does-not-divide", lambda: distmap.fold(lambda c, x: c + x, "batch", checkpoint=distmap.ScanCheckpointPolicy(nested=3))(0.0, X), E.MappingError, ("nested=3", "4 steps")),
+    ("checkpoint-unknown-string", lambda: distmap.fold(f, "batch", checkpoint="offload_all"), E.MappingError, ("'offload_all'", "'offload'", "'carry'")),
+    ("checkpoint-name-not-str", lambda: distmap.tree_checkpoint_name(X, 3), E.ArgumentTypeError, ("tree_checkpoint_name", "3")),
+    ("stacked-prevent-cse-not-bool", lambda: _stacked(Axis("layer", 2), Scale, checkpoint="carry", prevent_cse="yes"), E.MappingError, ("prevent_cse", "'yes'")),
+    ("stacked-fold-unroll-zero", lambda: _stacked(Axis("layer", 2), Scale)(jax.random.split(KEY, 2)).fold(X, unroll=0), E.MappingError, ("Stacked.fold(unroll=...)", "0")),
+    ("scan-lengths-differ", lambda: distmap.fold(lambda c, a, b: c, "batch")(0.0, X, b=jnp.ones(5)), E.AxisSizeError, ("b has leading dimension 5", "'batch' of size 4")),
+    # ----------------------------------------------------------- operators
+    ("named-plus-unnamed-vector", lambda: X + jnp.ones(3), E.ShapeMismatchError, ("(3,)", "never broadcast by position", "distmap.named")),
+    ("reduce-unnamed-by-name", lambda: distmap.max(jnp.ones((2, 2)), "batch"), E.ArgumentTypeError, ("max", "'batch'", "unnamed")),
     # -------------------------------------------------------------- Stacked
     ("stacked-keys-count", lambda: _stacked(Axis("layer", 3), Scale)(jax.random.split(KEY, 2)), E.AxisSizeError, ("layer", "3", "2")),
     ("stacked-no-size", lambda: _stacked("layer", Scale), E.AxisSelectorError, ("layer", "size")),

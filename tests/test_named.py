@@ -478,3 +478,18 @@ class TestOperators:
         ref_right = ref_right.reshape(tuple(sizes[n] if n in right_names else 1 for n in "abc"))
         ref = full * ref_right
         np.testing.assert_allclose(out.rearrange(("a", "b", "c")).array, ref, rtol=1e-6)
+
+
+def test_an_axis_less_named_array_is_a_scalar_next_to_an_unnamed_array():
+    acc = jnp.arange(4.0)
+    s = distmap.named(jnp.arange(3.0), "feature").sum()  # no axes left
+    for out, ref in [(acc + s, acc + 3.0), (s * acc, 3.0 * acc), (acc - s, acc - 3.0), (distmap.maximum(s, acc), jnp.maximum(3.0, acc))]:
+        assert not isinstance(out, distmap.NamedArray)
+        np.testing.assert_allclose(out, ref)
+    # a NamedArray with axes still refuses positional broadcasting of an unnamed array
+    with pytest.raises(errors.ShapeMismatchError, match=r"named axes never broadcast by position"):
+        distmap.zeros({"batch": 4}) + acc
+    with pytest.raises(errors.ShapeMismatchError, match=r"named axes never broadcast by position"):
+        acc * distmap.zeros({"batch": 4})
+    assert distmap.equal(distmap.named(jnp.array([1, 2]), "b"), distmap.named(jnp.array([2, 1]), "b").rearrange(("b",))).array.tolist() == [False, False]
+    assert distmap.equal(distmap.named(jnp.array([[1, 2]]), ("a", "b")), distmap.named(jnp.array([1, 5]), "b")).array.tolist() == [[True, False]]

@@ -30,7 +30,7 @@ def _x(seed=0, **axes):
 
 
 @pytest.mark.parametrize("kind", [AxisType.Explicit, AxisType.Auto])
-def test_named_jit_places_inputs_and_lays_out_outputs_by_name(kind, devices):
+def test_named_jit_lays_out_outputs_by_name(kind, devices):
     mesh = distmap.make_mesh({"data": 4, "model": 2}, axis_types=kind)
     mapping = {"batch": "data", "hidden": "model"}
     x, w = _x(0, batch=8, feature=4), _x(1, feature=4, hidden=6)
@@ -80,9 +80,7 @@ def test_named_jit_takes_haliax_keyword_names(mesh42):
 
 
 def test_named_jit_refusals(mesh42):
-    with pytest.raises(errors.MeshError, match=r"named_jit: no axis mapping given and none is current"):
-        distmap.named_jit(lambda x: x, mesh=mesh42)(_x(batch=8))
-    with pytest.raises(errors.MeshError, match=r"named_jit: no mesh given and none set"):
+    with pytest.raises(errors.MeshError, match=r"named_jit: an axis mapping is given or current but no mesh"):
         distmap.named_jit(lambda x: x, {"batch": "data"})(_x(batch=8))
     with pytest.raises(errors.MeshError, match=r"named_jit\(mesh=...\): expected a jax.sharding.Mesh"):
         distmap.named_jit(lambda x: x, {"batch": "data"}, mesh={"data": 4})
@@ -116,7 +114,7 @@ def test_layout_shows_which_axis_lies_over_which_mesh_axis_and_every_block(mesh4
 
 
 def test_layout_refusals_and_visualize(mesh42, capsys):
-    with pytest.raises(TypeError, match=r"layout: expected a NamedArray or a pytree holding some"):
+    with pytest.raises(TypeError, match=r"layout: expected an array or a pytree holding some"):
         distmap.layout({"a": 1})
     with pytest.raises(errors.MeshError, match=r"layout: the array is traced"):
         jax.jit(lambda x: distmap.layout(x) and x)(_x(batch=8))
@@ -150,3 +148,81 @@ def test_take_as_a_method():
     assert logits.take("vocab", -1).array.tolist() == [2.0, 5.0]
     labels = distmap.named(jnp.array([1, 0]), "batch")
     assert logits.take("vocab", labels).array.tolist() == distmap.take(logits, "vocab", labels).array.tolist()
+
+
+# ------------------------------------------------------------- named_jit as Haliax's
+
+
+def test_named_jit_without_a_mapping_is_a_plain_jit_keeping_layouts(mesh42):
+    x = distmap.shard(_x(7, batch=8, feature=4), {"batch": "data"}, mesh42)
+    y = distmap.named_jit(lambda x: x * 2.0)(x)  # no mapping given or current: jax.jit
+    np.testing.assert_allclose(y.array, x.array * 2.0)
+    assert y.array.sharding.is_equivalent_to(x.array.sharding, 2)
+    # an out mapping alone lays out the result; the argument keeps its layout (no in mapping)
+    z = distmap.named_jit(lambda x: x + 1.0, out_axis_resources={"feature": "model"}, mesh=mesh42)(x)
+    assert z.array.sharding.spec == P(None, "model")
+    # in_axis_mapping places the arguments: the function sees them split as asked
+    seen = []
+    f = distmap.named_jit(lambda x: (seen.append(jax.typeof(x.array).sharding.spec), x)[1],
+                          in_axis_mapping={"feature": "model"}, axis_mapping={}, mesh=mesh42)
+    f(_x(8, batch=8, feature=4))
+    assert seen == [P(None, "model")]
+
+
+def test_named_jit_donates_the_arguments_donate_args_marks(mesh42):
+    def step(params, batch, *, opt):
+        return jax.tree_util.tree_map(lambda p: p - 0.1, params), batch.sum(), opt * 2
+
+    with distmap.axis_mapping({"batch": "data"}), jax.set_mesh(mesh42):
+        f = distmap.named_jit(step, donate_args=(True,), donate_kwargs={"opt": True})
+        params, batch, opt = {"w": _x(9, feature=4), "b": jnp.ones(3)}, _x(10, batch=8), jnp.ones(2)
+        new, total, opt2 = f(params, batch, opt=opt)
+        assert params["w"].array.is_deleted() and params["b"].is_deleted() and opt.is_deleted()
+        assert not batch.array.is_deleted()  # not marked: kept
+        np.testing.assert_allclose(new["b"], np.full(3, 0.9), rtol=1e-6)
+        # a prefix of callables picks leaves
+        g = distmap.named_jit(lambda t: jax.tree_util.tree_map(lambda a: a * 1.0, t),
+                              donate_args=(lambda leaf: leaf.ndim > 1,))
+        small, big = jnp.ones(3), jnp.ones((2, 2))
+        g((small, big))
+        assert big.is_deleted() and not small.is_deleted()
+        # eqx.filter_jit's shorthand
+        h = distmap.named_jit(lambda a, b: a + b, donate="all-except-first")
+        a, b = jnp.ones(3), jnp.ones(3)
+        h(a, b)
+        assert b.is_deleted() and not a.is_deleted()
+
+
+def test_named_jit_lower_gives_jax_lowered_and_a_compiled_function(mesh42):
+    with distmap.axis_mapping({"batch": "data"}), jax.set_mesh(mesh42):
+        f = distmap.named_jit(lambda x, w: distmap.dot(x, w, axis="feature"), donate_args=(False, True))
+        x, w = _x(11, batch=8, feature=4), _x(12, feature=4, hidden=2)
+        lowered = f.lower(x, w)
+        assert "dot_general" in lowered.as_text() and lowered.cost_analysis() is not None
+        compiled = lowered.compile()
+        assert compiled.memory_analysis().temp_size_in_bytes >= 0
+        out = compiled(x, _x(12, feature=4, hidden=2))
+        np.testing.assert_allclose(out.array, x.array @ w.array, rtol=1e-5)
+        assert out.array.sharding.spec == P("data", None)
+
+
+def test_visualize_shardings_of_a_plain_array_and_inside_jit(mesh42, capsys):
+    distmap.visualize_shardings(jnp.ones((4, 2)))
+    out = capsys.readouterr().out
+    assert out.startswith("array dim0=4 dim1=2 float32") and "device  dim0   dim1" in out
+
+    @jax.jit
+    def f(x):
+        distmap.visualize_shardings(x)  # printed once the program is compiled
+        return x * 2
+
+    f(distmap.shard(_x(13, batch=8, feature=2), {"batch": "data"}, mesh42))
+    out = capsys.readouterr().out
+    assert "batch=8 feature=2 float32 on mesh {'data': 4, 'model': 2}" in out
+    assert "over 'data' (4 way): blocks of 2" in out
+
+
+def test_dir_lists_the_lazily_loaded_names():
+    names = dir(distmap)
+    assert {"Stacked", "BlockSeq", "named_jit", "distributed", "ScanCheckpointPolicy", "set_mesh"} <= set(names)
+    assert set(distmap.__all__) <= set(names)

@@ -164,7 +164,7 @@ def test_errors():
         distmap.sum(x(), ("a", "a"))
     with pytest.raises(errors.AxisSelectorError):
         distmap.sum(x(), 0)
-    with pytest.raises(TypeError, match="NamedArray"):
+    with pytest.raises(TypeError, match=r"sum: 'a' names an axis, but the array is unnamed"):
         distmap.sum(DATA, "a")
     with pytest.raises(errors.AxisNotFoundError):
         distmap.argmax(x(), "z")
@@ -182,3 +182,16 @@ def test_under_jit_and_grad():
 def test_any_selection_matches_numpy(sel, name):
     r = getattr(distmap, name)(x(), sel)
     np.testing.assert_allclose(r.array, getattr(np, name)(DATA, axis=dims(sel)), rtol=1e-5, atol=1e-6)
+
+
+def test_unnamed_arrays_reduce_as_jax_numpy_does():
+    raw = jnp.asarray(DATA)
+    for fn, ref in [(distmap.sum, jnp.sum), (distmap.max, jnp.max), (distmap.mean, jnp.mean), (distmap.std, jnp.std)]:
+        np.testing.assert_allclose(fn(raw), ref(raw), rtol=1e-6)
+        np.testing.assert_allclose(fn(raw, 1), ref(raw, axis=1), rtol=1e-6)
+        np.testing.assert_allclose(fn(raw, (0, 2)), ref(raw, axis=(0, 2)), rtol=1e-6)
+    assert bool(distmap.all(raw == raw)) and not bool(distmap.any(raw != raw))
+    assert not isinstance(distmap.sum(raw), distmap.NamedArray)
+    np.testing.assert_allclose(distmap.sum(raw, where=raw > 0), jnp.sum(raw, where=raw > 0), rtol=1e-6)
+    with pytest.raises(errors.ArgumentTypeError, match=r"a NamedArray mask cannot line up with an unnamed array"):
+        distmap.sum(raw, where=distmap.ones({"a": 2, "b": 3, "c": 4}, dtype=bool))

@@ -500,3 +500,54 @@ def test_state_dict_mismatches_are_refused():
         net.from_state_dict({**state, "layers.0.bias": state["layers.0.b"]})
     with pytest.raises(errors.ShapeMismatchError, match=r"layers.\*.w stacks to shape \(4, 2\).*shape \(4, 3\)"):
         net.from_state_dict({**state, **{f"layers.{i}.w": jnp.ones(2) for i in range(4)}})
+
+
+# ----------------------------------------------------------- per-call unroll, Haliax's names
+
+
+def _scan_unroll(fn, *args):
+    eqns = [e for e in jax.make_jaxpr(fn)(*args).eqns if e.primitive.name == "scan"]
+    return eqns[0].params["unroll"]
+
+
+def test_unroll_per_call_overrides_the_stacks_and_is_not_passed_to_the_layer():
+    net = distmap.Stacked.init(L, Layer, unroll=2)(_keys(seed=40))
+    x = _x()
+    assert _scan_unroll(lambda n, x: n.fold(x), net, x) == 2
+    for unroll, recorded in [(True, L.size), (False, 1), (4, 4)]:
+        assert _scan_unroll(lambda n, x: n.fold(x, unroll=unroll), net, x) == recorded
+        assert _scan_unroll(lambda n, x: n.fold_via(Layer.__call__, unroll=unroll)(x), net, x) == recorded
+        _close(net.fold(x, unroll=unroll), net.fold(x))
+    snet = distmap.Stacked.init(L, ScanLayer)(_keys(seed=41))
+    assert _scan_unroll(lambda n, x: n.scan(x, unroll=True), snet, x) == L.size
+    assert _scan_unroll(lambda n, x: n.scan_via(ScanLayer.__call__, unroll=False)(x), snet, x) == 1
+    with pytest.raises(errors.MappingError, match=r"Stacked.fold\(unroll=...\): expected a positive int"):
+        net.fold(x, unroll=0)
+    # BlockSeq takes the same keyword (a Python loop is unrolled already) and checks it alike
+    seq = net.as_block_seq()
+    _close(seq.fold(x, unroll=True), net.fold(x), atol=1e-5)
+    with pytest.raises(errors.MappingError, match=r"BlockSeq.fold\(unroll=...\)"):
+        seq.fold(x, unroll=-1)
+
+
+def test_block_and_gradient_checkpointing_are_haliax_names():
+    net = distmap.Stacked.init(L, Layer, gradient_checkpointing=distmap.ScanCheckpointPolicy(nested=2),
+                               prevent_cse=True)(_keys(seed=42))
+    assert net.Block == net.Layers == net.axis == L
+    assert net.gradient_checkpointing == distmap.ScanCheckpointPolicy(nested=2, prevent_cse=True)
+    seq = net.as_block_seq()
+    assert seq.Block == L and seq.checkpoint == net.checkpoint and seq.stack().checkpoint == net.checkpoint
+
+
+@pytest.mark.parametrize("policy", [True, "layer", 2, distmap.ScanCheckpointPolicy(save_block_internals=["t"])])
+def test_block_seq_checkpoints_each_layer_as_stacked_does(policy):
+    keys = _keys(seed=43)
+    stacked = distmap.Stacked.init(L, Layer, checkpoint=policy)(keys)
+    seq = distmap.BlockSeq.init(L, Layer, gradient_checkpointing=policy)(keys)
+    x = _x(0.2)
+    loss = lambda n: (n.fold(x).array ** 2).sum()  # noqa: E731
+    g_seq, g_stacked = eqx.filter_grad(loss)(seq), eqx.filter_grad(loss)(stacked)
+    assert "remat" in str(jax.make_jaxpr(loss)(seq))
+    for i in range(L.size):
+        _close(g_seq.blocks[i].w, g_stacked.stacked.w["layer", i], rtol=1e-4)
+    assert len(seq.carries(x)) == L.size  # the debugging view runs without checkpointing

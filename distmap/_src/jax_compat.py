@@ -24,3 +24,11 @@ def concrete_mesh() -> Any:
     """The concrete mesh ``jax.set_mesh`` set, also while a transformation traces (``get_mesh`` refuses
     to say then); an empty mesh when none is set."""
     return _mesh.get_concrete_mesh()
+
+
+def legacy_mesh() -> Any:
+    """The mesh of the legacy ``with mesh:`` block (no public reader), or None (also on a JAX without it)."""
+    try:
+        return _mesh.thread_resources.env.physical_mesh
+    except AttributeError:
+        return None

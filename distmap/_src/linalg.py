@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec
 from distmap import errors
 from distmap._src.axis import Axis, AxisSelection, parse_selection
 from distmap._src.named import NamedArray, _wrap
+from distmap._src.partitioning import auto_sharded
 
 _LETTERS = string.ascii_letters
 
@@ -76,7 +77,7 @@ def _contract(
         preferred_element_type=preferred_element_type,
         **extra,
     )
-    return _wrap(result, tuple(union[n][0] for n in out_names))
+    return auto_sharded(_wrap(result, tuple(union[n][0] for n in out_names)))
 
 
 def _explicit_out_sharding(arrays: Sequence[NamedArray], out_names: Sequence[str]) -> Any:

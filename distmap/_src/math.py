@@ -127,6 +127,17 @@ def _binary_math(op: Callable[[Any, Any], Any], a: Any, b: Any, fn: str) -> Name
     return binary_op(op, a, b, fn)
 
 
+def equal(a: NamedArray | Any, b: NamedArray | Any) -> NamedArray:
+    """``a == b`` elementwise, broadcasting by name (as the ``==`` operator does).
+
+    Example:
+        >>> import distmap, jax.numpy as jnp
+        >>> distmap.equal(distmap.named(jnp.array([1, 2]), "batch"), 2).array.tolist()
+        [False, True]
+    """
+    return _binary_math(jnp.equal, a, b, "equal")
+
+
 def maximum(a: NamedArray | Any, b: NamedArray | Any) -> NamedArray:
     """The larger of ``a`` and ``b``, elementwise, broadcasting by name (NaN if either is NaN).
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Union
@@ -20,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from distmap import errors
 from distmap._src import jax_compat
+from distmap._src.axis import Axis, axis_name
 from distmap._src.named import NamedArray
 
 MeshAxes = Union[str, Sequence[str], None]
@@ -177,8 +179,18 @@ def current_mesh() -> Mesh | jax.sharding.AbstractMesh | None:
     if mesh is None or getattr(mesh, "empty", False) or not mesh.axis_names:
         mesh = jax.sharding.get_abstract_mesh()
     if mesh is None or getattr(mesh, "empty", False) or not mesh.axis_names:
-        return None
+        return legacy_mesh()
     return mesh
+
+
+def legacy_mesh() -> Mesh | None:
+    """The mesh entered with the legacy ``with mesh:`` block (JAX 0.10-0.12 still honour it, with a
+    ``DeprecationWarning``), or None. Haliax code sets its mesh this way, so distmap reads it where
+    ``jax.set_mesh`` set none (:func:`distmap._src.jax_compat.legacy_mesh` reads it)."""
+    found = jax_compat.legacy_mesh()
+    if found is None or found.empty:
+        return None
+    return found
 
 
 def make_mesh(
@@ -247,9 +259,13 @@ def _resolve_mapping(axis_mapping: AxisMappingLike | AxisMapping | None, fn: str
 
 
 def _pspec(x: NamedArray, mapping: AxisMapping, mesh: Any, *, fn: str = "pspec_for") -> PartitionSpec:
-    found = mapping.resolve(x.axis_names, mesh)
+    return _pspec_of_axes(x.axes, mapping, mesh, fn=fn)
+
+
+def _pspec_of_axes(axes_of_x: tuple[Axis, ...], mapping: AxisMapping, mesh: Any, *, fn: str) -> PartitionSpec:
+    found = mapping.resolve(tuple(a.name for a in axes_of_x), mesh)
     parts = []
-    for ax in x.axes:
+    for ax in axes_of_x:
         axes = found.get(ax.name, ())
         if mesh is not None and axes:
             n = math.prod(mesh.shape[a] for a in axes)
@@ -282,6 +298,15 @@ def check_mesh(mesh: Any, fn: str) -> Any:
     )
 
 
+def given_or_current_mesh(mesh: Any, fn: str) -> Any:
+    """``mesh`` (checked), else the current one; ``MeshError`` naming ``fn`` where there is neither."""
+    mesh = check_mesh(mesh, fn)
+    mesh = mesh if mesh is not None else current_mesh()
+    if mesh is None:
+        raise errors.MeshError(f"{fn}: no mesh given and none set with jax.set_mesh.")
+    return mesh
+
+
 def _check_mapping_arg(axis_mapping: Any, fn: str) -> None:
     if _is_mesh(axis_mapping):
         raise errors.MeshError(
@@ -312,27 +337,208 @@ def typed_part(spec: PartitionSpec, mesh: Any, *, explicit: bool) -> PartitionSp
     return PartitionSpec(*parts)
 
 
-def pspec_for(x: Any, axis_mapping: AxisMappingLike | AxisMapping | None = None, mesh: Mesh | None = None) -> Any:
-    """The ``PartitionSpec`` of each NamedArray in the pytree ``x`` under the mapping.
+AXIS_NAMES = "axis_names"
+"""The dataclass field metadata key naming the axes of an unnamed array field (``distmap.field(axis_names=...)``;
+Haliax's ``hax.field`` writes the same key, so Modules written for either are read alike)."""
 
-    Arguments in the order of :func:`shard` (and Haliax): ``pspec_for(x, axis_mapping, mesh)``.
-    Given a mesh, mesh axis names are checked and an axis its mesh axes do not divide raises
-    ``AxisSizeError`` (as ``shard`` and ``host_local_to_global`` do); without one, the mapping is
-    applied as written. Leaves other than NamedArrays get ``PartitionSpec()``.
+
+def _has_sharding(x: Any) -> bool:
+    """Whether ``x`` already lies somewhere: a ``jax.Array`` (a host numpy array or a shape struct does not)."""
+    return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+
+
+def _named_fields(node: Any) -> tuple[Any, ...]:
+    """The dataclass fields of ``node`` whose metadata names the axes of an unnamed array (none for most nodes)."""
+    if not dataclasses.is_dataclass(node) or isinstance(node, type):
+        return ()
+    return tuple(f for f in dataclasses.fields(node) if f.metadata.get(AXIS_NAMES) is not None)
+
+
+def pspec_for(
+    x: Any,
+    axis_mapping: AxisMappingLike | AxisMapping | None = None,
+    mesh: Mesh | None = None,
+    *,
+    preserve_existing_shardings: bool = True,
+) -> Any:
+    """The ``PartitionSpec`` of every array in the pytree ``x`` under the mapping, by Haliax's rules.
+
+    Arguments in the order of :func:`shard`: ``pspec_for(x, axis_mapping, mesh)`` (Haliax's third
+    positional argument, ``preserve_existing_shardings``, is keyword-only here). Per leaf:
+
+    - a NamedArray: the spec its axis names ask for;
+    - an unnamed array field of a Module declared with ``distmap.field(axis_names=(...))``: the spec
+      of those names;
+    - another unnamed array: ``PartitionSpec()`` at rank 0, ``PartitionSpec(None)`` otherwise (replicated);
+    - a Python scalar: ``PartitionSpec()``; anything else: ``None``.
+
+    With ``preserve_existing_shardings`` (the default, as in Haliax) an array that already lies on
+    devices (a ``jax.Array`` outside ``jit``) gets ``None``, meaning "keep its layout"; pass
+    ``preserve_existing_shardings=False`` for the spec its names ask for. Given a mesh, mesh axis
+    names are checked and an axis its mesh axes do not divide raises ``AxisSizeError`` (as ``shard``
+    and ``host_local_to_global`` do); without one, the mapping is applied as written.
 
     Example:
         >>> import distmap
-        >>> tuple(distmap.pspec_for(distmap.zeros({"batch": 8, "feature": 3}), {"batch": "data"}))
+        >>> x = distmap.zeros({"batch": 8, "feature": 3})
+        >>> tuple(distmap.pspec_for(x, {"batch": "data"}, preserve_existing_shardings=False))
         ('data', None)
+        >>> distmap.pspec_for(x, {"batch": "data"}) is None   # x lies on a device already: keep it
+        True
     """
     _check_mapping_arg(axis_mapping, "pspec_for")
+    if isinstance(mesh, bool):
+        raise errors.MeshError(
+            f"pspec_for(x, axis_mapping, mesh): the third argument is the mesh, got {mesh!r}; pass Haliax's "
+            f"preserve_existing_shardings={mesh!r} by keyword."
+        )
     mesh = check_mesh(mesh, "pspec_for")
     mapping = _resolve_mapping(axis_mapping, "pspec_for")
+    preserve = preserve_existing_shardings
+
+    def names_spec(names: Sequence[str], value: Any) -> PartitionSpec | None:
+        shape = tuple(getattr(value, "shape", ()))
+        if len(shape) != len(names):
+            raise errors.ShapeMismatchError(
+                f"pspec_for: a field declared with axis_names={tuple(names)} holds an array of shape {shape}; "
+                f"it needs one name per dimension."
+            )
+        spec = _pspec_of_axes(tuple(map(Axis, names, shape)), mapping, mesh, fn="pspec_for")
+        return None if preserve and _has_sharding(value) else spec
+
+    def leaf_spec(leaf: Any) -> Any:
+        if isinstance(leaf, NamedArray):
+            if not hasattr(leaf.array, "shape"):
+                return None
+            spec = _pspec(leaf, mapping, mesh)  # checked (mesh axes, sizes) even where the layout is kept
+            return None if preserve and _has_sharding(leaf.array) else spec
+        if _named_fields(leaf):
+            return module_specs(leaf)
+        if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+            if tuple(leaf.shape) == ():
+                return PartitionSpec()
+            return None if preserve and _has_sharding(leaf) and not _single_device(leaf) else PartitionSpec(None)
+        if isinstance(leaf, (bool, int, float, complex)):
+            return PartitionSpec()
+        return None
+
+    def module_specs(node: Any) -> Any:
+        # The node rebuilt with a spec in place of each array: fields named by metadata take their names'
+        # spec, the others are walked as any subtree is.
+        out = object.__new__(type(node))
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            names = f.metadata.get(AXIS_NAMES)
+            if names is not None and hasattr(value, "shape"):
+                spec = names_spec(tuple(names), value)
+            elif f.metadata.get("static", False):
+                spec = value
+            else:
+                spec = walk(value)
+            object.__setattr__(out, f.name, spec)
+        return out
+
+    def walk(tree: Any) -> Any:
+        return jax.tree_util.tree_map(leaf_spec, tree, is_leaf=lambda v: isinstance(v, NamedArray) or bool(_named_fields(v)))
+
+    return walk(x)
+
+
+def _single_device(x: Any) -> bool:
+    return isinstance(getattr(x, "sharding", None), jax.sharding.SingleDeviceSharding)
+
+
+def infer_resource_partitions(
+    x: Any,
+    axis_mapping: AxisMappingLike | AxisMapping | None = None,
+    mesh: Mesh | None = None,
+    *,
+    preserve_existing_shardings: bool = True,
+) -> Any:
+    """The ``NamedSharding`` of every array in ``x``: :func:`pspec_for`'s specs on the mesh (given, or
+    current), and an array's own sharding where its spec is ``None`` (kept). As in Haliax, these are the
+    ``in_shardings``/``out_shardings`` a ``jax.jit`` of a Module-taking function wants.
+
+    Example:
+        >>> import distmap, jax
+        >>> mesh = distmap.make_mesh({"data": 1}, devices=jax.devices()[:1])
+        >>> s = distmap.infer_resource_partitions(distmap.zeros({"batch": 4}), {"batch": "data"}, mesh,
+        ...                                       preserve_existing_shardings=False)
+        >>> tuple(s.spec)
+        ('data',)
+    """
+    mesh = given_or_current_mesh(mesh, "infer_resource_partitions")
+    specs = pspec_for(x, axis_mapping, mesh, preserve_existing_shardings=preserve_existing_shardings)
+
+    def to_sharding(spec: Any, node: Any) -> Any:
+        if isinstance(spec, PartitionSpec):
+            return NamedSharding(mesh, spec)
+        array = node.array if isinstance(node, NamedArray) else node
+        return getattr(array, "sharding", None) if _has_sharding(array) else None
+
     return jax.tree_util.tree_map(
-        lambda leaf: _pspec(leaf, mapping, mesh) if isinstance(leaf, NamedArray) else PartitionSpec(),
-        x,
-        is_leaf=lambda v: isinstance(v, NamedArray),
+        to_sharding, specs, x, is_leaf=lambda v: v is None or isinstance(v, PartitionSpec)
     )
+
+
+def physical_axis_name(axis: Any, axis_mapping: AxisMappingLike | AxisMapping | None = None) -> str | tuple[str, ...] | None:
+    """The mesh axis (or axes) the named ``axis`` is split over under the mapping (default: the current one),
+    or None where the mapping does not split it. One mesh axis is returned as its name, several as a tuple.
+
+    Example:
+        >>> import distmap
+        >>> distmap.physical_axis_name("batch", {"batch": "data"}), distmap.physical_axis_name("feature", {"batch": "data"})
+        ('data', None)
+    """
+    mapping = current_axis_mapping() if axis_mapping is None else as_axis_mapping(axis_mapping)
+    if mapping is None:
+        return None
+    name = axis_name(axis)
+    axes = mapping.resolve((name,)).get(name, ())
+    if not axes:
+        return None
+    return axes[0] if len(axes) == 1 else axes
+
+
+def physical_axis_size(axis: Any, axis_mapping: AxisMappingLike | AxisMapping | None = None, mesh: Mesh | None = None) -> int | None:
+    """How many devices the named ``axis`` is split over (the product of its mesh axes' sizes on the mesh,
+    given or current), or None where the mapping does not split it.
+
+    Example:
+        >>> import distmap, jax
+        >>> mesh = distmap.make_mesh({"data": 1}, devices=jax.devices()[:1])
+        >>> distmap.physical_axis_size("batch", {"batch": "data"}, mesh)
+        1
+    """
+    mesh = given_or_current_mesh(mesh, "physical_axis_size")
+    found = physical_axis_name(axis, axis_mapping)
+    if found is None:
+        return None
+    axes = (found,) if isinstance(found, str) else found
+    for a in axes:
+        if a not in mesh.axis_names:
+            raise errors.MeshError(
+                f"physical_axis_size: the axis mapping sends {axis!r} to mesh axis {a!r}, but the mesh has axes "
+                f"{tuple(mesh.axis_names)}."
+            )
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def round_axis_for_partitioning(axis: Any, axis_mapping: AxisMappingLike | AxisMapping | None = None,
+                                mesh: Mesh | None = None) -> Any:
+    """``axis`` with its size rounded up to a multiple of the devices it is split over (unchanged where the
+    mapping does not split it): the one place the padding rule for a stored array lives.
+
+    Example:
+        >>> import distmap, jax
+        >>> mesh = distmap.make_mesh({"data": 1}, devices=jax.devices()[:1])
+        >>> distmap.round_axis_for_partitioning(distmap.Axis("vocab", 5), {"vocab": "data"}, mesh)
+        Axis(name='vocab', size=5)
+    """
+    n = physical_axis_size(axis, axis_mapping, mesh)
+    if n is None:
+        return axis
+    return axis.resize(-(-axis.size // n) * n)
 
 
 def shard(x: Any, axis_mapping: AxisMappingLike | AxisMapping | None = None, mesh: Mesh | None = None) -> Any:
@@ -379,14 +585,14 @@ def place(arr: Any, spec: PartitionSpec, mesh: Any) -> Any:
     return jax.device_put(arr, NamedSharding(mesh, spec))
 
 
-def loop_pspec(x: NamedArray, mapping: AxisMapping, mesh: Any, *, keep_whole: tuple[str, ...] = ()) -> PartitionSpec | None:
-    """The layout a loop step asks of one NamedArray: ``pspec_for``'s, with the axes in ``keep_whole``
-    left whole; ``None`` (no constraint: XLA chooses) where a mapped axis is uneven, since a step has
-    no better layout to ask for and refusing would fail a loop that JAX runs fine."""
+def loop_pspec(x: NamedArray, mapping: AxisMapping, mesh: Any) -> PartitionSpec | None:
+    """The layout a loop step asks of one NamedArray: ``pspec_for``'s; ``None`` (no constraint: XLA
+    chooses) where a mapped axis is uneven, since a step has no better layout to ask for and refusing
+    would fail a loop that JAX runs fine."""
     found = mapping.resolve(x.axis_names, mesh)
     parts = []
     for ax in x.axes:
-        axes = () if ax.name in keep_whole else found.get(ax.name, ())
+        axes = found.get(ax.name, ())
         if axes and ax.size % math.prod(mesh.shape[a] for a in axes):
             return None
         parts.append(None if not axes else (axes[0] if len(axes) == 1 else axes))

@@ -582,8 +582,11 @@ def align(x: NamedArray, axes: tuple[Axis, ...], what: str = "the operand") -> j
     if order != list(range(x.ndim)):
         arr = jnp.transpose(arr, order)
     if x.ndim != len(axes):
-        present = {x.axes[i].name for i in order}
-        arr = jnp.reshape(arr, tuple(a.size if a.name in present else 1 for a in axes))
+        # Broadcast to the full shape with one broadcast_in_dim, not a reshape to size-1 dimensions: on a
+        # mesh, XLA keeps a split operand split through broadcast_in_dim, where the reshape (and the
+        # implicit broadcast of a size-1 dimension) can cost it an all-gather per use.
+        dims = tuple(sorted(pos[a.name] for a in x.axes))
+        arr = jax.lax.broadcast_in_dim(arr, tuple(a.size for a in axes), dims)
     return arr
 
 
@@ -595,14 +598,35 @@ def scalar_operand(x: Any, where: str) -> Any:
         if tuple(x.shape) == ():
             return x
         raise errors.ShapeMismatchError(
-            f"{where} is an unnamed array of shape {tuple(x.shape)}; a NamedArray combines with NamedArrays, "
-            "scalars and arrays of shape () only. Name its axes with distmap.named first."
+            f"{where} is an unnamed array of shape {tuple(x.shape)}; a NamedArray with axes combines with "
+            "NamedArrays, scalars and arrays of shape () only (named axes never broadcast by position). Name its "
+            "axes with distmap.named first."
         )
     raise errors.ArgumentTypeError(f"{where} must be a NamedArray or a scalar, got {type(x).__name__} {x!r}.")
 
 
-def binary_op(op: Callable[[Any, Any], Any], a: Any, b: Any, name: str = "op") -> NamedArray:
-    """Apply an elementwise ``op`` to two operands, at least one named, broadcasting by name."""
+def is_named_array(x: Any) -> bool:
+    """Whether ``x`` is a :class:`NamedArray` (for ``is_leaf=`` and ``is_scanned=`` filters).
+
+    Example:
+        >>> import distmap, jax.numpy as jnp
+        >>> distmap.is_named_array(distmap.zeros({"batch": 2})), distmap.is_named_array(jnp.zeros(2))
+        (True, False)
+    """
+    return isinstance(x, NamedArray)
+
+
+def _unnamed_nonscalar(x: Any) -> bool:
+    return not isinstance(x, NamedArray) and hasattr(x, "shape") and hasattr(x, "dtype") and tuple(x.shape) != ()
+
+
+def binary_op(op: Callable[[Any, Any], Any], a: Any, b: Any, name: str = "op") -> Any:
+    """Apply an elementwise ``op`` to two operands, at least one named, broadcasting by name.
+
+    A NamedArray with no axes is a scalar: next to an unnamed array it acts as one, and the result
+    is unnamed, as in Haliax (``unnamed + x.sum()``). A NamedArray with axes and an unnamed array of
+    rank >= 1 are refused: named axes never broadcast by position.
+    """
     a_named = isinstance(a, NamedArray)
     b_named = isinstance(b, NamedArray)
     if a_named and b_named:
@@ -610,6 +634,10 @@ def binary_op(op: Callable[[Any, Any], Any], a: Any, b: Any, name: str = "op") -
             return _wrap(op(a.array, b.array), a.axes)
         axes = broadcast_axes(a.axes, b.axes, where=f"operator {name!r}")
         return _wrap(op(align(a, axes), align(b, axes)), axes)
+    if a_named and not a.axes and _unnamed_nonscalar(b):
+        return op(a.array, b)
+    if b_named and not b.axes and _unnamed_nonscalar(a):
+        return op(a, b.array)
     if a_named:
         return _wrap(op(a.array, scalar_operand(b, f"operator {name!r}: the right operand")), a.axes)
     return _wrap(op(scalar_operand(a, f"operator {name!r}: the left operand"), b.array), b.axes)

@@ -18,6 +18,7 @@ from distmap import errors
 from distmap._src.axis import Axis, AxisSelector, SizedAxes, to_axes
 from distmap._src.named import NamedArray, _wrap, align
 from distmap._src.ops import _check_subset, _scalar_operand, _single
+from distmap._src.partitioning import auto_sharded
 
 
 def _check_key(key: Any, fn: str) -> Any:
@@ -79,7 +80,7 @@ def normal(key: Any, axes: SizedAxes, dtype: Any = jnp.float32) -> NamedArray:
     """
     ax = to_axes(axes, what="normal(axes=...)")
     dtype = _dtype(dtype, (jnp.floating, jnp.complexfloating), "normal", "a float or complex dtype")
-    return _wrap(jax.random.normal(_check_key(key, "normal"), _shape(ax), dtype), ax)
+    return auto_sharded(_wrap(jax.random.normal(_check_key(key, "normal"), _shape(ax), dtype), ax))
 
 
 def uniform(
@@ -102,7 +103,7 @@ def uniform(
     dtype = _dtype(dtype, (jnp.floating,), "uniform", "a float dtype")
     lo = _param(minval, ax, "uniform", "minval")
     hi = _param(maxval, ax, "uniform", "maxval")
-    return _wrap(jax.random.uniform(_check_key(key, "uniform"), _shape(ax), dtype, lo, hi), ax)
+    return auto_sharded(_wrap(jax.random.uniform(_check_key(key, "uniform"), _shape(ax), dtype, lo, hi), ax))
 
 
 def randint(
@@ -124,7 +125,7 @@ def randint(
     dtype = _dtype(dtype, (jnp.integer,), "randint", "an integer dtype")
     lo = _param(minval, ax, "randint", "minval")
     hi = _param(maxval, ax, "randint", "maxval")
-    return _wrap(jax.random.randint(_check_key(key, "randint"), _shape(ax), lo, hi, dtype), ax)
+    return auto_sharded(_wrap(jax.random.randint(_check_key(key, "randint"), _shape(ax), lo, hi, dtype), ax))
 
 
 def bernoulli(key: Any, axes: SizedAxes, p: NamedArray | float = 0.5) -> NamedArray:
@@ -137,7 +138,7 @@ def bernoulli(key: Any, axes: SizedAxes, p: NamedArray | float = 0.5) -> NamedAr
     """
     ax = to_axes(axes, what="bernoulli(axes=...)")
     prob = _param(p, ax, "bernoulli", "p")
-    return _wrap(jax.random.bernoulli(_check_key(key, "bernoulli"), prob, _shape(ax)), ax)
+    return auto_sharded(_wrap(jax.random.bernoulli(_check_key(key, "bernoulli"), prob, _shape(ax)), ax))
 
 
 def categorical(key: Any, logits: NamedArray, axis: AxisSelector) -> NamedArray:
@@ -155,7 +156,7 @@ def categorical(key: Any, logits: NamedArray, axis: AxisSelector) -> NamedArray:
         )
     i = logits.axis_indices(_single(axis, "categorical"))
     rest = logits.axes[:i] + logits.axes[i + 1 :]  # type: ignore[operator]
-    return _wrap(jax.random.categorical(_check_key(key, "categorical"), logits.array, axis=i), rest)
+    return auto_sharded(_wrap(jax.random.categorical(_check_key(key, "categorical"), logits.array, axis=i), rest))
 
 
 __all__ = ["normal", "uniform", "randint", "bernoulli", "categorical"]

@@ -9,6 +9,7 @@ every entry is masked out, unless ``initial=`` says otherwise.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from typing import Any
 
@@ -78,6 +79,25 @@ def _check_keywords(kw: dict[str, Any], allowed: tuple[str, ...], fn: str) -> No
             )
 
 
+def _reduce_unnamed(jfn: Callable[..., jax.Array], name: str, x: Any, axis: Any, fixed: dict, kw: dict) -> jax.Array:
+    """An unnamed array reduced as ``jax.numpy`` would (Haliax's rule): ``axis`` is None or positions, the result unnamed."""
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")) and not isinstance(x, (int, float, complex, bool)):
+        raise errors.ArgumentTypeError(
+            f"{name}: expected a NamedArray or an unnamed array, got {type(x).__name__}; give an array names with "
+            "distmap.named."
+        )
+    dims = (axis,) if isinstance(axis, int) and not isinstance(axis, bool) else axis
+    positions = isinstance(dims, tuple) and builtins.all(isinstance(d, int) and not isinstance(d, bool) for d in dims)
+    if dims is not None and not positions:  # (builtins: this module's own `all` is the reduction)
+        raise errors.ArgumentTypeError(
+            f"{name}: {axis!r} names an axis, but the array is unnamed (shape {tuple(jnp.shape(x))}); reduce it with "
+            f"axis=None or positions, or name its axes with distmap.named."
+        )
+    if isinstance(kw.get("where"), NamedArray):
+        raise errors.ArgumentTypeError(f"{name}(where=...): a NamedArray mask cannot line up with an unnamed array.")
+    return jfn(x, axis=axis, **fixed, **{k: v for k, v in kw.items() if v is not None})
+
+
 def _reducer(
     jfn: Callable[..., jax.Array],
     name: str,
@@ -90,8 +110,9 @@ def _reducer(
     allowed = (("where",) if takes_where else ()) + keywords
 
     def reduce(x: NamedArray, axis: AxisSelection | None = None, **kw: Any) -> NamedArray:
-        x = _check_named(x, name)
         _check_keywords(kw, allowed, name)
+        if not isinstance(x, NamedArray):
+            return _reduce_unnamed(jfn, name, x, axis, fixed, kw)
         dims = _dims(x, axis, name)
         if takes_where:
             kw["where"] = _where(x, kw.get("where"), name)

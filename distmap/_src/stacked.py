@@ -14,6 +14,7 @@ with the same slicing rules, so a stacked model can be debugged layer by layer
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -86,7 +87,8 @@ class Stacked(eqx.Module, Generic[M]):
     """``axis.size`` copies of a Module, stacked along the named ``axis``.
 
     Array fields of ``stacked`` carry the axis: NamedArrays by name, unnamed arrays at dim 0.
-    ``checkpoint`` (see :class:`distmap.Checkpoint`) and ``unroll`` apply to ``fold``/``scan``.
+    ``checkpoint`` (see :class:`distmap.Checkpoint`) and ``unroll`` apply to ``fold``/``scan``;
+    ``Block`` and ``Layers`` are Haliax's names for ``axis``, ``gradient_checkpointing`` for ``checkpoint``.
 
     Example:
         >>> import distmap, equinox as eqx, jax
@@ -105,8 +107,23 @@ class Stacked(eqx.Module, Generic[M]):
 
     stacked: M
     axis: Axis = eqx.field(static=True)
-    checkpoint: ckpt.Checkpoint | None = eqx.field(static=True, default=None)
+    checkpoint: ckpt.Checkpoint | ckpt.ScanCheckpointPolicy | None = eqx.field(static=True, default=None)
     unroll: int | bool = eqx.field(static=True, default=1)
+
+    @property
+    def Block(self) -> Axis:  # noqa: N802 (Haliax's name)
+        """The stacked axis (Haliax's name for :attr:`axis`)."""
+        return self.axis
+
+    @property
+    def Layers(self) -> Axis:  # noqa: N802 (Haliax's name)
+        """The stacked axis (Haliax's other name for :attr:`axis`)."""
+        return self.axis
+
+    @property
+    def gradient_checkpointing(self) -> ckpt.Checkpoint | ckpt.ScanCheckpointPolicy | None:
+        """The checkpoint policy (Haliax's name for :attr:`checkpoint`)."""
+        return self.checkpoint
 
     @classmethod
     def init(
@@ -117,6 +134,7 @@ class Stacked(eqx.Module, Generic[M]):
         checkpoint: ckpt.CheckpointSpec = None,
         unroll: int | bool = 1,
         gradient_checkpointing: ckpt.CheckpointSpec = None,
+        prevent_cse: bool | None = None,
         **vmap_options: Any,
     ) -> Callable[..., "Stacked[M]"]:
         """A constructor that builds ``axis.size`` copies of ``module`` by vmapping it over ``axis``.
@@ -126,7 +144,8 @@ class Stacked(eqx.Module, Generic[M]):
         Arguments follow :func:`distmap.vmap`'s default spec: arrays (such as keys split
         with ``jax.random.split(key, n)``) are mapped on dim 0, NamedArrays by name,
         everything else is shared. A single PRNG key is refused (every copy would be the same).
-        ``gradient_checkpointing`` is Haliax's name for ``checkpoint``.
+        ``gradient_checkpointing`` is Haliax's name for ``checkpoint``, and means what it means in Haliax:
+        ``True`` keeps only the carry between layers (``"carry"``). ``prevent_cse`` overrides the policy's.
 
         Example:
             >>> import distmap, equinox as eqx, jax
@@ -140,11 +159,8 @@ class Stacked(eqx.Module, Generic[M]):
         """
         ax = _one_axis(axis, "Stacked.init")
         build_one = _builder(module, "Stacked.init")
-        if gradient_checkpointing is not None and checkpoint is not None:
-            raise errors.MappingError("Stacked.init: pass checkpoint= or gradient_checkpointing=, not both.")
-        policy = ckpt.as_checkpoint(checkpoint if checkpoint is not None else gradient_checkpointing,
-                                    what="Stacked.init(checkpoint=...)")
-        scan_lib.check_unroll(unroll, "Stacked.init")
+        policy = _policy("Stacked.init", checkpoint, gradient_checkpointing, prevent_cse)
+        unroll = scan_lib.check_unroll(unroll, "Stacked.init")
         explicit_specs = any(k in vmap_options for k in ("default", "args", "kwargs"))
 
         def build(*args: Any, **kwargs: Any) -> Stacked[M]:
@@ -171,28 +187,29 @@ class Stacked(eqx.Module, Generic[M]):
 
     # ------------------------------------------------------------------ in sequence
 
-    def fold(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+    def fold(self, x: Any, *args: Any, unroll: int | bool | None = None, **kwargs: Any) -> Any:
         """``x = layer(x, *args_i, **kwargs_i)`` for each copy in order; returns the final ``x``.
 
         ``args_i`` is layer ``i``'s slice of ``args`` (see the module docstring); runs as one
-        ``jax.lax.scan``, so it traces the layer once.
+        ``jax.lax.scan``, so it traces the layer once. ``unroll`` (as in ``jax.lax.scan``: an int,
+        True or False) overrides the stack's for this call; it is not passed to the layer.
         """
-        return _loop(self, type(self.stacked).__call__, "Stacked.fold", False)(x, *args, **kwargs)
+        return _loop(self, type(self.stacked).__call__, "Stacked.fold", False, unroll)(x, *args, **kwargs)
 
-    def scan(self, x: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    def scan(self, x: Any, *args: Any, unroll: int | bool | None = None, **kwargs: Any) -> tuple[Any, Any]:
         """Like :meth:`fold`, for layers that return ``(carry, y)``; returns ``(carry, ys)``.
 
         ``ys`` carry the stacked axis at the front: NamedArrays by name, unnamed arrays at dim 0.
         """
-        return _loop(self, type(self.stacked).__call__, "Stacked.scan", True)(x, *args, **kwargs)
+        return _loop(self, type(self.stacked).__call__, "Stacked.scan", True, unroll)(x, *args, **kwargs)
 
-    def fold_via(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def fold_via(self, fn: Callable[..., Any], *, unroll: int | bool | None = None) -> Callable[..., Any]:
         """:meth:`fold` calling ``fn(layer, x, *args, **kwargs)`` per layer, e.g. ``Layer.intermediate``."""
-        return _loop(self, fn, "Stacked.fold", False)
+        return _loop(self, fn, "Stacked.fold", False, unroll)
 
-    def scan_via(self, fn: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[Any, Any]]:
+    def scan_via(self, fn: Callable[..., tuple[Any, Any]], *, unroll: int | bool | None = None) -> Callable[..., tuple[Any, Any]]:
         """:meth:`scan` calling ``fn(layer, x, *args, **kwargs)`` per layer; ``fn`` returns ``(x, y)``."""
-        return _loop(self, fn, "Stacked.scan", True)
+        return _loop(self, fn, "Stacked.scan", True, unroll)
 
     # ------------------------------------------------------------------ layers one by one
 
@@ -213,7 +230,7 @@ class Stacked(eqx.Module, Generic[M]):
 
     def as_block_seq(self) -> "BlockSeq[M]":
         """The same layers as a :class:`BlockSeq`: a Python loop giving the same results, layer by layer."""
-        return BlockSeq(self.unstacked(), self.axis)
+        return BlockSeq(self.unstacked(), self.axis, self.checkpoint)
 
     # ------------------------------------------------------------------ state dicts
 
@@ -279,12 +296,27 @@ class Stacked(eqx.Module, Generic[M]):
         return Stacked(stacked, self.axis, self.checkpoint, self.unroll)
 
 
-def _loop(stack: Stacked, fn: Callable[..., Any], what: str, returns_y: bool) -> Callable[..., Any]:
+def _policy(what: str, checkpoint: Any, gradient_checkpointing: Any, prevent_cse: bool | None) -> Any:
+    """The checkpoint policy of ``Stacked.init``/``BlockSeq.init``, from either spelling, with ``prevent_cse`` applied."""
+    if gradient_checkpointing is not None and checkpoint is not None:
+        raise errors.MappingError(f"{what}: pass checkpoint= or gradient_checkpointing= (Haliax's name), not both.")
+    policy = ckpt.as_checkpoint(checkpoint if checkpoint is not None else gradient_checkpointing,
+                                what=f"{what}(checkpoint=...)")
+    if prevent_cse is not None and not isinstance(prevent_cse, bool):
+        raise errors.MappingError(f"{what}(prevent_cse=...): expected a bool, got {prevent_cse!r}.")
+    if prevent_cse is not None and policy is not None:
+        policy = dataclasses.replace(policy, prevent_cse=prevent_cse)
+    return policy
+
+
+def _loop(stack: Stacked, fn: Callable[..., Any], what: str, returns_y: bool,
+          unroll: int | bool | None = None) -> Callable[..., Any]:
     # A function, not a method: an equinox Module builds a bound-method Module on every method access
     # (tens of microseconds), which Stacked's own calls need not pay on every trace.
     # (type(unroll) in the key: lru_cache would take True for 1)
-    looped = _stack_loop(fn, type(stack.stacked).__name__, stack.axis, what, stack.checkpoint, stack.unroll,
-                         type(stack.unroll), returns_y)
+    unroll = stack.unroll if unroll is None else scan_lib.check_unroll(unroll, what)
+    looped = _stack_loop(fn, type(stack.stacked).__name__, stack.axis, what, stack.checkpoint, unroll,
+                         type(unroll), returns_y)
     stacked = stack.stacked
     return lambda x, *args, **kwargs: looped(x, stacked, *args, **kwargs)
 
@@ -367,12 +399,37 @@ class BlockSeq(eqx.Module, Generic[M]):
 
     blocks: list[M]
     axis: Axis = eqx.field(static=True)
+    checkpoint: ckpt.Checkpoint | ckpt.ScanCheckpointPolicy | None = eqx.field(static=True, default=None)
+
+    @property
+    def Block(self) -> Axis:  # noqa: N802 (Haliax's name)
+        """The axis the layers run along (Haliax's name for :attr:`axis`)."""
+        return self.axis
+
+    @property
+    def gradient_checkpointing(self) -> ckpt.Checkpoint | ckpt.ScanCheckpointPolicy | None:
+        """The checkpoint policy (Haliax's name for :attr:`checkpoint`)."""
+        return self.checkpoint
 
     @classmethod
-    def init(cls, axis: SizedAxes, module: Callable[..., M], **options: Any) -> Callable[..., "BlockSeq[M]"]:
-        """Like :meth:`Stacked.init`, building each layer by its own call (arguments sliced as ``Stacked.init`` maps them)."""
+    def init(
+        cls,
+        axis: SizedAxes,
+        module: Callable[..., M],
+        *,
+        checkpoint: ckpt.CheckpointSpec = None,
+        gradient_checkpointing: ckpt.CheckpointSpec = None,
+        prevent_cse: bool | None = None,
+        **options: Any,
+    ) -> Callable[..., "BlockSeq[M]"]:
+        """Like :meth:`Stacked.init`, building each layer by its own call (arguments sliced as ``Stacked.init`` maps them).
+
+        ``checkpoint`` (or ``gradient_checkpointing``) applies to ``fold``/``scan`` as in ``Stacked``: each layer
+        (each block of ``every`` layers) runs under ``jax.checkpoint`` with the same policy.
+        """
         ax = _one_axis(axis, "BlockSeq.init")
         build_one = _builder(module, "BlockSeq.init")
+        policy = _policy("BlockSeq.init", checkpoint, gradient_checkpointing, prevent_cse)
 
         def build(*args: Any, **kwargs: Any) -> BlockSeq[M]:
             if not options:
@@ -383,12 +440,12 @@ class BlockSeq(eqx.Module, Generic[M]):
             for i in range(ax.size):
                 a, k = sliced.index(i)
                 blocks.append(build_one(*a, **k))
-            return cls(blocks, ax)
+            return cls(blocks, ax, policy)
 
         return build
 
     def stack(self) -> Stacked[M]:
-        """The layers stacked into a :class:`Stacked` along ``axis``."""
+        """The layers stacked into a :class:`Stacked` along ``axis`` (with the same checkpoint policy)."""
         leaves = [jax.tree_util.tree_flatten(b, is_leaf=leaves_lib.is_named) for b in self.blocks]
         treedef = leaves[0][1]
         out = []
@@ -400,41 +457,62 @@ class BlockSeq(eqx.Module, Generic[M]):
                 out.append(jnp.stack(parts))
             else:
                 out.append(first)
-        return Stacked(jax.tree_util.tree_unflatten(treedef, out), self.axis)
+        return Stacked(jax.tree_util.tree_unflatten(treedef, out), self.axis, self.checkpoint)
+
+    def _run(self, fn: Callable[..., Any], what: str, returns_y: bool, unroll: Any,
+             checkpointed: bool = True) -> Callable[..., Any]:
+        """The Python loop behind ``fold``/``scan``: ``fn(layer_i, x, *args_i, **kwargs_i)`` per layer, under the
+        stack's checkpoint policy. ``unroll`` is checked and has nothing to do: a Python loop is unrolled already."""
+        if unroll is not None:
+            scan_lib.check_unroll(unroll, what)
+        n, name = len(self.blocks), self.axis.name
+        lowered = None
+        if checkpointed and self.checkpoint is not None:
+            lowered = self.checkpoint.lower(name, n, what=f"{what} over {name!r}")
+
+        def step(i: int, block: Any, carry: Any, a: tuple, k: dict) -> Any:
+            carry, (block, a, k) = ckpt.tag_step(lowered, name, carry, (block, a, k))
+            out = fn(block, carry, *a, **k)
+            if returns_y and not (isinstance(out, (tuple, list)) and len(out) == 2):
+                raise errors.MappingError(f"{what}: layer {i} must return a pair (carry, y), got {type(out).__name__}.")
+            return tuple(out) if returns_y else (out, None)
+
+        if lowered is not None and lowered.step:
+            step = eqx.filter_checkpoint(step, policy=lowered.policy, prevent_cse=lowered.prevent_cse)
+
+        def group(first: int, blocks: list, carry: Any, inputs: list) -> tuple[Any, list]:
+            ys = []
+            for j, (block, (a, k)) in enumerate(zip(blocks, inputs)):
+                carry, y = step(first + j, block, carry, a, k)
+                ys.append(y)
+            return carry, ys
+
+        every = 1 if lowered is None else lowered.every
+        if every > 1:  # blocks of `every` layers, each kept only by its incoming carry
+            group = eqx.filter_checkpoint(group, prevent_cse=lowered.prevent_cse)
+
+        def run(x: Any, *args: Any, **kwargs: Any) -> Any:
+            sliced = self._per_layer(args, kwargs, what)
+            ys: list = []
+            for first in range(0, n, every):
+                idx = range(first, first + every)
+                x, got = group(first, self.blocks[first:first + every], x, [sliced.index(i) for i in idx])
+                ys += got
+            return (x, _stack_outputs(ys, self.axis)) if returns_y else x
+
+        return run
 
     def _per_layer(self, args: tuple, kwargs: dict, what: str) -> scan_lib.Sliced:
         return scan_lib.slice_args(what, self.axis.name, self.axis.size, args, kwargs, arg_label=lambda i: f"args[{i}]")
 
-    def fold_via(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """``x = fn(layer_i, x, *args_i, **kwargs_i)`` for each layer in order."""
+    def fold_via(self, fn: Callable[..., Any], *, unroll: int | bool | None = None) -> Callable[..., Any]:
+        """``x = fn(layer_i, x, *args_i, **kwargs_i)`` for each layer in order (``unroll`` is accepted, as in
+        :meth:`Stacked.fold_via`, and changes nothing: a Python loop is unrolled already)."""
+        return self._run(fn, "BlockSeq.fold", False, unroll)
 
-        def run(x: Any, *args: Any, **kwargs: Any) -> Any:
-            sliced = self._per_layer(args, kwargs, "BlockSeq.fold")
-            for i, block in enumerate(self.blocks):
-                a, k = sliced.index(i)
-                x = fn(block, x, *a, **k)
-            return x
-
-        return run
-
-    def scan_via(self, fn: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[Any, Any]]:
+    def scan_via(self, fn: Callable[..., tuple[Any, Any]], *, unroll: int | bool | None = None) -> Callable[..., tuple[Any, Any]]:
         """``x, y_i = fn(layer_i, x, *args_i, **kwargs_i)``; returns ``(x, ys)`` with ys stacked along ``axis``."""
-
-        def run(x: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-            sliced = self._per_layer(args, kwargs, "BlockSeq.scan")
-            ys = []
-            for i, block in enumerate(self.blocks):
-                a, k = sliced.index(i)
-                out = fn(block, x, *a, **k)
-                if not (isinstance(out, (tuple, list)) and len(out) == 2):
-                    raise errors.MappingError(
-                        f"BlockSeq.scan: layer {i} must return a pair (carry, y), got {type(out).__name__}."
-                    )
-                x, y = out
-                ys.append(y)
-            return x, _stack_outputs(ys, self.axis)
-
-        return run
+        return self._run(fn, "BlockSeq.scan", True, unroll)
 
     def vmap_via(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn(layer_i, *args, **kwargs)`` for every layer (inputs broadcast), stacked along ``axis``."""
@@ -448,13 +526,13 @@ class BlockSeq(eqx.Module, Generic[M]):
 
         return run
 
-    def fold(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+    def fold(self, x: Any, *args: Any, unroll: int | bool | None = None, **kwargs: Any) -> Any:
         """The layers in order, as :meth:`Stacked.fold`."""
-        return self.fold_via(lambda m, *a, **k: m(*a, **k))(x, *args, **kwargs)
+        return self._run(_call_layer, "BlockSeq.fold", False, unroll)(x, *args, **kwargs)
 
-    def scan(self, x: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    def scan(self, x: Any, *args: Any, unroll: int | bool | None = None, **kwargs: Any) -> tuple[Any, Any]:
         """The layers in order, as :meth:`Stacked.scan`."""
-        return self.scan_via(lambda m, *a, **k: m(*a, **k))(x, *args, **kwargs)
+        return self._run(_call_layer, "BlockSeq.scan", True, unroll)(x, *args, **kwargs)
 
     def vmap(self, *args: Any, **kwargs: Any) -> Any:
         """Every layer on the same inputs, as :meth:`Stacked.vmap`."""
@@ -469,7 +547,7 @@ class BlockSeq(eqx.Module, Generic[M]):
             out.append(c)
             return c
 
-        self.fold_via(record)(x, *args, **kwargs)
+        self._run(record, "BlockSeq.carries", False, None, checkpointed=False)(x, *args, **kwargs)
         return out
 
     def get_layer(self, i: int) -> M:
@@ -479,6 +557,10 @@ class BlockSeq(eqx.Module, Generic[M]):
     def unstacked(self) -> list[M]:
         """The layers, as a list."""
         return list(self.blocks)
+
+
+def _call_layer(layer: Any, *args: Any, **kwargs: Any) -> Any:
+    return layer(*args, **kwargs)
 
 
 def _apply_via(fn: Callable[..., Any], module: Any, args: tuple, kwargs: dict) -> Any:

@@ -51,7 +51,7 @@ def scan(
     kwargs: Mapping[str, Any] | None = None,
     checkpoint: ckpt.CheckpointSpec = None,
     reverse: bool = False,
-    unroll: int = 1,
+    unroll: int | bool = 1,
     mesh: Any = None,
     axis_mapping: Any = None,
     is_scanned: Any = None,
@@ -65,10 +65,11 @@ def scan(
         default: the spec of unnamed leaves of the scanned arguments (as in :func:`distmap.vmap`).
         args: per-positional-argument overrides of ``default``, counted after the carry.
         kwargs: per-keyword overrides of ``default``.
-        checkpoint: gradient checkpointing (see :class:`distmap.Checkpoint`): ``None``, ``"layer"``,
-            ``"carry"``, an int ``k`` (keep the carry every ``k`` steps) or a ``Checkpoint``.
+        checkpoint: gradient checkpointing (see :class:`distmap.Checkpoint`): ``None``, ``True`` or
+            ``"carry"`` (keep only the carry, Haliax's ``True``), ``"layer"``, an int ``k`` (keep the carry
+            every ``k`` steps), a ``Checkpoint``, or Haliax's ``ScanCheckpointPolicy`` and its strings.
         reverse: loop from the last element to the first (``ys`` stay in axis order).
-        unroll: steps per loop iteration, passed to ``jax.lax.scan`` (``True``: unroll fully).
+        unroll: steps per loop iteration, passed to ``jax.lax.scan`` (``True``: unroll fully; ``False``: 1).
         mesh, axis_mapping: on a mesh (given, or set with ``jax.set_mesh`` and
             :func:`distmap.axis_mapping`), every NamedArray of the carry, of the sliced
             arguments and of each step's ``y`` is laid out by its names at every step, so
@@ -105,7 +106,7 @@ def fold(
     kwargs: Mapping[str, Any] | None = None,
     checkpoint: ckpt.CheckpointSpec = None,
     reverse: bool = False,
-    unroll: int = 1,
+    unroll: int | bool = 1,
     mesh: Any = None,
     axis_mapping: Any = None,
     is_scanned: Any = None,
@@ -210,11 +211,11 @@ class _Layout:
     def __init__(self, mapping: Any, mesh: Any):
         self.mapping, self.mesh = mapping, mesh
 
-    def apply(self, tree: Any, keep_whole: tuple[str, ...] = ()) -> Any:
+    def apply(self, tree: Any) -> Any:
         def one(leaf: Any) -> Any:
             if type(leaf) is not NamedArray:
                 return leaf
-            spec = mesh_lib.loop_pspec(leaf, self.mapping, self.mesh, keep_whole=keep_whole)
+            spec = mesh_lib.loop_pspec(leaf, self.mapping, self.mesh)
             return leaf if spec is None else _wrap(mesh_lib.place(leaf.array, spec, self.mesh), leaf.axes)
 
         return jax.tree_util.tree_map(one, tree, is_leaf=leaves_lib.is_named)
@@ -274,11 +275,15 @@ def _axis_names(trees: Sequence[Any]) -> set[str]:
 
 
 def check_unroll(unroll: Any, what: str) -> int | bool:
-    """``unroll`` as ``jax.lax.scan`` takes it: a positive int, or True to unroll every step."""
+    """``unroll`` as ``jax.lax.scan`` takes it: a positive int, True (unroll every step) or False (1, not unrolled)."""
     if unroll is True:
         return True
+    if unroll is False:
+        return 1
     if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)) or unroll < 1:
-        raise errors.MappingError(f"{what}(unroll=...): expected a positive int or True (unroll fully), got {unroll!r}.")
+        raise errors.MappingError(
+            f"{what}(unroll=...): expected a positive int, True (unroll fully) or False (not unrolled), got {unroll!r}."
+        )
     return int(unroll)
 
 
@@ -345,8 +350,10 @@ def resolve_slices(
     name = request.names[0]
     try:
         plan, leaves = plan_lib.resolve(request, tuple(xs), dict(kxs))
-    except (errors.AxisSizeError, errors.MappingError) as e:
-        raise type(e)(_retitle(str(e), what, name, arg_label)) from None
+    except errors.AxisSizeError as e:
+        raise errors.AxisSizeError(_retitle(_length_message(str(e), name, xs, kxs), what, name, arg_label)) from None
+    except errors.MappingError as e:
+        raise errors.MappingError(_retitle(str(e), what, name, arg_label)) from None
     scanned: list[Any] = []  # arrays with the looped axis at dim 0
     kinds: list[Any] = []  # per leaf: ("slice", inner axes | True) or ("whole", leaf)
     for i, leaf in enumerate(leaves):
@@ -362,10 +369,35 @@ def resolve_slices(
 
 
 def _retitle(msg: str, what: str, name: str, arg_label: Callable[[int], str]) -> str:
-    """The plan's message in the loop's terms: the loop's name, and its arguments as the caller passed them."""
+    """The plan's message in the loop's terms: the loop's name, and its arguments as the caller passed them
+    (positional ones by parameter name where known, keyword ones by their keyword)."""
     msg = msg.replace(f"vmap over {name!r}", f"{what} over {name!r}").replace("vmap: ", f"{what}: ")
     msg = re.sub(r"\bargs\[(\d+)\]", lambda m: arg_label(int(m.group(1))), msg)
+    msg = re.sub(r"\bkwargs\['(\w+)'\]", r"\1", msg)
     return msg if msg.startswith(what) else f"{what} over {name!r}: {msg}"
+
+
+_SIZES = re.compile(r"has size (\d+) in (\S+) but size (\d+) in (\S+)\. ")
+
+
+def _length_message(msg: str, name: str, xs: Sequence[Any], kxs: Mapping[str, Any]) -> str:
+    """The plan's size disagreement told as a loop's: which argument has which length along the loop, an
+    unnamed array's by its leading dimension (as ``jax.lax.scan`` counts it)."""
+    m = _SIZES.search(msg)
+    if m is None:
+        return msg
+    flat, _ = jax.tree_util.tree_flatten_with_path((tuple(xs), dict(kxs)), is_leaf=leaves_lib.is_named)
+    by_path = {specs.path_str(p): leaf for p, leaf in flat}
+
+    def one(path: str, size: str) -> str:
+        leaf = by_path.get(path)
+        if leaf is not None and not isinstance(leaf, NamedArray) and getattr(leaf, "shape", ())[:1] == (int(size),):
+            return f"{path} has leading dimension {size}"
+        return f"{path} has {name!r} of size {size}"
+
+    return (f"the loop's length differs between its sliced arguments: {one(m.group(2), m.group(1))}, but "
+            f"{one(m.group(4), m.group(3))}. Every sliced argument must have the same length along {name!r}; "
+            "slice them to one length, or pass an argument whole (spec None, or is_scanned=False).")
 
 
 class _AfterCarry:
@@ -403,8 +435,11 @@ class _AfterCarry:
 def _run(fn, label, what, request, init, xs, kxs, policy, reverse, unroll, returns_y, arg_label, layout):
     name = request.names[0]
     if layout is not None:
+        # The carry (and, per step, the new carry and the ys) are laid out by their names. The sliced arguments
+        # keep the layout they arrive in: constraining a whole stack to the context mapping before the loop
+        # gathered every layer at once under an FSDP-style parameter mapping, and constraining each step's
+        # slice cost temporaries that XLA's own choice (Haliax's) does not (benchmarks/bench_decoder.py).
         init = layout.apply(init)
-        xs, kxs = layout.apply((tuple(xs), dict(kxs)), keep_whole=(name,))
     sliced = resolve_slices(request, what, xs, kxs, arg_label)
     axis, length = sliced.axis, sliced.axis.size
 
@@ -413,7 +448,10 @@ def _run(fn, label, what, request, init, xs, kxs, policy, reverse, unroll, retur
     returned: list[Any] = []
     y_info: list[Any] = []
 
+    lowered = None if policy is None else policy.lower(name, length, what=f"{what} over {name!r}")
+
     def step(carry: Any, slices: Sequence[Any]) -> tuple[Any, Any]:
+        carry, slices = ckpt.tag_step(lowered, name, carry, slices)
         a, k = sliced.at(slices)
         out = fn(carry, *a, **k)
         if returns_y:
@@ -439,13 +477,10 @@ def _run(fn, label, what, request, init, xs, kxs, policy, reverse, unroll, retur
         return new_carry, y_arrays
 
     try:
-        if policy is None:
+        if lowered is None:
             carry, ys = jax.lax.scan(step, init, sliced.arrays, length=length, reverse=reverse, unroll=unroll)
         else:
-            carry, ys = ckpt.nested_scan(
-                step, init, sliced.arrays, length, policy, reverse=reverse, unroll=unroll,
-                what=f"{what} over {name!r}",
-            )
+            carry, ys = ckpt.nested_scan(step, init, sliced.arrays, length, lowered, reverse=reverse, unroll=unroll)
     except TypeError:
         if returned:  # JAX refused the carry: say which part changed, in distmap's terms (raises if found)
             _check_carry(what, label, name, *_signature(init), returned[0])
