@@ -33,37 +33,47 @@ class Static:
         return id(self.value)
 
 
+_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
+
+
 def is_named(x: Any) -> bool:
     return isinstance(x, NamedArray)
 
 
 def is_array(x: Any) -> bool:
     """JAX arrays (tracers included) and numpy arrays; not Python scalars."""
-    return isinstance(x, (jax.Array, np.ndarray, np.generic))
-
-
-def kind_of(leaf: Any) -> Kind:
-    if type(leaf) is NamedArray:
-        return leaf.axes
-    if is_array(leaf):
-        return True
-    return Static(leaf)
+    return isinstance(x, _ARRAY_TYPES)
 
 
 def split(tree: Any) -> tuple[Any, list[Kind], list[Any]]:
     """``(treedef, kinds, arrays)``: NamedArrays count as leaves; ``arrays`` holds the array of each array leaf."""
     leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=is_named)
-    kinds = [kind_of(leaf) for leaf in leaves]
-    arrays = [leaf.array if type(k) is tuple else leaf for leaf, k in zip(leaves, kinds) if not isinstance(k, Static)]
+    kinds: list[Kind] = []
+    arrays: list[Any] = []
+    for leaf in leaves:  # one pass: this runs on every map's outputs while it traces
+        if type(leaf) is NamedArray:
+            kinds.append(leaf.axes)
+            arrays.append(leaf.array)
+        elif isinstance(leaf, _ARRAY_TYPES):
+            kinds.append(True)
+            arrays.append(leaf)
+        else:
+            kinds.append(Static(leaf))
     return treedef, kinds, arrays
 
 
 def rebuild(kinds: Sequence[Kind], arrays: Sequence[Any], front: tuple[Axis, ...] = ()) -> list[Any]:
     """The leaves back from their kinds and arrays; NamedArrays get the axes ``front`` before their own."""
     it = iter(arrays)
-    return [
-        k.value if isinstance(k, Static) else (next(it) if k is True else _wrap(next(it), front + k)) for k in kinds
-    ]
+    out = []
+    for k in kinds:
+        if k is True:
+            out.append(next(it))
+        elif type(k) is tuple:
+            out.append(_wrap(next(it), front + k))
+        else:
+            out.append(k.value)
+    return out
 
 
 def join(treedef: Any, kinds: Sequence[Kind], arrays: Sequence[Any], front: tuple[Axis, ...] = ()) -> Any:

@@ -59,7 +59,7 @@ def run(
         out = fn(*a, **k)
         out_tree, out_kinds, out_arrays = leaves_lib.split(out)
         for kind in out_kinds:
-            if type(kind) is tuple:
+            if type(kind) is tuple and kind:
                 clash = [ax.name for ax in kind if ax.name in plan.names]
                 if clash:
                     raise errors.MappingError(

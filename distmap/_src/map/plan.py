@@ -73,8 +73,11 @@ class Request:
     def key(self) -> tuple:
         """What a plan depends on besides the call's inputs: the axes, the specs and (with specs) fn's parameters."""
         if self._key is None:
-            binding = self.binding.key if (self.args or self.kwargs) and self.binding is not None else None
-            self._key = (self.axes, _spec_key(self.default), _spec_key(self.args), _spec_key(self.kwargs), binding)
+            if not self.args and not self.kwargs:
+                self._key = (self.axes, _spec_key(self.default))
+            else:
+                binding = self.binding.key if self.binding is not None else None
+                self._key = (self.axes, _spec_key(self.default), _spec_key(self.args), _spec_key(self.kwargs), binding)
         return self._key
 
     @property
@@ -89,8 +92,8 @@ _UNREAD = object()
 
 
 def _spec_key(spec: Any) -> Any:
-    if spec is specs.default_spec or spec == () or spec == {}:
-        return spec if spec is specs.default_spec else type(spec)  # the common cases, without a flatten
+    if spec is specs.default_spec:
+        return spec  # the common case, without a flatten
     leaves, treedef = jax.tree_util.tree_flatten(spec, is_leaf=specs.is_spec_leaf)
     return (treedef, tuple(static_key(leaf) for leaf in leaves))
 
@@ -211,7 +214,7 @@ def resolve(request: Request, args: Sequence[Any], kwargs: Mapping[str, Any]) ->
     args = tuple(args)
     kwargs = dict(kwargs)
     leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=is_named)
-    key = (request.key(), treedef, tuple(_signature(leaf) for leaf in leaves))
+    key = (request.key(), treedef, tuple([leaf.axes if type(leaf) is NamedArray else _signature(leaf) for leaf in leaves]))
     plan = _PLANS.get(key)
     if plan is None:
         plan = _resolve(request, args, kwargs, leaves, treedef)

@@ -140,7 +140,10 @@ def from_inputs(plan: Plan, leaves: list[Any], mesh: Any) -> Lowering | None:
     """
     if any(f.mesh_axes for f in frames.current_frames()):
         return None  # inside a map already split over the mesh: the inputs are each device's blocks
-    if not any(_on_a_mesh(leaf) for leaf in plan.unwrap(leaves, plan.arrays)):
+    for leaf in plan.unwrap(leaves, plan.arrays):
+        if _on_a_mesh(leaf):
+            break
+    else:
         return None  # the common case, decided without a closer look
     found: dict[str, tuple[str, ...]] = {}
     the_mesh = None
