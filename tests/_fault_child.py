@@ -9,7 +9,7 @@ the fault at step 3:
     ok        nothing goes wrong; rank 1 registers an atexit handler (it must run)
     raise     rank 1 raises
     exit3     rank 1 calls sys.exit(3) (an atexit handler registered in main must still run)
-    absl      an absl main that returns 3 on rank 1
+    absl      an absl main that calls sys.exit(3) on rank 1
     kill      rank 1 SIGKILLs itself
     stall     rank 1 sleeps (600 s) before its step-3 collective
     skip      rank 1 skips its step-3 collective (``verify`` before each print)
@@ -33,7 +33,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distmap import distributed  # noqa: E402 - at the top, so that sys.exit(main()) below is distmap's
+from distmap import distributed  # noqa: E402
 
 
 def run(mode: str, steps: int) -> int:
@@ -118,9 +118,14 @@ def main(argv: list[str]) -> int:
     if mode == "absl":
         from absl import app
 
-        app.run(lambda _: run(mode, steps), argv=[argv[0]])
+        def absl_main(_: list[str]) -> None:
+            code = run(mode, steps)
+            sys.exit(code)  # looked up after initialize() replaced it (app.run's own sys.exit was looked up before)
+
+        app.run(absl_main, argv=[argv[0]])
     return run(mode, steps)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    code = main(sys.argv)
+    sys.exit(code)  # after main: initialize() replaced sys.exit by then

@@ -51,6 +51,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
@@ -461,22 +462,34 @@ def start(client: Any, rank: int, num_processes: int, stall_timeout: float, *, p
     interval = min(max(stall_timeout / 8.0, 0.05), 1.0)
     watch = _Watch(client, rank, num_processes, float(stall_timeout), interval, peer_grace)
     _WATCH = watch
-    if finish not in exits.ON_NORMAL_EXIT:
-        exits.ON_NORMAL_EXIT.append(finish)
+    if not _STARTED_ONCE:
+        # Registered after jax.distributed.initialize's own handler, so it runs before JAX's shutdown:
+        # the thread is stopped and joined while the interpreter and the coordination service still work
+        # (a daemon thread inside an RPC at interpreter finalization aborts the process).
+        atexit.register(finish)
+        _STARTED_ONCE.append(True)
     watch.thread.start()
     return watch
 
 
+_STARTED_ONCE: list[bool] = []
+
+
 def finish() -> None:
-    """Tell the other ranks this one left the run normally (at exit, before JAX's shutdown barrier)."""
+    """At exit: tell the other ranks this one left the run normally, then stop and join the watch thread.
+
+    A failing rank (see ``exits``) says nothing here: its failure notice already did.
+    """
     watch = _WATCH
     if watch is None:
         return
-    watch.state = "done"
-    try:
-        watch.client.key_value_set(_PREFIX + str(watch.rank), watch.record(), allow_overwrite=True)
-    except Exception:  # noqa: BLE001 - the service may be gone already
-        pass
+    if exits.failing() is None:
+        watch.state = "done"
+        try:
+            watch.client.key_value_set(_PREFIX + str(watch.rank), watch.record(), allow_overwrite=True)
+        except Exception:  # noqa: BLE001 - the service may be gone already
+            pass
+    stop()
 
 
 def stop() -> None:

@@ -74,6 +74,24 @@ EXIT_DIVERGED = 77
 #: Exit status of a rank that ends because another rank failed, stalled or diverged.
 EXIT_PEER_FAILED = 78
 
+#: Exit status of a rank that saved and ended because its run was stopped (``128 + SIGTERM``, what
+#: the default action of SIGTERM gives too). Launchers never restart a run a rank left this way.
+EXIT_STOPPED = 143
+#: Exit statuses that mean "stopped on purpose": SIGTERM, SIGINT, SIGHUP (a scheduler's stop, a
+#: preemption notice, Ctrl-C), whether by the signal's default action or by the program itself.
+STOP_EXIT_CODES = frozenset({128 + 15, 128 + 2, 128 + 1})
+
+
+def is_stop(exit_code: int) -> bool:
+    """Whether a shell-style exit code says the rank was stopped (not that it failed).
+
+    Example:
+        >>> is_stop(143), is_stop(130), is_stop(137), is_stop(1)
+        (True, True, False, False)
+    """
+    return exit_code in STOP_EXIT_CODES
+
+
 #: Text in the error rank 0 raises when the coordinator's port is taken; a launcher that
 #: picked the port itself sees it in rank 0's log and retries with a fresh port.
 PORT_IN_USE_MARKER = "coordinator address already in use"
@@ -199,6 +217,7 @@ __all__ = [
     "EXIT_INIT_TIMEOUT",
     "EXIT_PEER_FAILED",
     "EXIT_STALLED",
+    "EXIT_STOPPED",
     "INIT_TIMEOUT",
     "LOCAL_DEVICE_IDS",
     "NUM_PROCESSES",
@@ -207,8 +226,10 @@ __all__ = [
     "RUN_DIR",
     "RUN_ID",
     "STALL_TIMEOUT",
+    "STOP_EXIT_CODES",
     "RankSpec",
     "check_run_id",
     "child_env",
+    "is_stop",
     "rank_env",
 ]

@@ -79,20 +79,8 @@ _REMOTE_KILL_S = 3.0
 _REMOTE_MARGIN_S = 5.0
 #: The longest wait between two attempts.
 MAX_BACKOFF_S = 60.0
-#: Signals that stop a rank or the launcher on purpose (a scheduler's stop, a preemption notice, Ctrl-C).
+#: Signals that stop the launcher on purpose (a scheduler's stop, a preemption notice, Ctrl-C).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-def is_stop(exit_code: int) -> bool:
-    """Whether a rank's shell-style exit code says it was stopped (SIGTERM, SIGINT, SIGHUP), not that it failed.
-
-    A program that saves on a preemption notice and exits ``128 + SIGTERM`` says the same.
-
-    Example:
-        >>> is_stop(143), is_stop(130), is_stop(137), is_stop(1)
-        (True, True, False, False)
-    """
-    return exit_code in {128 + int(s) for s in STOP_SIGNALS}
 
 
 def new_run_id() -> str:
@@ -413,7 +401,7 @@ def run_group(
                     if rc != 0 and failed is None:
                         failed = r.exit
             if failed is not None:
-                status, code = ("stopped" if is_stop(failed.exit_code) else "failed"), failed.exit_code
+                status, code = ("stopped" if contract.is_stop(failed.exit_code) else "failed"), failed.exit_code
                 break
             if all(r.exit is not None for r in ranks):
                 break
@@ -712,7 +700,6 @@ __all__ = [
     "backoff",
     "describe_exit",
     "exit_code_of",
-    "is_stop",
     "log_suffix",
     "new_run_id",
     "run_group",
