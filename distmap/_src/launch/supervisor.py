@@ -228,8 +228,9 @@ def describe_exit(returncode: int) -> str:
 # Nothing is written to disk.
 _WATCHDOG = (
     'pgs=; while read -r pg; do pgs="$pgs -$pg"; done; [ -z "$pgs" ] && exit 0; '
+    'alive() { for g in $pgs; do kill -s 0 -- "$g" 2>/dev/null && return 0; done; return 1; }; '
     'kill -s TERM -- $pgs 2>/dev/null; end=$(( $(date +%s) + $1 )); '
-    'while [ "$(date +%s)" -lt "$end" ] && kill -0 -- $pgs 2>/dev/null; do sleep 0.2; done; '
+    'while [ "$(date +%s)" -lt "$end" ] && alive; do sleep 0.2; done; '
     'kill -s KILL -- $pgs 2>/dev/null'
 )
 
@@ -657,12 +658,12 @@ def supervise(
     else:
         message = _report(last)
         _say(err, message)
-    _write_summary(run_dir, run_id, first_argv, attempts, options.log_tag)
+    _write_summary(run_dir, run_id, first_argv, attempts, log_suffix(first, options.log_tag))
     return LaunchResult(exit_code=last.exit_code, run_dir=run_dir, attempts=attempts, message=message)
 
 
 def _write_summary(run_dir: str, run_id: str, argv: list[list[str]], attempts: list[AttemptResult],
-                   tag: str | None = None) -> None:
+                   suffix: str = "") -> None:
     summary = {
         "run_id": run_id,
         "argv": argv,
@@ -681,7 +682,7 @@ def _write_summary(run_dir: str, run_id: str, argv: list[list[str]], attempts: l
         ],
     }
     with contextlib.suppress(OSError):
-        with open(os.path.join(run_dir, f"launch{'.' + tag if tag else ''}.json"), "w") as f:
+        with open(os.path.join(run_dir, f"launch{suffix}.json"), "w") as f:
             json.dump(summary, f, indent=1)
 
 
