@@ -18,6 +18,9 @@ the fault at step 3:
     vmapskip  the collective is a sharded ``distmap.vmap`` with a ``distmap.psum`` over the batch
               (counted by the map engine itself, not ``watched``); rank 1 skips it at step 3
               (``verify`` before each print)
+    jitskipadd  the same map under ``jax.jit`` (traced once, so only the collective check, which
+              counts executions, sees it); rank 1 skips step 3's and runs an extra one at step 6
+              (``verify`` before each print)
     bench     no fault; STEPS steps in blocks of 25, the watch (its thread and note) on and paused
               in turn (on, off, off, on, ...); prints ``STEP_S <median s per step, watch off>`` and ``AB <median
               ratio of the on / off block times>``
@@ -49,10 +52,12 @@ def run(mode: str, steps: int) -> int:
     mesh = jax.make_mesh((jax.device_count(),), ("x",), devices=jax.devices())
     per = jax.local_device_count()
     width = 256 if mode == "bench" else 4
-    if mode == "vmapskip":
+    if mode in ("vmapskip", "jitskipadd"):
         import distmap
 
         summed = distmap.vmap(lambda row: distmap.psum(row, "batch"), "batch", mesh=mesh, axis_mapping={"batch": "x"})
+        if mode == "jitskipadd":
+            summed = jax.jit(summed)
 
         def psum(a):  # the same per-device value as the shard_map below: the sum over every row
             return summed(distmap.named(a, ("batch", "f"))).array
@@ -88,11 +93,11 @@ def run(mode: str, steps: int) -> int:
                 os.kill(os.getpid(), signal.SIGKILL)
             if mode == "stall":
                 time.sleep(600)
-        skipped = rank == 1 and step == 3 and (mode.startswith("skip") or mode == "vmapskip")
+        skipped = rank == 1 and step == 3 and (mode.startswith("skip") or mode in ("vmapskip", "jitskipadd"))
         out = None if skipped else psum(data(step))
-        if rank == 1 and step == 6 and mode == "skipadd":
+        if rank == 1 and step == 6 and mode in ("skipadd", "jitskipadd"):
             psum(data(step))  # one more, so the counts agree again at the end
-        if mode in ("skip", "skipadd", "vmapskip"):
+        if mode in ("skip", "skipadd", "vmapskip", "jitskipadd"):
             distributed.verify(f"step {step}")
         if out is not None:
             got = float(np.asarray(out.addressable_data(0))[0, 0]) * per

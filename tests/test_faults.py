@@ -232,6 +232,16 @@ def test_a_skipped_collective_is_a_divergence_before_any_wrong_result(tmp_path, 
 
 
 @pytest.mark.multiprocess
+def test_a_jitted_map_skipped_then_run_once_more_is_caught_by_the_collective_check(tmp_path):
+    """Under jax.jit the map is traced once; the collective check counts its executions, so verify sees the skip."""
+    res, out, err, logs = _launch(tmp_path, "jitskipadd", DISTMAP_CHECK_COLLECTIVES="1")
+    assert (res.exit_code, res.failed_rank) == (progress.EXIT_DIVERGED, 1), err + logs[1][-3000:]
+    assert "WRONG" not in out and "step 2 sum 401 ok" in out
+    assert "DivergenceError: verify #2 (step 3): rank 1 diverged" in logs[1] and "(rank 0: 3; rank 1: 2)" in logs[1]
+    assert "vmap run ('run.<locals>.<lambda>', ('batch',)" in logs[1]  # the call, as it executed
+
+
+@pytest.mark.multiprocess
 def test_without_verify_the_watch_still_fails_a_run_that_ends_short(tmp_path):
     res, out, err, logs = _launch(tmp_path, "skipquiet", stall_timeout=2)
     # The background watch cannot tell one psum from the next, so wrong sums do print here

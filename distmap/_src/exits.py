@@ -53,7 +53,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from distmap import errors
 
@@ -139,6 +139,30 @@ def acknowledge(client: Any, rank: int) -> None:
         client.key_value_set(_ACK_PREFIX + str(rank), "1", allow_overwrite=True)
     except Exception:  # noqa: BLE001
         pass
+
+
+def leave(client: Any, rank: int, code: int, why: str) -> NoReturn:
+    """End this rank now with ``code``, its failure notice published as final (the rank at fault)."""
+    publish_failure(client, rank, code, why, final=True)
+    flush()
+    os._exit(code)
+
+
+def follow(client: Any, rank: int, culprits: set[int], grace: float = 5.0) -> NoReturn:
+    """End this rank with ``EXIT_PEER_FAILED`` once ``culprits`` ended (at most ``grace`` s), so a launcher,
+    which names the first rank to exit, names the rank at fault."""
+    acknowledge(client, rank)
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
+        try:
+            if culprits <= _finals(client):
+                time.sleep(0.3)
+                break
+        except Exception:  # noqa: BLE001 - the service is gone: the ranks at fault ended
+            break
+        time.sleep(0.05)
+    flush()
+    os._exit(EXIT_PEER_FAILED)
 
 
 def failing() -> tuple[int, str] | None:
@@ -270,4 +294,8 @@ def uninstall() -> None:
     _STATE.failing = None
 
 
-__all__ = ["EXIT_DIVERGED", "EXIT_GRACE_S", "EXIT_PEER_FAILED", "EXIT_STALLED", "FAST_EXIT_ENV", "exit_code", "failing", "fast_exit_from_env", "install", "uninstall"]
+__all__ = [
+    "EXIT_DIVERGED", "EXIT_GRACE_S", "EXIT_PEER_FAILED", "EXIT_STALLED", "FAST_EXIT_ENV", "acknowledge", "exit_code",
+    "failing", "failure_notices", "fast_exit_from_env", "flush", "follow", "install", "leave", "publish_failure",
+    "uninstall",
+]

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from distmap import errors
-from distmap._src import consistency, exits, jax_internals, progress, run_config
+from distmap._src import collective_check, consistency, exits, jax_internals, progress, run_config
 from distmap._src.launch import contract
 from distmap._src.run_config import DistributedConfig
 
@@ -72,6 +72,7 @@ def initialize(
     fingerprint: Mapping[str, Any] | bool | None = None,
     stall_timeout: float | None = None,
     fast_exit: bool | None = None,
+    check_collectives: bool | None = None,
 ) -> DistributedConfig:
     """Join the multi-process run this program was started in; call it first, before any JAX work.
 
@@ -104,6 +105,9 @@ def initialize(
             before it (JAX's barrier among them) are skipped. ``False`` (or
             ``DISTMAP_FAST_EXIT=0``) keeps Python's and JAX's behaviour. Normal exits are
             never affected. See :mod:`distmap._src.exits`.
+        check_collectives: check at every execution that all ranks run the same sharded maps in
+            the same order (``DISTMAP_CHECK_COLLECTIVES``, launchers' ``--check_collectives``;
+            default off). See :mod:`distmap._src.collective_check`.
 
     Returns:
         The :class:`DistributedConfig` in force.
@@ -123,6 +127,7 @@ def initialize(
                                             cpu_devices, initialization_timeout, stall_timeout)
     timeout = requested.initialization_timeout
     fast = exits.fast_exit_from_env() if fast_exit is None else bool(fast_exit)
+    check = collective_check.enabled_from_env() if check_collectives is None else bool(check_collectives)
     if _STATE.config is not None:
         return _same_as_before(requested)
 
@@ -179,6 +184,8 @@ def initialize(
         consistency.check_consistency(fingerprint if isinstance(fingerprint, Mapping) else None, timeout=timeout)
     if config.stall_timeout and n > 1:
         progress.start(jax_internals.distributed_client(), int(config.process_id or 0), n, config.stall_timeout)
+    if check and n > 1:
+        collective_check.start(int(config.process_id or 0), jax_internals.distributed_client())
     return config
 
 
@@ -450,6 +457,7 @@ def shutdown() -> None:
         >>> distributed.shutdown()  # harmless without a run
     """
     progress.stop()
+    collective_check.stop()
     exits.uninstall()
     if jax_internals.distributed_client() is not None:
         import jax

@@ -20,6 +20,8 @@ of them is set, JAX's own cluster detection (SLURM, TPU VMs, Kubernetes, MPI) is
                                start-up fingerprint, so a stale rank cannot join).
 ``DISTMAP_ATTEMPT``            0 for the first start, k for the k-th restart of the group.
 ``DISTMAP_RUN_DIR``            the launch's run folder (logs), for programs that write files.
+``DISTMAP_CHECK_COLLECTIVES``  ``1``: check at every execution that all ranks run the same
+                               sharded maps in the same order (``--check_collectives``).
 =============================  ===========================================================
 
 Example:
@@ -48,6 +50,7 @@ STALL_TIMEOUT = "DISTMAP_STALL_TIMEOUT"
 RUN_ID = "DISTMAP_RUN_ID"
 ATTEMPT = "DISTMAP_ATTEMPT"
 RUN_DIR = "DISTMAP_RUN_DIR"
+CHECK_COLLECTIVES = "DISTMAP_CHECK_COLLECTIVES"
 
 #: Every variable of the contract, in the order the table above lists them.
 ENV_VARS = (
@@ -62,6 +65,7 @@ ENV_VARS = (
     RUN_ID,
     ATTEMPT,
     RUN_DIR,
+    CHECK_COLLECTIVES,
 )
 
 #: Exit status of a rank whose processes did not all join within the start-up time-out
@@ -138,6 +142,7 @@ class RankSpec:
             (``0``: no watch; ``None``: the runtime's default).
         coordinator_bind: address rank 0 binds, where not the coordinator's host.
         run_dir: the run folder.
+        check_collectives: turn the collective check on (``None``: the runtime's default, off).
     """
 
     coordinator: str | None
@@ -152,6 +157,7 @@ class RankSpec:
     stall_timeout: float | None = None
     coordinator_bind: str | None = None
     run_dir: str | None = None
+    check_collectives: bool | None = None
 
 
 def _ids(ids: Sequence[int]) -> str:
@@ -191,6 +197,8 @@ def rank_env(spec: RankSpec) -> dict[str, str]:
     env[ATTEMPT] = str(int(spec.attempt))
     if spec.run_dir is not None:
         env[RUN_DIR] = spec.run_dir
+    if spec.check_collectives is not None:
+        env[CHECK_COLLECTIVES] = "1" if spec.check_collectives else "0"
     env["PYTHONUNBUFFERED"] = "1"  # lines reach the launcher as they are printed
     return env
 
@@ -209,6 +217,7 @@ def child_env(spec: RankSpec, base: Mapping[str, str] | None = None) -> dict[str
 
 __all__ = [
     "ATTEMPT",
+    "CHECK_COLLECTIVES",
     "COORDINATOR",
     "COORDINATOR_BIND",
     "CPU_DEVICES",

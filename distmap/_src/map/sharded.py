@@ -441,7 +441,15 @@ def _run(static: _Static, fn_arrays: list[Any], *values: Any) -> Any:
 
     out_spec = PartitionSpec(*[_one_spec(split[l][0]) if l in split else None for l in range(len(names))])
     mapped = jax.shard_map(body, mesh=mesh, in_specs=tuple(in_specs), out_specs=out_spec, check_vma=False)
-    out_arrays = mapped(*_reshard_inputs(list(values), in_specs, mesh))
+    inputs = _reshard_inputs(list(values), in_specs, mesh)
+    # Runtime hook (distmap/_src/collective_check.py, loaded by distmap.distributed): when the collective check
+    # is on, it adds to this trace a count and cross-rank comparison of this map that runs at every execution,
+    # and sequences the inputs after it. Contract: inputs = traced_map(key, mesh, inputs), once per traced map
+    # over a multi-process mesh, with the progress key; off, it returns the inputs and adds nothing.
+    check = sys.modules.get("distmap._src.collective_check")
+    if check is not None and _spans_processes(mesh):
+        inputs = check.traced_map(_launch_key(fn, plan, lowering, values), mesh, inputs)
+    out_arrays = mapped(*inputs)
     out_tree, out_kinds = out_info
     uneven = [l for l in split if l not in even]
     out_arrays = [_cut_back(a, plan, split, uneven, mesh) for a in out_arrays]
