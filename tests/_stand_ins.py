@@ -23,7 +23,8 @@ client) does not kill it. Only the launcher's remote clean-up can.
 * ``ssh [-o OPT] HOST CMD...``: runs ``sh -c "CMD..."`` here, as sshd runs it with a POSIX login
   shell, with the client's stdin and output (so the remote side sees end-of-file when the
   client's stdin closes, as through a real ssh session).
-* ``kubectl apply -f -``: keeps its input in ``FAKE_KUBECTL_OUT``.
+* ``kubectl apply -f - [-o jsonpath={.metadata.uid}]``: appends its input (one JSON object) to
+  ``FAKE_KUBECTL_OUT`` and prints ``uid-of-NAME`` for the jsonpath, else ``kind/NAME created``.
 
 Every call is appended to ``calls.jsonl`` in the stand-in folder.
 """
@@ -188,11 +189,16 @@ sys.exit(code_of(p.wait()))
 '''
 
 _KUBECTL = _COMMON + r'''
-if sys.argv[1:] != ["apply", "-f", "-"]:
-    sys.exit(f"fake kubectl: expected apply -f -, got {sys.argv[1:]}")
-open(os.environ["FAKE_KUBECTL_OUT"], "w").write(sys.stdin.read())
-print("service/fake created")
-print("job.batch/fake created")
+args = sys.argv[1:]
+if args[:3] != ["apply", "-f", "-"] or args[3:] not in ([], ["-o", "jsonpath={.metadata.uid}"]):
+    sys.exit(f"fake kubectl: expected apply -f - [-o jsonpath={{.metadata.uid}}], got {args}")
+doc = json.loads(sys.stdin.read())
+with open(os.environ["FAKE_KUBECTL_OUT"], "a") as f:
+    f.write(json.dumps(doc) + "\n")
+if args[3:]:
+    print(f"uid-of-{doc['metadata']['name']}", end="")
+else:
+    print(f"{doc['kind'].lower()}/{doc['metadata']['name']} created")
 '''
 
 _SCRIPTS = {"sbatch": _SBATCH, "srun": _SRUN, "scontrol": _SCONTROL, "gcloud": _GCLOUD, "ssh": _SSH,
