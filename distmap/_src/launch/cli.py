@@ -136,6 +136,12 @@ def define_common_flags(
         flag_values=fv,
     )
     flags.DEFINE_bool("dry_run", False, "Print what would be run or submitted, and do nothing.", flag_values=fv)
+    flags.DEFINE_bool(
+        "check_collectives", False,
+        f"Check at every execution, inside jax.jit too, that all ranks run the same sharded distmap.vmap calls in the "
+        f"same order ({contract.CHECK_COLLECTIVES}=1): one host callback and a 3-int all-gather per sharded call.",
+        flag_values=fv,
+    )
     flags.DEFINE_multi_string("env", [], "NAME=VALUE set in every process of the run (repeat the flag for more).",
                               flag_values=fv)
     check_flag("env", lambda item: shell.parse_env([item]), fv)
@@ -172,8 +178,10 @@ def options_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Superviso
 
 
 def env_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, str]:
-    """The ``--env`` values as a dict (later ones win; each was checked while parsing)."""
-    return shell.parse_env(flag_values["env"].value)
+    """What every rank gets beyond the contract: ``--check_collectives``, then the ``--env`` values (later win)."""
+    env = {contract.CHECK_COLLECTIVES: "1"} if flag_values["check_collectives"].value else {}
+    env.update(shell.parse_env(flag_values["env"].value))
+    return env
 
 
 def program_from_argv(argv: Sequence[str], raw_argv: Sequence[str] | None = None) -> list[str]:

@@ -142,7 +142,6 @@ class RankSpec:
             (``0``: no watch; ``None``: the runtime's default).
         coordinator_bind: address rank 0 binds, where not the coordinator's host.
         run_dir: the run folder.
-        check_collectives: turn the collective check on (``None``: the runtime's default, off).
     """
 
     coordinator: str | None
@@ -157,7 +156,6 @@ class RankSpec:
     stall_timeout: float | None = None
     coordinator_bind: str | None = None
     run_dir: str | None = None
-    check_collectives: bool | None = None
 
 
 def _ids(ids: Sequence[int]) -> str:
@@ -197,8 +195,6 @@ def rank_env(spec: RankSpec) -> dict[str, str]:
     env[ATTEMPT] = str(int(spec.attempt))
     if spec.run_dir is not None:
         env[RUN_DIR] = spec.run_dir
-    if spec.check_collectives is not None:
-        env[CHECK_COLLECTIVES] = "1" if spec.check_collectives else "0"
     env["PYTHONUNBUFFERED"] = "1"  # lines reach the launcher as they are printed
     return env
 
