@@ -274,14 +274,15 @@ def psum_step_cost(n: int, stall_timeout: float, steps: int, log_dir: str) -> tu
 # The main job's training step (examples/ensemble.py with configs/local_2proc.flags), run in
 # blocks that alternate the watch on and paused, as above. The step is wrapped in
 # distributed.watched: one note per step, what the map engine's hook adds per sharded call.
-ENSEMBLE_AB = f"""
+# What both step benchmarks start with: the main job's flags, model and data on 2 processes x 4 devices.
+MAIN_JOB_SETUP = f"""
 import os, statistics, sys, time
 sys.path[:0] = [{_ROOT!r}, os.path.join({_ROOT!r}, "examples")]
 from absl import flags
 import ensemble, distmap, distmap.flags
 flags.FLAGS(["ensemble", "--flagfile=" + os.path.join({_ROOT!r}, "configs", "local_2proc.flags")])
 from distmap import distributed
-from distmap._src import progress
+from distmap._src import collective_check, jax_internals, progress
 distributed.initialize_from_flags()
 import equinox as eqx, jax
 mesh = distmap.make_mesh(distmap.flags.mesh_shape_from_flags())
@@ -290,6 +291,9 @@ rank, nproc = jax.process_index(), jax.process_count()
 x_all, y_all = ensemble.make_data(512, 16, 0)
 rows = slice(rank * 512 // nproc, (rank + 1) * 512 // nproc)
 local = {{"x": distmap.named(x_all[rows], ("batch", "feature")), "y": distmap.named(y_all[rows], ("batch",))}}
+"""
+
+ENSEMBLE_AB = MAIN_JOB_SETUP + """
 with distmap.axis_mapping(mapping), jax.set_mesh(mesh):
     data = distributed.host_local_to_global(local, mesh=mesh)
     model = distmap.shard(ensemble.build(4, 16, 64, 0), mesh=mesh)
@@ -300,7 +304,7 @@ with distmap.axis_mapping(mapping), jax.set_mesh(mesh):
         return jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, m, grads), loss
 
     step = distributed.watched(step, "ensemble step")
-    watch, blocks = progress.active(), {{True: [], False: []}}
+    watch, blocks = progress.active(), {True: [], False: []}
     model, loss = step(model, data["x"], data["y"]); float(loss)  # compile
     for b in range(int(sys.argv[1])):
         on = b % 4 in (0, 3)  # on, off, off, on, ...: a trend over the run hits both alike
@@ -312,9 +316,9 @@ with distmap.axis_mapping(mapping), jax.set_mesh(mesh):
         blocks[on].append(time.perf_counter() - t0)
     progress._WATCH, watch.paused = watch, False
 ratios = [a / b for a, b in zip(blocks[True][1:], blocks[False][1:])]
-print(f"STEP_S {{statistics.median(blocks[False]) / 25:.6g}}", flush=True)
-print(f"AB {{statistics.median(ratios):.6g}}", flush=True)
-print(f"WATCH_CPU {{watch.cpu_s / sum(blocks[True]):.6g}}", flush=True)  # its thread's CPU share while on
+print(f"STEP_S {statistics.median(blocks[False]) / 25:.6g}", flush=True)
+print(f"AB {statistics.median(ratios):.6g}", flush=True)
+print(f"WATCH_CPU {watch.cpu_s / sum(blocks[True]):.6g}", flush=True)  # its thread's CPU share while on
 """
 
 
@@ -566,22 +570,7 @@ def restart_table(devices: int, repeats: int, tmp: str) -> None:
 # The collective check's cost on the main job's training step: the step is traced twice in one
 # run, once with the check on (a callback per device and an all-gather of 3 int32 per sharded map)
 # and once without, and blocks of 25 steps of each alternate (on, off, off, on, ...).
-CHECK_AB = f"""
-import os, statistics, sys, time
-sys.path[:0] = [{_ROOT!r}, os.path.join({_ROOT!r}, "examples")]
-from absl import flags
-import ensemble, distmap, distmap.flags
-flags.FLAGS(["ensemble", "--flagfile=" + os.path.join({_ROOT!r}, "configs", "local_2proc.flags")])
-from distmap import distributed
-from distmap._src import collective_check, jax_internals
-distributed.initialize_from_flags()
-import equinox as eqx, jax
-mesh = distmap.make_mesh(distmap.flags.mesh_shape_from_flags())
-mapping = distmap.flags.axis_mapping_from_flags()
-rank, nproc = jax.process_index(), jax.process_count()
-x_all, y_all = ensemble.make_data(512, 16, 0)
-rows = slice(rank * 512 // nproc, (rank + 1) * 512 // nproc)
-local = {{"x": distmap.named(x_all[rows], ("batch", "feature")), "y": distmap.named(y_all[rows], ("batch",))}}
+CHECK_AB = MAIN_JOB_SETUP + """
 
 def make_step():
     @eqx.filter_jit
@@ -593,13 +582,13 @@ def make_step():
 with distmap.axis_mapping(mapping), jax.set_mesh(mesh):
     data = distributed.host_local_to_global(local, mesh=mesh)
     model = distmap.shard(ensemble.build(4, 16, 64, 0), mesh=mesh)
-    steps = {{}}
+    steps = {}
     for on in (True, False):
         collective_check.start(rank, jax_internals.distributed_client()) if on else collective_check.stop()
         steps[on] = make_step()
         m, loss = steps[on](model, data["x"], data["y"]); float(loss)  # trace and compile
     collective_check.start(rank, jax_internals.distributed_client())
-    blocks = {{True: [], False: []}}
+    blocks = {True: [], False: []}
     for b in range(int(sys.argv[1])):
         on = b % 4 in (0, 3)
         t0 = time.perf_counter()
@@ -608,8 +597,8 @@ with distmap.axis_mapping(mapping), jax.set_mesh(mesh):
             float(loss)
         blocks[on].append(time.perf_counter() - t0)
 ratios = [a / b for a, b in zip(blocks[True][1:], blocks[False][1:])]
-print(f"STEP_S {{statistics.median(blocks[False]) / 25:.6g}}", flush=True)
-print(f"AB {{statistics.median(ratios):.6g}}", flush=True)
+print(f"STEP_S {statistics.median(blocks[False]) / 25:.6g}", flush=True)
+print(f"AB {statistics.median(ratios):.6g}", flush=True)
 """
 
 

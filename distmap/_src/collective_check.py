@@ -46,30 +46,24 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 import sys
 import threading
 import zlib
 from collections.abc import Hashable
 from typing import Any
 
-from distmap import errors
 from distmap._src import exits, progress
 from distmap._src.consistency import ranks_text
+from distmap._src.launch import contract
 from distmap._src.launch.contract import EXIT_DIVERGED
 
 #: ``1`` turns the check on in a multi-process run (launchers set it from ``--check_collectives``).
-CHECK_ENV = "DISTMAP_CHECK_COLLECTIVES"
+CHECK_ENV = contract.CHECK_COLLECTIVES
 
 
 def enabled_from_env() -> bool:
     """Whether ``DISTMAP_CHECK_COLLECTIVES`` asks for the check (unset: no)."""
-    raw = os.environ.get(CHECK_ENV, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise errors.DistributedError(f"environment variable {CHECK_ENV}={raw!r}: expected 1 or 0 (on or off).")
+    return exits.env_switch(CHECK_ENV, False)
 
 
 class _Check:

@@ -82,14 +82,26 @@ def exit_code(status: Any) -> int:
     return 1
 
 
-def fast_exit_from_env() -> bool:
-    """Whether ``DISTMAP_FAST_EXIT`` leaves the fast exit on (unset: on)."""
-    raw = os.environ.get(FAST_EXIT_ENV, "").strip().lower()
-    if raw in ("", "1", "true", "yes", "on"):
+def env_switch(name: str, default: bool) -> bool:
+    """An on/off environment variable of the runtime (``1``/``0``, ``true``/``false``, ...; unset: ``default``).
+
+    Example:
+        >>> env_switch("DISTMAP_SOMETHING_UNSET", True)
+        True
+    """
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
         return True
     if raw in ("0", "false", "no", "off"):
         return False
-    raise errors.DistributedError(f"environment variable {FAST_EXIT_ENV}={raw!r}: expected 1 or 0 (on or off).")
+    raise errors.DistributedError(f"environment variable {name}={raw!r}: expected 1 or 0 (on or off).")
+
+
+def fast_exit_from_env() -> bool:
+    """Whether ``DISTMAP_FAST_EXIT`` leaves the fast exit on (unset: on)."""
+    return env_switch(FAST_EXIT_ENV, True)
 
 
 class _Exits:
@@ -295,7 +307,7 @@ def uninstall() -> None:
 
 
 __all__ = [
-    "EXIT_DIVERGED", "EXIT_GRACE_S", "EXIT_PEER_FAILED", "EXIT_STALLED", "FAST_EXIT_ENV", "acknowledge", "exit_code",
+    "EXIT_DIVERGED", "EXIT_GRACE_S", "EXIT_PEER_FAILED", "EXIT_STALLED", "FAST_EXIT_ENV", "acknowledge", "env_switch", "exit_code",
     "failing", "failure_notices", "fast_exit_from_env", "flush", "follow", "install", "leave", "publish_failure",
     "uninstall",
 ]
