@@ -6,7 +6,7 @@ pg=$!
 { word=; while read -r word; do case $word in stop|kill) break;; esac; done <&3
   if [ "$word" = kill ]; then kill -s KILL -- "-$pg"; exit 0; fi
   kill -s TERM -- "-$pg"; end=$(( $(date +%s) + grace ))
-  while [ "$(date +%s)" -lt "$end" ] && kill -0 -- "-$pg"; do sleep 0.2; done
+  while [ "$(date +%s)" -lt "$end" ] && kill -s 0 -- "-$pg"; do sleep 0.2; done
   kill -s KILL -- "-$pg"; } >/dev/null 2>&1 &
 wd=$!
 exec 3<&-
@@ -28,7 +28,7 @@ pg=$!
 { word=; while read -r word; do case $word in stop|kill) break;; esac; done <&3
   if [ "$word" = kill ]; then kill -s KILL -- "-$pg"; exit 0; fi
   kill -s TERM -- "-$pg"; end=$(( $(date +%s) + grace ))
-  while [ "$(date +%s)" -lt "$end" ] && kill -0 -- "-$pg"; do sleep 0.2; done
+  while [ "$(date +%s)" -lt "$end" ] && kill -s 0 -- "-$pg"; do sleep 0.2; done
   kill -s KILL -- "-$pg"; } >/dev/null 2>&1 &
 wd=$!
 exec 3<&-
@@ -50,7 +50,7 @@ pg=$!
 { word=; while read -r word; do case $word in stop|kill) break;; esac; done <&3
   if [ "$word" = kill ]; then kill -s KILL -- "-$pg"; exit 0; fi
   kill -s TERM -- "-$pg"; end=$(( $(date +%s) + grace ))
-  while [ "$(date +%s)" -lt "$end" ] && kill -0 -- "-$pg"; do sleep 0.2; done
+  while [ "$(date +%s)" -lt "$end" ] && kill -s 0 -- "-$pg"; do sleep 0.2; done
   kill -s KILL -- "-$pg"; } >/dev/null 2>&1 &
 wd=$!
 exec 3<&-
@@ -72,7 +72,7 @@ pg=$!
 { word=; while read -r word; do case $word in stop|kill) break;; esac; done <&3
   if [ "$word" = kill ]; then kill -s KILL -- "-$pg"; exit 0; fi
   kill -s TERM -- "-$pg"; end=$(( $(date +%s) + grace ))
-  while [ "$(date +%s)" -lt "$end" ] && kill -0 -- "-$pg"; do sleep 0.2; done
+  while [ "$(date +%s)" -lt "$end" ] && kill -s 0 -- "-$pg"; do sleep 0.2; done
   kill -s KILL -- "-$pg"; } >/dev/null 2>&1 &
 wd=$!
 exec 3<&-

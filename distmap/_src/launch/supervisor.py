@@ -574,7 +574,7 @@ def supervise(
     err: IO[str] | None = None,
     retry_for_free: Callable[[AttemptResult], bool] | None = None,
     on_attempt_end: Callable[[AttemptResult], None] | None = None,
-    before_attempt: Callable[[int, _StopSignals], AttemptResult | None] | None = None,
+    before_attempt: Callable[[int], AttemptResult | None] | None = None,
 ) -> LaunchResult:
     """Run the group ``make_workers(attempt)`` under supervision until it ends; see the module doc.
 
@@ -588,9 +588,9 @@ def supervise(
         retry_for_free: given a failed attempt, whether to start again without counting a
             restart (``launch/local.py`` uses it when rank 0's port was taken); at most 3 times.
         on_attempt_end: called after every attempt once its ranks are stopped (remote clean-up).
-        before_attempt: called before every attempt but the first with the attempt number and
-            the launcher's stop signals (TPU: check the VM, prepare the workers again); a result
-            it returns ends that attempt before it starts (a failed one may be restarted).
+        before_attempt: called before every attempt but the first with its number (TPU: check
+            the VMs, prepare the workers again); a result it returns ends that attempt before it
+            starts (a failed one may be restarted).
 
     Returns:
         A :class:`LaunchResult`; ``exit_code`` is what the launcher should exit with.
@@ -615,7 +615,7 @@ def supervise(
     first = attempt = attempts_so_far(run_dir)
     with stops.installed():
         while True:
-            res = before_attempt(attempt, stops) if before_attempt is not None and attempt > first else None
+            res = before_attempt(attempt) if before_attempt is not None and attempt > first else None
             if res is None and stops.signum is None:
                 workers = list(make_workers(attempt))
                 if not first_argv:

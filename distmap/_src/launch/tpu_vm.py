@@ -50,7 +50,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from typing import IO, Any
+from typing import IO
 
 from distmap import errors
 from distmap._src.launch import agent as agent_lib
@@ -460,7 +460,7 @@ def run_tpu(job: TpuJob, options: SupervisorOptions, *, out: IO[str] | None = No
         err.write(msg + "\n")
         return LaunchResult(exit_code=failed.exit_code, run_dir=job.run_dir, attempts=[failed], message=msg)
 
-    def before_attempt(attempt: int, stops: Any) -> AttemptResult | None:
+    def before_attempt(attempt: int) -> AttemptResult | None:
         """Before a restart: every TPU VM READY, then the code shipped and the workers prepared again."""
         states = _vm_states(job)
         down = {n: s for n, s in states.items() if s != "READY"}
