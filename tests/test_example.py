@@ -30,7 +30,7 @@ def _launch(tmp_path, *program_flags, run_id):
     return [
         sys.executable, "launch/local.py", "--flagfile=configs/local_2proc.flags", f"--log_dir={tmp_path}",
         "--timeout=240", "--max_restarts=1", "--grace_period=60", f"--run_id={run_id}", "--", sys.executable,
-        "examples/ensemble.py", "--flagfile=configs/local_2proc.flags", "--log_every=10", *program_flags,
+        "examples/ensemble.py", "--flagfile=configs/local_2proc.flags", "--steps=60", "--log_every=10", *program_flags,
     ]
 
 
@@ -40,7 +40,7 @@ def _digest(text: str) -> str:
 
 @pytest.mark.multiprocess
 def test_stopped_after_step_20_and_started_again_it_ends_as_an_uninterrupted_run(tmp_path):
-    """2 processes x 4 devices: uninterrupted; then stopped (SIGTERM to the launcher) after step 20 and run again."""
+    """2 processes x 4 devices, 60 steps: uninterrupted; then stopped (SIGTERM to the launcher) after step 20 and run again."""
     whole = subprocess.run(_launch(tmp_path, run_id="whole"), cwd=ROOT, env=_env(), capture_output=True, text=True,
                            timeout=300)
     text = whole.stdout + whole.stderr
