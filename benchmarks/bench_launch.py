@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
@@ -439,18 +440,19 @@ def _main_job(extra: list[str]) -> list[str]:
             "--log_every=10", "--nocheck", *extra]
 
 
-def _stop_programs(tmp: str) -> dict[str, list[str]]:
+def _stop_programs(tmp: str) -> dict[str, Any]:
+    """Each program as a function of the run's number (every run saves into a checkpoint folder of its own)."""
     ignores = os.path.join(tmp, "ignores.py")
     with open(ignores, "w") as f:
         f.write(_IGNORES)
-    return {"saves (orbax)": _main_job([f"--checkpoint_dir={os.path.join(tmp, 'ckpt')}", "--checkpoint_every=100000"]),
-            "ends, no save": _main_job([]),
-            "ignores the stop": [sys.executable, ignores]}
+    return {"saves (orbax)": lambda k: _main_job([f"--checkpoint_dir={os.path.join(tmp, f'ckpt{k}')}",
+                                                   "--checkpoint_every=100000"]),
+            "ends, no save": lambda k: _main_job([]),
+            "ignores the stop": lambda k: [sys.executable, ignores]}
 
 
 def _run_until_step_10(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     assert proc.stdout is not None
     for line in proc.stdout:
         if "step   10" in line:
@@ -461,10 +463,15 @@ def _run_until_step_10(cmd: list[str], env: dict[str, str] | None = None) -> sub
 def stop_local_or_ssh(launcher: list[str], program: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
     """(seconds from SIGTERM to the launcher until it exited, its exit code)."""
     proc = _run_until_step_10([*launcher, "--grace_period=5", "--", *program], env)
-    t0 = time.monotonic()
-    proc.send_signal(15)
-    proc.communicate(timeout=120)
-    return time.monotonic() - t0, proc.returncode
+    try:
+        t0 = time.monotonic()
+        proc.send_signal(15)
+        proc.communicate(timeout=120)
+        return time.monotonic() - t0, proc.returncode
+    finally:
+        if proc.poll() is None:  # never leave a launcher (and its ranks) behind
+            proc.send_signal(15)
+            proc.wait(60)
 
 
 def stop_slurm(cluster, program: list[str], log_dir: str, run_id: str) -> tuple[float, int]:
@@ -495,7 +502,7 @@ def stop_table(repeats: int, tmp: str, where: list[str]) -> None:
              f"--flagfile={os.path.join(_ROOT, 'configs', 'local_2proc.flags')}", f"--log_dir={tmp}/runs"]
     if "local" in where:
         for name, program in programs.items():
-            got = [stop_local_or_ssh(local, program) for _ in range(repeats)]
+            got = [stop_local_or_ssh(local, program(k)) for k in range(repeats)]
             rows.append(("local", name, statistics.median(t for t, _ in got), sorted({c for _, c in got})))
     if "ssh" in where:
         sys.path.insert(0, os.path.join(_ROOT, "tests"))
@@ -507,7 +514,7 @@ def stop_table(repeats: int, tmp: str, where: list[str]) -> None:
                    f"--ssh_config={server.ssh_config}", "--coordinator_host=127.0.0.1", f"--remote_dir={_ROOT}",
                    "--devices_per_process=4", f"--log_dir={tmp}/runs"]
             for name, program in programs.items():
-                got = [stop_local_or_ssh(ssh, program) for _ in range(repeats)]
+                got = [stop_local_or_ssh(ssh, program(k + 100)) for k in range(repeats)]
                 rows.append(("ssh", name, statistics.median(t for t, _ in got), sorted({c for _, c in got})))
         finally:
             server.stop()
@@ -518,7 +525,7 @@ def stop_table(repeats: int, tmp: str, where: list[str]) -> None:
         cluster = _slurm_cluster.start(os.path.join(tmp, "slurm"))
         try:
             for k, (name, program) in enumerate(programs.items()):
-                got = [stop_slurm(cluster, program, f"{tmp}/runs", f"s{k}-{r}") for r in range(repeats)]
+                got = [stop_slurm(cluster, program(k * 10 + r + 200), f"{tmp}/runs", f"s{k}-{r}") for r in range(repeats)]
                 rows.append(("SLURM", name, statistics.median(t for t, _ in got), sorted({c for _, c in got})))
         finally:
             cluster.stop()
