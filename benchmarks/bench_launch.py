@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
@@ -155,8 +156,8 @@ def time_slurm_launcher(cluster, program: str, devices: int, log_dir: str, run_i
     job = cluster.wait(proc.stdout.strip())
     if job.get("ExitCode") != "0:0":
         raise RuntimeError(f"benchmark job failed: {job}")
-    run_dir = os.path.join(log_dir, run_id)
-    return max(_slurm_markers([os.path.join(run_dir, f"task_{t}.log") for t in range(2)], 2)) - t0
+    run_dir, job_id = os.path.join(log_dir, run_id), proc.stdout.strip()
+    return max(_slurm_markers([os.path.join(run_dir, f"rank_{t}.job{job_id}.log") for t in range(2)], 2)) - t0
 
 
 def time_slurm_srun(cluster, program: str, devices: int) -> float:
@@ -274,14 +275,15 @@ def psum_step_cost(n: int, stall_timeout: float, steps: int, log_dir: str) -> tu
 # The main job's training step (examples/ensemble.py with configs/local_2proc.flags), run in
 # blocks that alternate the watch on and paused, as above. The step is wrapped in
 # distributed.watched: one note per step, what the map engine's hook adds per sharded call.
-ENSEMBLE_AB = f"""
+# What both step benchmarks start with: the main job's flags, model and data on 2 processes x 4 devices.
+MAIN_JOB_SETUP = f"""
 import os, statistics, sys, time
 sys.path[:0] = [{_ROOT!r}, os.path.join({_ROOT!r}, "examples")]
 from absl import flags
 import ensemble, distmap, distmap.flags
 flags.FLAGS(["ensemble", "--flagfile=" + os.path.join({_ROOT!r}, "configs", "local_2proc.flags")])
 from distmap import distributed
-from distmap._src import progress
+from distmap._src import collective_check, jax_internals, progress
 distributed.initialize_from_flags()
 import equinox as eqx, jax
 mesh = distmap.make_mesh(distmap.flags.mesh_shape_from_flags())
@@ -290,9 +292,12 @@ rank, nproc = jax.process_index(), jax.process_count()
 x_all, y_all = ensemble.make_data(512, 16, 0)
 rows = slice(rank * 512 // nproc, (rank + 1) * 512 // nproc)
 local = {{"x": distmap.named(x_all[rows], ("batch", "feature")), "y": distmap.named(y_all[rows], ("batch",))}}
+"""
+
+ENSEMBLE_AB = MAIN_JOB_SETUP + """
 with distmap.axis_mapping(mapping), jax.set_mesh(mesh):
-    data = distributed.host_local_to_global(local, mesh)
-    model = distmap.shard(ensemble.build(4, 16, 64, 0), mesh)
+    data = distributed.host_local_to_global(local, mesh=mesh)
+    model = distmap.shard(ensemble.build(4, 16, 64, 0), mesh=mesh)
 
     @eqx.filter_jit
     def step(m, xb, yb):
@@ -300,7 +305,7 @@ with distmap.axis_mapping(mapping), jax.set_mesh(mesh):
         return jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, m, grads), loss
 
     step = distributed.watched(step, "ensemble step")
-    watch, blocks = progress.active(), {{True: [], False: []}}
+    watch, blocks = progress.active(), {True: [], False: []}
     model, loss = step(model, data["x"], data["y"]); float(loss)  # compile
     for b in range(int(sys.argv[1])):
         on = b % 4 in (0, 3)  # on, off, off, on, ...: a trend over the run hits both alike
@@ -312,9 +317,9 @@ with distmap.axis_mapping(mapping), jax.set_mesh(mesh):
         blocks[on].append(time.perf_counter() - t0)
     progress._WATCH, watch.paused = watch, False
 ratios = [a / b for a, b in zip(blocks[True][1:], blocks[False][1:])]
-print(f"STEP_S {{statistics.median(blocks[False]) / 25:.6g}}", flush=True)
-print(f"AB {{statistics.median(ratios):.6g}}", flush=True)
-print(f"WATCH_CPU {{watch.cpu_s / sum(blocks[True]):.6g}}", flush=True)  # its thread's CPU share while on
+print(f"STEP_S {statistics.median(blocks[False]) / 25:.6g}", flush=True)
+print(f"AB {statistics.median(ratios):.6g}", flush=True)
+print(f"WATCH_CPU {watch.cpu_s / sum(blocks[True]):.6g}", flush=True)  # its thread's CPU share while on
 """
 
 
@@ -402,6 +407,229 @@ def watch_cost(processes: list[int], repeats: int, log_dir: str) -> None:
     print()
 
 
+# --------------------------------------------------------------------------------------
+# Stops, restarts and the collective check
+#
+# Stop to all exited: the main job (2 processes x 4 CPU devices, configs/local_2proc.flags) runs
+# until its step 10 is printed; then the stop is sent (SIGTERM to launch/local.py or launch/ssh.py;
+# ``scancel --batch --signal=TERM``, what ``#SBATCH --signal=B:TERM@...`` does before a time limit,
+# to a SLURM job) and the clock runs until the launcher has exited (SLURM: the job left squeue),
+# every rank ended and reaped. Three programs: the main job with --checkpoint_dir (it saves its
+# sharded parameters with orbax at the agreed step, then exits 143), the same without a checkpoint
+# folder (it ends at the agreed step), and a JAX loop that ignores the stop (JAX's preemption
+# notifier swallows the SIGTERM; it is killed after --grace_period=5).
+
+_IGNORES = f"""
+import sys, time
+sys.path.insert(0, {_ROOT!r})
+from distmap import distributed
+distributed.initialize()
+import jax, jax.numpy as jnp
+x = jnp.ones(4)
+for i in range(100000):
+    x = jax.jit(lambda v: v * 1.0)(x).block_until_ready()
+    if i == 10:
+        print("step   10", flush=True)
+    time.sleep(0.02)
+"""
+
+
+def _main_job(extra: list[str]) -> list[str]:
+    flagfile = os.path.join(_ROOT, "configs", "local_2proc.flags")
+    return [sys.executable, os.path.join(_ROOT, "examples", "ensemble.py"), f"--flagfile={flagfile}", "--steps=100000",
+            "--log_every=10", "--nocheck", *extra]
+
+
+def _stop_programs(tmp: str) -> dict[str, Any]:
+    """Each program as a function of the run's number (every run saves into a checkpoint folder of its own)."""
+    ignores = os.path.join(tmp, "ignores.py")
+    with open(ignores, "w") as f:
+        f.write(_IGNORES)
+    return {"saves (orbax)": lambda k: _main_job([f"--checkpoint_dir={os.path.join(tmp, f'ckpt{k}')}",
+                                                   "--checkpoint_every=100000"]),
+            "ends, no save": lambda k: _main_job([]),
+            "ignores the stop": lambda k: [sys.executable, ignores]}
+
+
+def _run_until_step_10(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "step   10" in line:
+            return proc
+    raise RuntimeError(f"benchmark program ended before its step 10: exit {proc.wait()}")
+
+
+def stop_local_or_ssh(launcher: list[str], program: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+    """(seconds from SIGTERM to the launcher until it exited, its exit code)."""
+    proc = _run_until_step_10([*launcher, "--grace_period=5", "--", *program], env)
+    try:
+        t0 = time.monotonic()
+        proc.send_signal(15)
+        proc.communicate(timeout=120)
+        return time.monotonic() - t0, proc.returncode
+    finally:
+        if proc.poll() is None:  # never leave a launcher (and its ranks) behind
+            proc.send_signal(15)
+            proc.wait(60)
+
+
+def stop_slurm(cluster, program: list[str], log_dir: str, run_id: str) -> tuple[float, int]:
+    """(seconds from ``scancel --batch --signal=TERM`` until the job left the queue, its exit code)."""
+    cmd = [sys.executable, os.path.join(_ROOT, "launch", "slurm.py"), "--nodes=1", "--tasks_per_node=2",
+           "--devices_per_process=4", "--coordinator_bind_host=127.0.0.1", "--grace_period=5", f"--log_dir={log_dir}",
+           f"--run_id={run_id}", f"--workdir={_ROOT}", "--", *program]
+    sub = subprocess.run(cmd, capture_output=True, text=True, env=cluster.env, timeout=60)
+    job_id = sub.stdout.strip()
+    log = os.path.join(log_dir, run_id, f"rank_0.job{job_id}.log")
+    end = time.monotonic() + 120
+    while not (os.path.exists(log) and "step   10" in open(log).read()):
+        if time.monotonic() > end:
+            raise RuntimeError(f"SLURM benchmark job {job_id} never reached step 10: {cluster.job(job_id)}")
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    cluster.run("scancel", "--batch", "--signal=TERM", job_id)
+    while cluster.run("squeue", "-h", "-j", job_id, "-o", "%i").stdout.strip():
+        time.sleep(0.05)
+    took = time.monotonic() - t0
+    return took, int(cluster.job(job_id).get("ExitCode", "0:0").split(":")[0])
+
+
+def stop_table(repeats: int, tmp: str, where: list[str]) -> None:
+    programs = _stop_programs(tmp)
+    rows = []
+    local = [sys.executable, os.path.join(_ROOT, "launch", "local.py"),
+             f"--flagfile={os.path.join(_ROOT, 'configs', 'local_2proc.flags')}", f"--log_dir={tmp}/runs"]
+    if "local" in where:
+        for name, program in programs.items():
+            got = [stop_local_or_ssh(local, program(k)) for k in range(repeats)]
+            rows.append(("local", name, statistics.median(t for t, _ in got), sorted({c for _, c in got})))
+    if "ssh" in where:
+        sys.path.insert(0, os.path.join(_ROOT, "tests"))
+        import _ssh_server
+
+        server = _ssh_server.start(os.path.join(tmp, "sshd"))
+        try:
+            ssh = [sys.executable, os.path.join(_ROOT, "launch", "ssh.py"), "--hosts=127.0.0.1,127.0.0.1",
+                   f"--ssh_config={server.ssh_config}", "--coordinator_host=127.0.0.1", f"--remote_dir={_ROOT}",
+                   "--devices_per_process=4", f"--log_dir={tmp}/runs"]
+            for name, program in programs.items():
+                got = [stop_local_or_ssh(ssh, program(k + 100)) for k in range(repeats)]
+                rows.append(("ssh", name, statistics.median(t for t, _ in got), sorted({c for _, c in got})))
+        finally:
+            server.stop()
+    if "slurm" in where:
+        sys.path.insert(0, os.path.join(_ROOT, "tests"))
+        import _slurm_cluster
+
+        cluster = _slurm_cluster.start(os.path.join(tmp, "slurm"))
+        try:
+            for k, (name, program) in enumerate(programs.items()):
+                got = [stop_slurm(cluster, program(k * 10 + r + 200), f"{tmp}/runs", f"s{k}-{r}") for r in range(repeats)]
+                rows.append(("SLURM", name, statistics.median(t for t, _ in got), sorted({c for _, c in got})))
+        finally:
+            cluster.stop()
+    print(f"stop to all ranks exited: the main job (2 processes x 4 devices) stopped after its step 10, "
+          f"--grace_period=5 (median of {repeats})")
+    print(f"{'launcher':<8} | {'program':<16} | {'stop to all exited':>18} | exit code")
+    print(f"{'-' * 8}-+-{'-' * 16}-+-{'-' * 18}-+-{'-' * 10}")
+    for where_, name, t, codes in rows:
+        print(f"{where_:<8} | {name:<16} | {t:>16.2f} s | {', '.join(map(str, codes))}")
+    print()
+
+
+# Restart to first step: rank 1 fails (sys.exit(3)) right after its first step; launch/local.py
+# --max_restarts=1 starts both ranks again; the clock runs from rank 1's failure stamp to the last
+# first-step marker of the second attempt (initialize, the start-up check, a first jitted sum).
+_RESTARTER = FIRST_STEP + """
+import os
+if os.environ["DISTMAP_ATTEMPT"] == "0" and jax.process_index() == 1:
+    sys.stdout.write(f"FAULT {time.time()}\\n"); sys.stdout.flush()
+    sys.exit(3)
+"""
+
+
+def restart_to_first_step(program: str, devices: int, backoff: float, log_dir: str) -> float:
+    cmd = [sys.executable, os.path.join(_ROOT, "launch", "local.py"), "--num_processes=2",
+           f"--devices_per_process={devices}", "--max_restarts=1", f"--restart_backoff={backoff:g}",
+           f"--log_dir={log_dir}", "--", sys.executable, program]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    fault = [float(line.split("FAULT ", 1)[1]) for line in out.stdout.splitlines() if "FAULT " in line]
+    stamps = [float(line.split(MARKER, 1)[1].split()[0]) for line in out.stdout.splitlines() if MARKER in line]
+    if out.returncode != 0 or len(fault) != 1 or len(stamps) != 4:
+        raise RuntimeError(f"restart benchmark failed: exit {out.returncode}\n{out.stderr[-2000:]}")
+    return max(stamps) - fault[0]
+
+
+def restart_table(devices: int, repeats: int, tmp: str) -> None:
+    program = os.path.join(tmp, "restarter.py")
+    with open(program, "w") as f:
+        f.write(_RESTARTER)
+    print(f"restart to first step: rank 1 fails after its first step, launch/local.py --max_restarts=1, 2 processes x "
+          f"{devices} devices (median of {repeats})")
+    for backoff in (0.0, 1.0):
+        got = [restart_to_first_step(program, devices, backoff, f"{tmp}/runs") for _ in range(repeats)]
+        print(f"  --restart_backoff={backoff:g}{' (default)' if backoff == 1.0 else ''}: failure to the restarted "
+              f"ranks' first step {statistics.median(got):.2f} s")
+    print()
+
+
+# The collective check's cost on the main job's training step: the step is traced twice in one
+# run, once with the check on (a callback per device and an all-gather of 3 int32 per sharded map)
+# and once without, and blocks of 25 steps of each alternate (on, off, off, on, ...).
+CHECK_AB = MAIN_JOB_SETUP + """
+
+def make_step():
+    @eqx.filter_jit
+    def step(m, xb, yb):
+        loss, grads = eqx.filter_value_and_grad(lambda mm: ensemble.loss_fn(mm, xb, yb))(m)
+        return jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, m, grads), loss
+    return step
+
+with distmap.axis_mapping(mapping), jax.set_mesh(mesh):
+    data = distributed.host_local_to_global(local, mesh=mesh)
+    model = distmap.shard(ensemble.build(4, 16, 64, 0), mesh=mesh)
+    steps = {}
+    for on in (True, False):
+        collective_check.start(rank, jax_internals.distributed_client()) if on else collective_check.stop()
+        steps[on] = make_step()
+        m, loss = steps[on](model, data["x"], data["y"]); float(loss)  # trace and compile
+    collective_check.start(rank, jax_internals.distributed_client())
+    blocks = {True: [], False: []}
+    for b in range(int(sys.argv[1])):
+        on = b % 4 in (0, 3)
+        t0 = time.perf_counter()
+        for _ in range(25):
+            model, loss = steps[on](model, data["x"], data["y"])
+            float(loss)
+        blocks[on].append(time.perf_counter() - t0)
+ratios = [a / b for a, b in zip(blocks[True][1:], blocks[False][1:])]
+print(f"STEP_S {statistics.median(blocks[False]) / 25:.6g}", flush=True)
+print(f"AB {statistics.median(ratios):.6g}", flush=True)
+"""
+
+
+def check_cost(blocks: int, repeats: int, tmp: str) -> None:
+    program = os.path.join(tmp, "check_ab.py")
+    with open(program, "w") as f:
+        f.write(CHECK_AB)
+    flagfile = os.path.join(_ROOT, "configs", "local_2proc.flags")
+    got = []
+    for _ in range(repeats):
+        cmd = [sys.executable, os.path.join(_ROOT, "launch", "local.py"), f"--flagfile={flagfile}",
+               f"--log_dir={tmp}/runs", "--", sys.executable, program, str(blocks)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        steps = [float(line.split("STEP_S ", 1)[1]) for line in proc.stdout.splitlines() if "STEP_S " in line]
+        if not steps:
+            raise RuntimeError(f"check benchmark failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+        got.append((max(steps), max(_ab(proc.stdout, 2, "check benchmark"))))
+    step, ratio = statistics.median(g[0] for g in got), statistics.median(g[1] for g in got)
+    print(f"collective check on the main job's step (2 processes x 4 devices, {step * 1e3:.1f} ms a step without it), "
+          f"blocks of 25 steps alternating on / off in one run, median of {repeats} runs: on / off = {ratio:.4f} "
+          f"({(ratio - 1) * 100:+.2f}% a step)")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, nargs="+", default=[2, 4])
@@ -409,12 +637,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--slurm", action="store_true", help="also time a 2-task job on a real one-node SLURM cluster")
     parser.add_argument("--slurm_repeats", type=int, default=5)
-    parser.add_argument("--only", choices=["startup", "faults", "watch", "slurm"], default=None,
-                        help="run one section only: start-up, the fault table, the watch's cost, or SLURM")
+    parser.add_argument("--only", choices=["startup", "faults", "watch", "slurm", "stop", "restart", "check"],
+                        default=None, help="run one section only: start-up, the fault table, the watch's cost, SLURM, "
+                        "stop to all exited, restart to first step, or the collective check's cost")
+    parser.add_argument("--stop_where", nargs="+", default=["local", "ssh", "slurm"],
+                        help="launchers of the stop table (ssh and slurm start a test sshd / SLURM cluster)")
     parser.add_argument("--only_slurm", action="store_true", help="the same as --only=slurm")
     args = parser.parse_args()
     if args.only_slurm:
         args.only = "slurm"
+    if args.only in ("stop", "restart", "check"):
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.only == "stop":
+                stop_table(min(args.repeats, 3), tmp, args.stop_where)
+            elif args.only == "restart":
+                restart_table(args.devices_per_process, args.repeats, tmp)
+            else:
+                check_cost(40, min(args.repeats, 3), tmp)
+        return
     if args.only in ("faults", "watch"):
         with tempfile.TemporaryDirectory() as tmp:
             faults(args.processes, min(args.repeats, 3), os.path.join(tmp, "runs"), table=args.only == "faults",
@@ -444,6 +684,10 @@ def main() -> None:
     if args.only is None:
         with tempfile.TemporaryDirectory() as tmp:
             faults(args.processes, min(args.repeats, 3), os.path.join(tmp, "runs"))
+        with tempfile.TemporaryDirectory() as tmp:
+            restart_table(args.devices_per_process, args.repeats, tmp)
+            check_cost(40, min(args.repeats, 3), tmp)
+            stop_table(min(args.repeats, 3), tmp, args.stop_where)
 
 
 if __name__ == "__main__":

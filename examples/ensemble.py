@@ -8,9 +8,16 @@ a multi-process run each process feeds its own rows through
 ``distmap.distributed.host_local_to_global``. Rank 0 prints progress, and at the end
 the job trains again on one device without a mesh and checks that both agree.
 
+With ``--checkpoint_dir=DIR`` (orbax-checkpoint: ``pip install -e ".[checkpoint]"``) the
+sharded parameters are saved every ``--checkpoint_every`` steps, at the end, and when the run
+is stopped (``distributed.stop_requested``: SIGTERM from a launcher or scheduler, the same
+step on every rank; then the job ends with exit code 143, which no launcher restarts). Started
+again with the same command it prints ``resumed from step K`` and ends with the same
+parameters as a run that was never stopped (it prints their digest).
+
     python examples/ensemble.py --flagfile=configs/cpu_8dev.flags
     python launch/local.py --flagfile=configs/local_2proc.flags -- \\
-        python examples/ensemble.py --flagfile=configs/local_2proc.flags
+        python examples/ensemble.py --flagfile=configs/local_2proc.flags --checkpoint_dir=/tmp/ens
 """
 
 from __future__ import annotations
@@ -37,6 +44,10 @@ _LR = flags.DEFINE_float("learning_rate", 0.1, "SGD learning rate.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for data and initialisation.")
 _LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Print progress every this many steps.")
 _CHECK = flags.DEFINE_bool("check", True, "Train again on one device at the end and compare.")
+_CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Save the sharded parameters here (orbax-checkpoint) and "
+                                      "resume from the last checkpoint found there.")
+_CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 10, "Save every this many steps (and at the end, and "
+                                         "when stopped).", lower_bound=1)
 
 
 AXES = ("ensemble", "batch", "feature", "hidden")  # every named axis of the program's arrays
@@ -94,8 +105,12 @@ def loss_fn(model: Any, x: Any, y: Any, **vmap_options: Any) -> Any:
     return err.mean("batch").sum().scalar()
 
 
-def train(model: Any, x: Any, y: Any, steps: int, lr: float, *, log: Any = None, **vmap_options: Any) -> tuple[Any, list[float]]:
-    """Plain SGD on the ensemble; returns the trained model and the losses."""
+def train(model: Any, x: Any, y: Any, steps: int, lr: float, *, log: Any = None, start: int = 0,
+          after_step: Any = None, **vmap_options: Any) -> tuple[Any, list[float]]:
+    """Plain SGD on the ensemble from step ``start`` to ``steps``; returns the trained model and the losses.
+
+    ``after_step(steps_done, model)`` runs after every step; it returning ``True`` ends the loop.
+    """
     import equinox as eqx
     import jax
 
@@ -106,12 +121,58 @@ def train(model: Any, x: Any, y: Any, steps: int, lr: float, *, log: Any = None,
         return m, loss
 
     losses = []
-    for i in range(steps):
+    for i in range(start, steps):
         model, loss = step(model, x, y)
         losses.append(float(loss))
         if log is not None:
             log(i, losses[-1])
+        if after_step is not None and after_step(i + 1, model):
+            break
     return model, losses
+
+
+class Checkpoints:
+    """The sharded parameters in ``directory``, through orbax-checkpoint (every process writes its shards).
+
+    Example (two lines of ``main``)::
+
+        ckpt = Checkpoints("/tmp/ens", every=10)
+        model, start = ckpt.restore(model)   # (model, 0) when the folder holds no checkpoint
+    """
+
+    def __init__(self, directory: str, every: int):
+        try:
+            import orbax.checkpoint as ocp
+        except ImportError:
+            raise app.UsageError('--checkpoint_dir needs orbax-checkpoint: pip install -e ".[checkpoint]"') from None
+        self._ocp = ocp
+        self.every = every
+        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(
+            max_to_keep=2, create=True))
+
+    def restore(self, model: Any) -> tuple[Any, int]:
+        """``(model, step)`` from the last checkpoint, laid out as ``model`` is; ``(model, 0)`` if there is none."""
+        import equinox as eqx
+        import jax
+
+        step = self.manager.latest_step()
+        if step is None:
+            return model, 0
+        params, static = eqx.partition(model, eqx.is_array)
+        target = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), params)
+        restored = self.manager.restore(step, args=self._ocp.args.StandardRestore(target))
+        return eqx.combine(restored, static), int(step)
+
+    def save(self, step: int, model: Any) -> None:
+        """Save ``model``'s arrays as step ``step`` (written in the background; :meth:`close` waits)."""
+        import equinox as eqx
+
+        if self.manager.latest_step() != step:
+            self.manager.save(step, args=self._ocp.args.StandardSave(eqx.filter(model, eqx.is_array)))
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
 
 
 def main(argv: list[str]) -> int:
@@ -143,21 +204,47 @@ def main(argv: list[str]) -> int:
     with distmap.axis_mapping(mapping), jax.set_mesh(mesh):
         data = distributed.host_local_to_global(local, mesh=mesh)
         model = distmap.shard(build(_ENSEMBLE.value, _FEATURES.value, _HIDDEN.value, _SEED.value), mesh=mesh)
+        ckpt = Checkpoints(_CHECKPOINT_DIR.value, _CHECKPOINT_EVERY.value) if _CHECKPOINT_DIR.value else None
+        first = 0
+        if ckpt is not None:
+            model, first = ckpt.restore(model)
+            if first:
+                say(f"resumed from step {first}")
 
         start = [time.perf_counter()]
+        stopped = []
+
+        def after_step(done: int, m: Any) -> bool:
+            # Every rank, every step: a stop (SIGTERM to any rank) is seen at the same step on all of them.
+            stopping = distributed.stop_requested(done)
+            if ckpt is not None and (stopping or done % ckpt.every == 0 or done == _STEPS.value):
+                ckpt.save(done, m)
+            if stopping:
+                stopped.append(done)
+            return stopping
 
         def log(i: int, loss: float) -> None:
-            if i == 0:
+            if i == first:
                 start[0] = time.perf_counter()  # throughput after the first (compiling) step
             elif (i + 1) % _LOG_EVERY.value == 0 or i + 1 == _STEPS.value:
                 # Every rank at the same point: a rank that skipped or added a step fails here, named,
                 # before a loss of mismatched collectives is printed (a no-op without the progress watch).
                 distributed.verify(f"step {i + 1}")
-                rate = i * _BATCH.value * _ENSEMBLE.value / (time.perf_counter() - start[0])
+                rate = (i - first) * _BATCH.value * _ENSEMBLE.value / max(time.perf_counter() - start[0], 1e-9)
                 say(f"step {i + 1:4d}  loss {loss:.5f}  {rate:,.0f} member-examples/s")
 
-        model, losses = train(model, data["x"], data["y"], _STEPS.value, _LR.value, log=log)
-    say(f"loss {losses[0]:.5f} -> {losses[-1]:.5f}")
+        model, losses = train(model, data["x"], data["y"], _STEPS.value, _LR.value, log=log, start=first,
+                              after_step=after_step)
+    if ckpt is not None:
+        ckpt.close()
+    if stopped:
+        say(f"stopped at step {stopped[0]}: " + (f"saved to {_CHECKPOINT_DIR.value}" if ckpt else
+                                                  "nothing saved (no --checkpoint_dir)"))
+        sys.exit(distributed.EXIT_STOPPED)  # a stop, not a failure: launchers do not restart it
+    if losses:
+        say(f"loss {losses[0]:.5f} -> {losses[-1]:.5f}")
+    ours = jax.tree_util.tree_leaves(distributed.global_to_host_local(_replicated(model, mesh)))
+    say(f"final parameters sha256 {_digest(ours)}")
 
     if not _CHECK.value:
         return 0
@@ -166,14 +253,25 @@ def main(argv: list[str]) -> int:
         ref_model = build(_ENSEMBLE.value, _FEATURES.value, _HIDDEN.value, _SEED.value)
         ref_data = (distmap.named(x_all, ("batch", "feature")), distmap.named(y_all, ("batch",)))
         ref_model, ref_losses = train(ref_model, *ref_data, _STEPS.value, _LR.value)
-    ours = jax.tree_util.tree_leaves(distributed.global_to_host_local(_replicated(model, mesh)))
     theirs = jax.tree_util.tree_leaves(ref_model)
     diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(ours, theirs))
-    loss_diff = max(abs(a - b) for a, b in zip(losses, ref_losses))
+    loss_diff = max((abs(a - b) for a, b in zip(losses, ref_losses[first:])), default=0.0)
     ok = diff < 1e-3 and loss_diff < 1e-4
     say(f"check against one device: max parameter difference {diff:.2e}, max loss difference {loss_diff:.2e}: "
         + ("OK" if ok else "MISMATCH"))
     return 0 if ok else 1
+
+
+def _digest(leaves: list[Any]) -> str:
+    """sha256 of the parameters' bytes, in order: equal digests, bit-identical parameters."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for leaf in leaves:
+        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return h.hexdigest()[:16]
 
 
 def _replicated(tree: Any, mesh: Any) -> Any:
@@ -184,5 +282,10 @@ def _replicated(tree: Any, mesh: Any) -> Any:
     return jax.jit(lambda t: t, out_shardings=NamedSharding(mesh, PartitionSpec()))(tree)
 
 
+def _main(argv: list[str]) -> None:
+    code = main(argv)
+    sys.exit(code)  # looked up after initialize(): a non-zero code takes distmap's fast exit
+
+
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(_main)

@@ -1,4 +1,4 @@
-"""Run a program as a Kubernetes Indexed Job: one pod per process, a headless Service to find rank 0.
+"""Run a program as a Kubernetes Indexed Job: one pod per process, a headless Service to find rank 0 (Kubernetes >= 1.31).
 
     python launch/k8s.py --image=ghcr.io/me/distmap:1 --num_processes=2 --gpus_per_process=8 --dry_run -- \\
         python examples/ensemble.py --mesh=data=-1,model=8
@@ -9,9 +9,10 @@ Each pod gets ``DISTMAP_COORDINATOR=NAME-0.NAME:PORT`` (pod 0 through the headle
 Service), ``DISTMAP_NUM_PROCESSES`` and, from its Job index, ``DISTMAP_PROCESS_ID``, so the
 program's bare ``distmap.distributed.initialize()`` joins the run. One failing pod fails the
 Job and Kubernetes stops the others. ``--dry_run`` prints the manifests (JSON, which is
-YAML); ``--apply`` writes them to ``--log_dir/RUN_ID/k8s.json`` and pipes them to
-``kubectl apply -f -``. ``--timeout`` becomes the Job's ``activeDeadlineSeconds``,
-``--grace_period`` the pods' termination grace period, ``--ttl_after_finished`` its
+YAML); ``--apply`` writes them to ``--log_dir/RUN_ID/k8s.json`` and creates the Job, then the
+Service owned by it (``kubectl apply``), so the Service goes with the Job. ``--timeout``
+becomes the Job's ``activeDeadlineSeconds``, ``--grace_period`` the pods' termination grace
+period (SIGTERM to SIGKILL, 30 s by default), ``--ttl_after_finished`` its
 ``ttlSecondsAfterFinished``. GPU pods get a memory-backed ``/dev/shm``. The program comes
 after ``--`` and reaches the pods unchanged.
 """
@@ -99,16 +100,16 @@ def main(argv: list[str]) -> None:
     path = os.path.join(options.run_dir, "k8s.json")
     with open(path, "w") as f:
         f.write(text)
-    proc = k8s.apply(text)
-    sys.stdout.write(proc.stdout)
-    sys.stderr.write(proc.stderr)
-    if proc.returncode == 0:
+    code, out, err = k8s.apply(job)
+    sys.stdout.write(out)
+    sys.stderr.write(err)
+    if code == 0:
         ns = f" -n {shell.quote(job.namespace)}" if job.namespace else ""
         sys.stderr.write(
             f"distmap k8s: applied {path}. Follow it with: kubectl logs{ns} -f -l {k8s.JOB_LABEL}={job.name} --prefix "
             f"--max-log-requests={job.num_processes}\n"
         )
-    sys.exit(proc.returncode)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Run a program as a SLURM job: writes an sbatch script that starts it under ``srun``.
+"""Run a program as a SLURM job: an sbatch script whose batch step is distmap's agent.
 
     python launch/slurm.py --nodes=2 --tasks_per_node=1 --gpus_per_node=8 --time=2:00:00 \\
         --partition=gpu -- python examples/ensemble.py --mesh=data=-1,model=8
@@ -6,17 +6,21 @@
         python examples/ensemble.py --flagfile=configs/slurm_gpu_2node.flags
     python launch/slurm.py --flagfile=configs/slurm_gpu_2node.flags --dry_run -- python train.py
 
-Each task calls ``distmap.distributed.initialize()``, which lets JAX's SLURM detection find
-the coordinator (the first node), the process count and the task's rank; the script gives
-each task its share of its node's GPUs (``DISTMAP_LOCAL_DEVICE_IDS``), a coordinator port of
-its own per job and attempt, ``srun --kill-on-bad-exit=1`` so one failing task ends the job
-with its exit status (the first failing task's, named, not srun's highest), and one log per task in ``--log_dir/RUN_ID/task_<t>.log``.
+The script runs the agent (``launch/agent.py``) inside the allocation, which starts each task
+as a job step of its own and supervises them as ``launch/local.py`` does: the ``DISTMAP_*``
+contract (coordinator on the first node, at a port free there), each task's share of its
+node's GPUs, fail fast with the first failing task's exit status, ``--max_restarts`` after
+failures only (with ``--restart_backoff``), and per-task logs
+``--log_dir/RUN_ID/rank_<r>.job<JOBID>[.attempt<k>].log`` next to the agent's
+``batch.job<JOBID>.log``. Stops: ``#SBATCH --signal=B:TERM@<grace + 30>`` before the time
+limit and ``scancel --batch --signal=TERM JOBID`` give every task SIGTERM and
+``--grace_period`` seconds; ``scancel --signal=TERM JOBID`` signals the tasks themselves, and a
+task ended by it stops the run the same way. Nothing is restarted after a stop.
 
-``--dry_run`` prints the script. Otherwise it is written to ``--log_dir/RUN_ID/job.sbatch``
-(on a file system the nodes share), submitted with ``sbatch --parsable``, and the job id is
-printed. ``--timeout`` becomes ``--time`` where that is not given; ``--max_restarts`` runs
-``srun`` again inside the allocation. The program comes after ``--`` and reaches the tasks unchanged,
-byte for byte.
+``--dry_run`` prints the script (it submits as printed). Otherwise it is written to
+``--log_dir/RUN_ID/job.sbatch`` (on a file system the nodes share), submitted with ``sbatch
+--parsable``, and the job id is printed. ``--timeout`` becomes ``--time`` where that is not
+given. The program comes after ``--`` and reaches the tasks unchanged, byte for byte.
 """
 
 from __future__ import annotations
@@ -82,19 +86,18 @@ def main(argv: list[str]) -> None:
         devices_per_process=fv.devices_per_process,
         init_timeout=fv.init_timeout,
         stall_timeout=fv.stall_timeout,
-        max_restarts=options.max_restarts,
         env=cli.env_from_flags(),
         sbatch_options=_SBATCH.value,
     )
-    script = slurm.script_bytes(job)  # checked before anything is written
+    script = slurm.script_bytes(job, options)  # checked before anything is written
     if fv.dry_run:
         sys.stdout.buffer.write(script)
         return
-    job_id, path = slurm.submit(job)
+    job_id, path = slurm.submit(job, options)
     print(job_id)
     sys.stderr.write(
         f"distmap slurm: submitted job {job_id} ({job.num_tasks} task(s) on {job.nodes} node(s)); script {path}; "
-        f"task logs {job.run_dir}/task_<t>.log\n"
+        f"agent and rank logs in {job.run_dir} (batch.job{job_id}.log, rank_<r>.job{job_id}.log)\n"
     )
 
 

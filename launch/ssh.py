@@ -47,7 +47,8 @@ _COORDINATOR_HOST = flags.DEFINE_string("coordinator_host", None, "The address t
 cli.check_flag("coordinator_host", lambda h: ssh.check_hosts([h]))
 _REMOTE_DIR = flags.DEFINE_string("remote_dir", None, "Where the program starts on every host (default: this "
                                   "directory's path).")
-_SSH_OPTION = flags.DEFINE_multi_string("ssh_option", list(ssh.DEFAULT_SSH_OPTIONS), "ssh -o options.")
+_SSH_OPTION = flags.DEFINE_multi_string("ssh_option", [], "More ssh -o options, e.g. Port=2222 (repeat the flag); "
+                                        f"they add to, and may override, the defaults {', '.join(ssh.DEFAULT_SSH_OPTIONS)}.")
 _SSH_CONFIG = flags.DEFINE_string("ssh_config", None, "An ssh client config file for every connection (ssh -F "
                                   "FILE): host names, ports, users, keys, known hosts. Default: ~/.ssh/config.")
 flags.register_validator("ssh_config", lambda path: path is None or os.path.isfile(path),
@@ -77,8 +78,10 @@ def main(argv: list[str]) -> None:
     if fv.dry_run:
         port = fv.coordinator_port or pick_port()
         print(f"# distmap ssh run {options.run_id}: {len(hosts)} host(s), coordinator port {port}; one command per "
-              "rank, each ended (with its remote program) when its stdin closes")
-        for w in ssh.ssh_workers(program, hosts, port=port, run_id=options.run_id, **kwargs):
+              "rank; 'stop' or end-of-file on its stdin gives the remote program SIGTERM and the grace period, "
+              "'kill' ends it at once")
+        for w in ssh.ssh_workers(program, hosts, port=port, run_id=options.run_id, grace_period=options.grace_period,
+                                 **kwargs):
             print(shell.join(w.argv))
         return
     sys.exit(ssh.run_ssh(program, hosts, coordinator_port=fv.coordinator_port, options=options, **kwargs).exit_code)

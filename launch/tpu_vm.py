@@ -8,7 +8,7 @@
 
 The working tree (or ``--git_revision`` of ``--git_repo``) is shipped to **every** worker;
 whatever holds the TPU and ``/tmp/libtpu_lockfile`` are cleaned up; ``--setup`` commands run on
-every worker in the code folder (``--setup='pip install -e .[tpu]'``); then the program starts
+every worker in the code folder (``--setup='pip install -e . "jax[tpu]"'``); then the program starts
 on all workers of all slices at once, one ``gcloud ... ssh --worker=W`` per worker, each
 supervised as ``launch/local.py`` supervises a rank: output prefixed ``[NAME worker W]``, logs
 in ``--log_dir/RUN_ID/NAME.worker_W.log``, fail fast (a failing worker stops every other),
@@ -50,7 +50,7 @@ cli.check_flag("project", tpu_vm.check_project)
 _WORKERS = flags.DEFINE_integer("workers_per_slice", None, "Hosts per slice (default: asked of gcloud ... describe).",
                                 lower_bound=1)
 _SETUP = flags.DEFINE_multi_string("setup", [], "A shell command run on every worker in the code folder before the "
-                                   "program, e.g. 'pip install -e .[tpu]' (repeat for more; they run in order).")
+                                   "program, e.g. 'pip install -e . jax[tpu]' (repeat for more; they run in order).")
 _GCLOUD_ARG = flags.DEFINE_multi_string("gcloud_arg", [], "More arguments for every gcloud ... ssh and scp, e.g. "
                                         "--gcloud_arg=--internal-ip or --gcloud_arg=--tunnel-through-iap.")
 _GIT_REVISION = flags.DEFINE_string("git_revision", None, "Check out this revision on every worker instead of "
@@ -100,7 +100,7 @@ def main(argv: list[str]) -> None:
         tpu_lockfile=_LOCKFILE.value,
         gcloud_args=_GCLOUD_ARG.value,
     )
-    text = tpu_vm.format_plan(job)
+    text = tpu_vm.format_plan(job, options)
     if fv.dry_run:
         sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))
         return

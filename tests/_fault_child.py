@@ -9,7 +9,7 @@ the fault at step 3:
     ok        nothing goes wrong; rank 1 registers an atexit handler (it must run)
     raise     rank 1 raises
     exit3     rank 1 calls sys.exit(3) (an atexit handler registered in main must still run)
-    absl      an absl main that returns 3 on rank 1
+    absl      an absl main that calls sys.exit(3) on rank 1
     kill      rank 1 SIGKILLs itself
     stall     rank 1 sleeps (600 s) before its step-3 collective
     skip      rank 1 skips its step-3 collective (``verify`` before each print)
@@ -17,6 +17,9 @@ the fault at step 3:
     skipquiet rank 1 skips its step-3 collective; no ``verify``, only the background watch
     vmapskip  the collective is a sharded ``distmap.vmap`` with a ``distmap.psum`` over the batch
               (counted by the map engine itself, not ``watched``); rank 1 skips it at step 3
+              (``verify`` before each print)
+    jitskipadd  the same map under ``jax.jit`` (traced once, so only the collective check, which
+              counts executions, sees it); rank 1 skips step 3's and runs an extra one at step 6
               (``verify`` before each print)
     bench     no fault; STEPS steps in blocks of 25, the watch (its thread and note) on and paused
               in turn (on, off, off, on, ...); prints ``STEP_S <median s per step, watch off>`` and ``AB <median
@@ -33,7 +36,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distmap import distributed  # noqa: E402 - at the top, so that sys.exit(main()) below is distmap's
+from distmap import distributed  # noqa: E402
 
 
 def run(mode: str, steps: int) -> int:
@@ -49,10 +52,12 @@ def run(mode: str, steps: int) -> int:
     mesh = jax.make_mesh((jax.device_count(),), ("x",), devices=jax.devices())
     per = jax.local_device_count()
     width = 256 if mode == "bench" else 4
-    if mode == "vmapskip":
+    if mode in ("vmapskip", "jitskipadd"):
         import distmap
 
         summed = distmap.vmap(lambda row: distmap.psum(row, "batch"), "batch", mesh=mesh, axis_mapping={"batch": "x"})
+        if mode == "jitskipadd":
+            summed = jax.jit(summed)
 
         def psum(a):  # the same per-device value as the shard_map below: the sum over every row
             return summed(distmap.named(a, ("batch", "f"))).array
@@ -88,11 +93,11 @@ def run(mode: str, steps: int) -> int:
                 os.kill(os.getpid(), signal.SIGKILL)
             if mode == "stall":
                 time.sleep(600)
-        skipped = rank == 1 and step == 3 and (mode.startswith("skip") or mode == "vmapskip")
+        skipped = rank == 1 and step == 3 and (mode.startswith("skip") or mode in ("vmapskip", "jitskipadd"))
         out = None if skipped else psum(data(step))
-        if rank == 1 and step == 6 and mode == "skipadd":
+        if rank == 1 and step == 6 and mode in ("skipadd", "jitskipadd"):
             psum(data(step))  # one more, so the counts agree again at the end
-        if mode in ("skip", "skipadd", "vmapskip"):
+        if mode in ("skip", "skipadd", "vmapskip", "jitskipadd"):
             distributed.verify(f"step {step}")
         if out is not None:
             got = float(np.asarray(out.addressable_data(0))[0, 0]) * per
@@ -118,9 +123,14 @@ def main(argv: list[str]) -> int:
     if mode == "absl":
         from absl import app
 
-        app.run(lambda _: run(mode, steps), argv=[argv[0]])
+        def absl_main(_: list[str]) -> None:
+            code = run(mode, steps)
+            sys.exit(code)  # looked up after initialize() replaced it (app.run's own sys.exit was looked up before)
+
+        app.run(absl_main, argv=[argv[0]])
     return run(mode, steps)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    code = main(sys.argv)
+    sys.exit(code)  # after main: initialize() replaced sys.exit by then

@@ -35,7 +35,7 @@ def main(mode: str) -> int:
     fingerprint = {"learning_rate": 0.1 * (rank + 1), "steps": 10} if mode == "fingerprint" else None
     config = distributed.initialize(fingerprint=fingerprint)
     assert distributed.initialize() is config  # a second call with nothing new is a no-op
-    from distmap._src.distributed import _backend_started
+    from distmap._src.jax_internals import backend_started as _backend_started
 
     assert not _backend_started()  # joining (and the start-up check) leave the backend to the program
 

@@ -9,21 +9,22 @@ client) does not kill it. Only the launcher's remote clean-up can.
 * ``sbatch --parsable SCRIPT``: runs the script with bash (SLURM_JOB_ID, the ``#SBATCH``
   ``--chdir`` and ``--output``), records its exit status in ``FAKE_SLURM_STATE/job_ID.status``
   and prints ``ID;cluster``.
-* ``srun --nodes=N --ntasks=T --ntasks-per-node=P [--kill-on-bad-exit=1] [--output=PATTERN] CMD``:
-  starts T tasks here with SLURM's per-task environment (what ``jax``'s ``SlurmCluster``
-  reads: ``SLURM_JOB_ID``, ``SLURM_STEP_NODELIST=localhost``, ``SLURM_NTASKS``,
-  ``SLURM_PROCID``, ``SLURM_LOCALID``, ...), ``%t`` in the output pattern per task; with
-  ``--kill-on-bad-exit=1`` the first failing task ends the others and srun exits with its status.
+* ``srun --nodes=1 --ntasks=1 --nodelist=NODE ... CMD``: one job step of one task, run here in a
+  session of its own with srun's stdin (as ``--input=all``) and the step's ``SLURM_*`` variables.
+* ``scontrol show hostnames LIST``: the comma list's names, one a line (the stand-in sbatch
+  names the nodes ``localhost``, ``127.0.0.2``, ...: all of them this machine).
 * ``gcloud compute tpus tpu-vm {scp,ssh,describe} NAME ...``: ``FAKE_TPU_WORKERS`` workers per
   TPU, each a home folder ``FAKE_TPU_ROOT/NAME/worker_W`` (``HOME``, ``TMPDIR`` there,
   ``TPU_WORKER_ID=W``); ``scp --worker=all`` copies to every worker; ``ssh --worker=all
   --command=CMD`` runs ``bash -c CMD`` on every worker at once, ``ssh --worker=W`` on worker W
   (its stdin passed on, as ssh passes it); ``describe --format=value(networkEndpoints[].ipAddress)``
-  prints one ``127.0.0.1`` per worker, ``;``-separated.
+  prints one ``127.0.0.1`` per worker, ``;``-separated; ``describe --format=value(state)`` prints
+  ``FAKE_TPU_STATE`` (default ``READY``).
 * ``ssh [-o OPT] HOST CMD...``: runs ``sh -c "CMD..."`` here, as sshd runs it with a POSIX login
   shell, with the client's stdin and output (so the remote side sees end-of-file when the
   client's stdin closes, as through a real ssh session).
-* ``kubectl apply -f -``: keeps its input in ``FAKE_KUBECTL_OUT``.
+* ``kubectl apply -f - [-o jsonpath={.metadata.uid}]``: appends its input (one JSON object) to
+  ``FAKE_KUBECTL_OUT`` and prints ``uid-of-NAME`` for the jsonpath, else ``kind/NAME created``.
 
 Every call is appended to ``calls.jsonl`` in the stand-in folder.
 """
@@ -82,8 +83,9 @@ for m in re.finditer(r"^#SBATCH (--[^=\s]+)(?:=(\S+))?$", text, re.M):
 nodes = opts.get("--nodes", "1")
 out = re.sub(r"%(%|j)", lambda m: "%" if m.group(1) == "%" else str(job_id), opts["--output"])
 env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-env.update(SLURM_JOB_ID=str(job_id), SLURM_JOBID=str(job_id), SLURM_JOB_NODELIST="localhost",
-           SLURM_NODELIST="localhost", SLURM_JOB_NUM_NODES=nodes, SLURM_NNODES=nodes, SLURM_SUBMIT_DIR=os.getcwd())
+names = ",".join(["localhost"] + [f"127.0.0.{i + 1}" for i in range(1, int(nodes))])  # all of them this machine
+env.update(SLURM_JOB_ID=str(job_id), SLURM_JOBID=str(job_id), SLURM_JOB_NODELIST=names, SLURMD_NODENAME="localhost",
+           SLURM_NODELIST=names, SLURM_JOB_NUM_NODES=nodes, SLURM_NNODES=nodes, SLURM_SUBMIT_DIR=os.getcwd())
 with open(out, "w") as log:
     rc = subprocess.call(["bash", script], cwd=opts.get("--chdir"), env=env, stdin=subprocess.DEVNULL,
                          stdout=log, stderr=subprocess.STDOUT)
@@ -97,43 +99,18 @@ opts = {}
 while args and args[0].startswith("--"):
     key, _, value = args.pop(0).partition("=")
     opts[key] = value
-nodes, ntasks, per_node = int(opts["--nodes"]), int(opts["--ntasks"]), int(opts["--ntasks-per-node"])
-assert ntasks == nodes * per_node, opts
-job = os.environ["SLURM_JOB_ID"]
-procs = []
-for t in range(ntasks):
-    env = dict(os.environ, SLURM_STEP_NODELIST="localhost", SLURM_STEP_NUM_NODES=str(nodes),
-               SLURM_STEP_NUM_TASKS=str(ntasks), SLURM_NTASKS=str(ntasks), SLURM_NPROCS=str(ntasks),
-               SLURM_PROCID=str(t), SLURM_LOCALID=str(t % per_node), SLURM_NODEID=str(t // per_node),
-               SLURM_STEP_ID="0", SLURM_STEPID="0", SLURMD_NODENAME="localhost",
-               SLURM_TASKS_PER_NODE=f"{per_node}(x{nodes})")
-    out = None
-    if "--output" in opts:
-        path = re.sub(r"%(%|j|t)", lambda m: {"%": "%", "j": job, "t": str(t)}[m.group(1)], opts["--output"])
-        out = open(path, "w")
-    procs.append(started(subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                          stderr=subprocess.STDOUT if out else None, start_new_session=True)))
+if opts.get("--ntasks") != "1" or opts.get("--nodes") != "1" or "--nodelist" not in opts:
+    sys.exit(f"fake srun: expected one task on one node (--nodes=1 --ntasks=1 --nodelist=N), got {opts}")
+env = dict(os.environ, SLURM_STEP_NODELIST=opts["--nodelist"], SLURM_STEP_NUM_TASKS="1", SLURM_NTASKS="1",
+           SLURM_PROCID="0", SLURM_LOCALID="0", SLURMD_NODENAME=opts["--nodelist"])
+# The task gets srun's stdin (as --input=all does) and runs in a session of its own, as under slurmstepd.
+sys.exit(code_of(started(subprocess.Popen(args, env=env, start_new_session=True)).wait()))
+'''
 
-def stop_all():
-    for p in procs:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    for p in procs:
-        p.wait()
-
-signal.signal(signal.SIGTERM, lambda *a: (stop_all(), sys.exit(143)))
-while True:
-    codes = [p.poll() for p in procs]
-    bad = [code_of(c) for c in codes if c not in (None, 0)]
-    if bad and opts.get("--kill-on-bad-exit") == "1":
-        stop_all()
-        sys.exit(bad[0])
-    if all(c is not None for c in codes):
-        sys.exit(max(code_of(c) for c in codes))
-    time.sleep(0.05)
+_SCONTROL = _COMMON + r'''
+if sys.argv[1:3] != ["show", "hostnames"]:
+    sys.exit(f"fake scontrol: only 'show hostnames LIST', got {sys.argv[1:]}")
+print("\n".join(sys.argv[3].split(",")))
 '''
 
 _GCLOUD = _COMMON + r'''
@@ -155,6 +132,9 @@ def home(name, w):
     os.makedirs(os.path.join(h, "tmp"), exist_ok=True)
     return h
 
+if verb == "describe" and flags["--format"] == "value(state)":
+    print(os.environ.get("FAKE_TPU_STATE", "READY"))
+    sys.exit(0)
 if verb == "describe":
     assert flags["--format"] == "value(networkEndpoints[].ipAddress)", flags
     print(";".join(["127.0.0.1"] * workers))
@@ -209,14 +189,20 @@ sys.exit(code_of(p.wait()))
 '''
 
 _KUBECTL = _COMMON + r'''
-if sys.argv[1:] != ["apply", "-f", "-"]:
-    sys.exit(f"fake kubectl: expected apply -f -, got {sys.argv[1:]}")
-open(os.environ["FAKE_KUBECTL_OUT"], "w").write(sys.stdin.read())
-print("service/fake created")
-print("job.batch/fake created")
+args = sys.argv[1:]
+if args[:3] != ["apply", "-f", "-"] or args[3:] not in ([], ["-o", "jsonpath={.metadata.uid}"]):
+    sys.exit(f"fake kubectl: expected apply -f - [-o jsonpath={{.metadata.uid}}], got {args}")
+doc = json.loads(sys.stdin.read())
+with open(os.environ["FAKE_KUBECTL_OUT"], "a") as f:
+    f.write(json.dumps(doc) + "\n")
+if args[3:]:
+    print(f"uid-of-{doc['metadata']['name']}", end="")
+else:
+    print(f"{doc['kind'].lower()}/{doc['metadata']['name']} created")
 '''
 
-_SCRIPTS = {"sbatch": _SBATCH, "srun": _SRUN, "gcloud": _GCLOUD, "ssh": _SSH, "kubectl": _KUBECTL}
+_SCRIPTS = {"sbatch": _SBATCH, "srun": _SRUN, "scontrol": _SCONTROL, "gcloud": _GCLOUD, "ssh": _SSH,
+            "kubectl": _KUBECTL}
 
 
 def install(bin_dir: str, *names: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ import pytest
 from absl import flags
 
 from distmap import distributed, errors
-from distmap._src import distributed as dist_impl
+from distmap._src import hybrid_mesh as dist_impl
 from distmap._src import flags as dflags
 from distmap._src.launch import contract, local
 from distmap._src.launch.supervisor import SupervisorOptions

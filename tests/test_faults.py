@@ -222,13 +222,23 @@ def test_a_stalled_rank_is_named_with_where_it_stopped(tmp_path):
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("mode", ["skip", "skipadd", "vmapskip"])
+@pytest.mark.parametrize("mode", ["skipadd", "vmapskip"])  # skipadd's step 3 is the plain skip
 def test_a_skipped_collective_is_a_divergence_before_any_wrong_result(tmp_path, mode):
     res, out, err, logs = _launch(tmp_path, mode)
     assert (res.exit_code, res.failed_rank) == (progress.EXIT_DIVERGED, 1), err
     assert "WRONG" not in out and "step 2 sum 401 ok" in out
     assert "DivergenceError: verify #2 (step 3): rank 1 diverged" in logs[1]
     assert "(rank 0: 3; rank 1: 2)" in logs[1]
+
+
+@pytest.mark.multiprocess
+def test_a_jitted_map_skipped_then_run_once_more_is_caught_by_the_collective_check(tmp_path):
+    """Under jax.jit the map is traced once; the collective check counts its executions, so verify sees the skip."""
+    res, out, err, logs = _launch(tmp_path, "jitskipadd", DISTMAP_CHECK_COLLECTIVES="1")
+    assert (res.exit_code, res.failed_rank) == (progress.EXIT_DIVERGED, 1), err + logs[1][-3000:]
+    assert "WRONG" not in out and "step 2 sum 401 ok" in out
+    assert "DivergenceError: verify #2 (step 3): rank 1 diverged" in logs[1] and "(rank 0: 3; rank 1: 2)" in logs[1]
+    assert "vmap run ('run.<locals>.<lambda>', ('batch',)" in logs[1]  # the call, as it executed
 
 
 @pytest.mark.multiprocess

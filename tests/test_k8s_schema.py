@@ -155,3 +155,8 @@ def test_the_schema_check_catches_what_a_cluster_would_refuse(path, value, wrong
         node[path[-1]] = value
     with pytest.raises(AssertionError, match="not valid Kubernetes"):
         _check(job)
+
+
+def test_the_service_owned_by_the_job_is_valid_kubernetes():
+    service, job = k8s.manifests(k8s.K8sJob(program=["p"], image="i", name="ens", num_processes=2, run_id="r", port=1))
+    _check(k8s.owned(service, job, "5f0c6a8e-0000-4000-8000-000000000001"))

@@ -177,10 +177,17 @@ def test_apply_pipes_the_manifests_to_kubectl(tmp_path):
     finally:
         kill_started(bin_dir)
     assert proc.returncode == 0, proc.stderr
-    assert "job.batch/fake created" in proc.stdout and "kubectl logs" in proc.stderr
-    applied = (tmp_path / "applied.yaml").read_text()
-    assert applied == (tmp_path / "app" / "k8s.json").read_text() == _render(*flags, program=("python", "t.py"))
-    assert calls(bin_dir) == [["kubectl", "apply", "-f", "-"]]
+    assert "job.batch/distmap-app applied (uid uid-of-distmap-app)" in proc.stdout and "kubectl logs" in proc.stderr
+    job, service = [json.loads(line) for line in (tmp_path / "applied.yaml").read_text().splitlines()]
+    rendered = json.loads(_render(*flags, program=("python", "t.py")))["items"]
+    assert (tmp_path / "app" / "k8s.json").read_text() == _render(*flags, program=("python", "t.py"))
+    assert job == rendered[1] and job["kind"] == "Job"  # the Job first, then the Service it owns
+    assert service["metadata"].pop("ownerReferences") == [{
+        "apiVersion": "batch/v1", "kind": "Job", "name": "distmap-app", "uid": "uid-of-distmap-app", "controller": True,
+        "blockOwnerDeletion": True}]
+    assert service == rendered[0]
+    assert calls(bin_dir) == [["kubectl", "apply", "-f", "-", "-o", "jsonpath={.metadata.uid}"],
+                              ["kubectl", "apply", "-f", "-"]]
 
 
 def test_refuses_what_kubernetes_cannot_do():

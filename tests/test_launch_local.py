@@ -117,25 +117,43 @@ def test_a_failed_run_kills_the_other_ranks_at_once_even_one_that_ignores_sigter
         assert "up" in f.read()  # what it printed is in its log
 
 
-def test_after_sigint_ranks_get_the_grace_period_to_end_on_their_own(tmp_path):
-    """A signal to the launcher: SIGINT to every rank, which may flush and exit before the grace period ends."""
+def test_after_sigint_ranks_get_sigterm_and_the_grace_period_and_no_restart(tmp_path):
+    """A signal to the launcher: SIGTERM to every rank, which saves and exits 143; not restarted."""
     clean = ("import signal, sys, time\n"
              "def stop(*a):\n"
-             "    print('flushed and done', flush=True); sys.exit(0)\n"
-             "signal.signal(signal.SIGINT, stop)\n"
+             "    time.sleep(0.5); print('saved', flush=True); sys.exit(143)\n"
+             "signal.signal(signal.SIGTERM, stop)\n"
              "print('up', flush=True); time.sleep(60)\n")
-    run = _Launch(["--num_processes=1", "--grace_period=20", f"--log_dir={tmp_path}", "--run_id=int", "--",
-                   PY, "-c", clean])
+    run = _Launch(["--num_processes=2", "--grace_period=20", "--max_restarts=2", f"--log_dir={tmp_path}",
+                   "--run_id=int", "--", PY, "-c", clean])
     try:
-        run.wait_for(lambda l: "up" in l, timeout=30)
+        run.wait_for(lambda l: "up" in l, count=2, timeout=30)
         run.proc.send_signal(signal.SIGINT)
         rc, err = run.finish(timeout=30)
     finally:
         run.kill()
-    assert rc == 128 + signal.SIGINT and "interrupted by SIGINT" in err, err
-    assert "[rank 0] flushed and done" in run.seen
-    ranks = json.loads((tmp_path / "int" / "launch.json").read_text())["attempts"][0]["ranks"]
-    assert ranks["0"]["exit_code"] == 0  # it ended on its own, not killed
+    assert rc == 128 + signal.SIGINT and "interrupted by SIGINT" in err and "Not restarted" in err, err
+    assert "[rank 0] saved" in run.seen and "[rank 1] saved" in run.seen
+    attempts = json.loads((tmp_path / "int" / "launch.json").read_text())["attempts"]
+    assert len(attempts) == 1 and attempts[0]["status"] == "interrupted"
+    assert {r["exit_code"] for r in attempts[0]["ranks"].values()} == {143}  # each ended on its own
+
+
+def test_a_rank_stopped_by_sigterm_stops_the_run_without_a_restart(tmp_path):
+    """A preemption notice reaching one rank (SIGTERM, it saves and exits 143): the others get SIGTERM too."""
+    code = ("import os, signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *a: (print('saved', flush=True), sys.exit(143)))\n"
+            "print('up', flush=True)\n"
+            "if os.environ['DISTMAP_PROCESS_ID'] == '1':\n"
+            "    time.sleep(0.5); os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(60)\n")
+    err = io.StringIO()
+    out = io.StringIO()
+    res = supervise(lambda a: [_py(r, code, env=dict(os.environ, DISTMAP_PROCESS_ID=str(r))) for r in range(2)],
+                    _opts(tmp_path, max_restarts=2, grace_period=10.0), out=out, err=err)
+    assert res.exit_code == 143 and [a.status for a in res.attempts] == ["stopped"], err.getvalue()
+    assert out.getvalue().count("saved") == 2 and "it was stopped" in err.getvalue()
+    assert res.attempts[0].exits[0].exit_code == 143  # given SIGTERM, not killed
 
 
 def test_timeout_stops_everything_with_a_distinct_code(tmp_path):
@@ -158,15 +176,16 @@ def test_max_restarts_restarts_the_whole_group(tmp_path):
         ]
 
     err = io.StringIO()
-    res = supervise(make, _opts(tmp_path, max_restarts=3), out=io.StringIO(), err=err)
+    res = supervise(make, _opts(tmp_path, max_restarts=3, restart_backoff=0.05), out=io.StringIO(), err=err)
     assert calls == [0, 1, 2] and res.exit_code == 0
     assert [a.status for a in res.attempts] == ["failed", "failed", "ok"]
-    assert "restart 2 of 3" in err.getvalue()
-    assert os.path.exists(os.path.join(res.run_dir, "rank_1.restart2.log"))
+    assert "restart 2 of 3" in err.getvalue() and "in 0.05 s (restart 1" in err.getvalue()
+    assert os.path.exists(os.path.join(res.run_dir, "rank_1.attempt2.log"))
+    assert os.path.exists(os.path.join(res.run_dir, "rank_1.log"))  # the first attempt's log is kept
 
 
 def test_restarts_run_out(tmp_path):
-    res = supervise(lambda a: [_py(0, "import sys; sys.exit(5)")], _opts(tmp_path, max_restarts=1),
+    res = supervise(lambda a: [_py(0, "import sys; sys.exit(5)")], _opts(tmp_path, max_restarts=1, restart_backoff=0),
                     out=io.StringIO(), err=io.StringIO())
     assert res.exit_code == 5 and len(res.attempts) == 2
 

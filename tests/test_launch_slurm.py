@@ -1,15 +1,18 @@
-"""``launch/slurm.py``: the sbatch script, run for real through stand-in ``sbatch``/``srun`` on PATH.
+"""``launch/slurm.py``: the sbatch script and its agent, run through stand-in ``sbatch``/``srun``/``scontrol``.
 
-The stand-ins (``tests/_stand_ins.py``) run the job on this machine with SLURM's environment,
-so the multi-process test goes through JAX's own SLURM detection, as on a cluster. Every
-process they start is ended by the test (``kill_started``).
+The stand-ins (``tests/_stand_ins.py``) run the job on this machine with SLURM's environment:
+the script ``exec`` s the agent, which starts every rank as a one-task step of the stand-in
+``srun``. Every process they start is ended by the test (``kill_started``). The real
+cluster's behaviour (signals, requeues, ports) is tested in ``tests/test_slurm_real.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import shlex
 import subprocess
 
 import pytest
@@ -18,6 +21,7 @@ from _stand_ins import (
 )
 
 from distmap._src.launch import local, slurm
+from distmap._src.launch.supervisor import SupervisorOptions
 
 LAUNCHER = os.path.join(ROOT, "launch", "slurm.py")
 
@@ -27,7 +31,7 @@ def cluster(tmp_path, monkeypatch):
     """Stand-in sbatch and srun first on PATH (here and in launcher subprocesses)."""
     bin_dir, state = str(tmp_path / "bin"), tmp_path / "state"
     state.mkdir()
-    env = install(bin_dir, "sbatch", "srun")
+    env = install(bin_dir, "sbatch", "srun", "scontrol")
     env["FAKE_SLURM_STATE"] = str(state)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -46,9 +50,17 @@ def _status(state, job_id) -> int:
     return int((state / f"job_{job_id}.status").read_text())
 
 
-def _task_log(job: slurm.SlurmJob, t: int, suffix: str = "") -> str:
-    with open(os.path.join(job.run_dir, f"task_{t}{suffix}.log")) as f:
+def _task_log(job: slurm.SlurmJob, t: int, job_id: str, suffix: str = "") -> str:
+    with open(os.path.join(job.run_dir, f"rank_{t}.job{job_id}{suffix}.log")) as f:
         return f.read()
+
+
+def _portable(text: str) -> str:
+    """The script without this machine's paths (the Python and the checkout the agent runs from)."""
+    return text.replace(shlex.quote(PY), "/venv/bin/python").replace(ROOT, "/checkout")
+
+
+_OPTS = SupervisorOptions(run_id="t", restart_backoff=0.05, grace_period=2.0, announce=False)
 
 
 # ---------------------------------------------------------------------------- golden scripts
@@ -63,7 +75,7 @@ def test_golden_sbatch_from_the_gpu_config():
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    check_golden("slurm_gpu_2node.sbatch", proc.stdout)
+    check_golden("slurm_gpu_2node.sbatch", _portable(proc.stdout))
 
 
 def test_golden_sbatch_with_every_option():
@@ -71,47 +83,50 @@ def test_golden_sbatch_with_every_option():
         program=["python", "train.py", "--lr=0.1"], run_id="r1", run_dir="/shared/runs/100%/r1", workdir="/shared/code",
         nodes=4, tasks_per_node=8, gpus_per_node=8, cpus_per_task=12, time="2:00:00", partition="a100",
         account="team-ml", job_name="ens", coordinator_port=29400, coordinator_bind_host="node001-ib",
-        init_timeout=600, max_restarts=2, env={"XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler=true"},
+        init_timeout=600, env={"XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler=true"},
         sbatch_options=["--exclusive", "--mem=0"],
     )
-    text = slurm.render_sbatch(job)
-    assert "#SBATCH --output=/shared/runs/100%%/r1/sbatch-%j.log" in text  # a literal % in a path stays literal
+    options = SupervisorOptions(run_id="r1", log_dir="/shared/runs/100%", max_restarts=2, grace_period=60)
+    text = slurm.render_sbatch(job, options, python="/venv/bin/python", agent="/checkout/launch/agent.py")
+    assert "#SBATCH --signal=B:TERM@90" in text  # the agent's SIGTERM comes grace + 30 s before the limit
     check_golden("slurm_every_option.sbatch", text)
 
 
 def test_sbatch_directives_refuse_what_sbatch_would_split(tmp_path):
     with pytest.raises(Exception, match="--partition=.gpu large.*no spaces, quotes or newlines"):
-        slurm.render_sbatch(_job(tmp_path, ["prog"], partition="gpu large"))
+        slurm.render_sbatch(_job(tmp_path, ["prog"], partition="gpu large"), _OPTS)
     with pytest.raises(Exception, match="does not split evenly"):
-        slurm.render_sbatch(_job(tmp_path, ["prog"], tasks_per_node=3, gpus_per_node=8))
+        slurm.render_sbatch(_job(tmp_path, ["prog"], tasks_per_node=3, gpus_per_node=8), _OPTS)
 
 
 # ---------------------------------------------------------------------------- the script, run
 
 
-def test_each_task_gets_its_gpus_port_and_contract(tmp_path, cluster, monkeypatch):
+def test_each_rank_is_a_step_with_its_gpus_and_the_contract(tmp_path, monkeypatch):
     monkeypatch.setenv("DISTMAP_COORDINATOR", "stale-host:1")  # from an enclosing launch: must not leak in
-    job = _job(tmp_path, [PY, CHILD, "env"], nodes=2, tasks_per_node=2, gpus_per_node=4, init_timeout=30)
-    job_id, path = slurm.submit(job)
-    assert path == os.path.join(job.run_dir, "job.sbatch") and _status(cluster["state"], job_id) == 0
-    envs = []
-    for t in range(4):
-        line = next(x for x in _task_log(job, t).splitlines() if x.startswith("ENV "))
-        envs.append(json.loads(line[4:])["env"])
-    # JAX's detection alone would give each task the one GPU numbered SLURM_LOCALID.
-    assert [e["DISTMAP_LOCAL_DEVICE_IDS"] for e in envs] == ["0,1", "2,3", "0,1", "2,3"]
-    assert [e["SLURM_PROCID"] for e in envs] == ["0", "1", "2", "3"]
-    ports = {e["JAX_COORDINATOR_PORT"] for e in envs}
-    assert ports == {str(20000 + (int(job_id) * 16) % 10000)}  # derived from the job id, not fixed
-    for e in envs:
-        assert "DISTMAP_COORDINATOR" not in e and e["DISTMAP_RUN_ID"] == "t" and e["DISTMAP_ATTEMPT"] == "0"
-        assert e["DISTMAP_INIT_TIMEOUT"] == "30" and e["DISTMAP_RUN_DIR"] == job.run_dir
-    with open(os.path.join(job.run_dir, "job_id")) as f:
-        assert f.read().strip() == job_id
+    job = _job(tmp_path, [PY, CHILD, "env"], nodes=2, tasks_per_node=2, gpus_per_node=4, init_timeout=30,
+               cpus_per_task=3, coordinator_bind_host="0.0.0.0")
+    alloc = slurm.Allocation("77", ("n0", "n1"))
+    ws = slurm.slurm_workers(job, alloc, attempt=1, port=23456, grace=9)
+    assert [w.label for w in ws] == ["rank 0 n0", "rank 1 n0", "rank 2 n1", "rank 3 n1"]
+    assert all(w.hold_stdin and "DISTMAP_COORDINATOR" not in w.env for w in ws)
+    assert ws[2].argv[:4] == ["srun", "--nodes=1", "--ntasks=1", "--nodelist=n1"] and "--cpus-per-task=3" in ws[2].argv
+    command = ws[3].argv[-1]
+    for text in ("distmap-rank 9 env", "DISTMAP_COORDINATOR=n0:23456", "DISTMAP_COORDINATOR_BIND=0.0.0.0:23456",
+                 "DISTMAP_PROCESS_ID=3", "DISTMAP_NUM_PROCESSES=4", "DISTMAP_LOCAL_DEVICE_IDS=2,3", "DISTMAP_ATTEMPT=1",
+                 "SLURM_PROCID=3", "SLURM_NTASKS=4", "SLURM_LOCALID=1", "JAX_COORDINATOR_PORT=23456"):
+        assert text in command, text
+
+
+def test_allocation_puts_the_batch_host_first(tmp_path, cluster):
+    env = {"SLURM_JOB_ID": "9", "SLURM_JOB_NODELIST": "a,b,c", "SLURMD_NODENAME": "b", "SLURM_RESTART_COUNT": "2"}
+    assert slurm.allocation(env) == slurm.Allocation("9", ("b", "a", "c"), 2)
+    with pytest.raises(Exception, match="run it as the batch script of a SLURM job"):
+        slurm.allocation({})
 
 
 @pytest.mark.multiprocess
-def test_real_two_process_run_through_jax_slurm_detection(tmp_path, cluster):
+def test_real_two_process_run_through_the_agent(tmp_path, cluster):
     """2 tasks x 2 CPU devices: the sharded distmap.vmap with a collective is right on both."""
     port = local.free_port()
     proc = subprocess.run(
@@ -124,12 +139,12 @@ def test_real_two_process_run_through_jax_slurm_detection(tmp_path, cluster):
     job_id = proc.stdout.strip()
     assert job_id.isdigit() and "submitted job " + job_id in proc.stderr
     run_dir = tmp_path / "real"
-    logs = [(run_dir / f"task_{t}.log").read_text() for t in range(2)]
-    assert _status(cluster["state"], job_id) == 0, (run_dir / f"sbatch-{job_id}.log").read_text() + "".join(logs)
+    logs = [(run_dir / f"rank_{t}.job{job_id}.log").read_text() for t in range(2)]
+    assert _status(cluster["state"], job_id) == 0, (run_dir / f"batch.job{job_id}.log").read_text() + "".join(logs)
     got = [results(log.splitlines())[0] for log in logs]
     assert sorted(r["rank"] for r in got) == [0, 1]
     for r in got:
-        assert r["mode"] == "cluster" and r["processes"] == 2 and r["devices"] == 4 and r["local_devices"] == 2
+        assert r["mode"] == "explicit" and r["processes"] == 2 and r["devices"] == 4 and r["local_devices"] == 2
         assert r["centered"] == pytest.approx(r["expected"])
     assert all(argvs(log.splitlines()) == [HOSTILE] for log in logs)  # spaces, $(...), %t: unchanged
     assert not os.path.exists("/tmp/distmap_pwned")
@@ -143,27 +158,25 @@ def test_failing_task_fails_the_job_with_its_exit_status(tmp_path, cluster):
         "print('PID', os.getpid(), flush=True); time.sleep(60)\n"
     )
     job = _job(tmp_path, [PY, "-c", code], nodes=2)
-    job_id, _ = slurm.submit(job)
+    job_id, _ = slurm.submit(job, _OPTS)
     assert _status(cluster["state"], job_id) == 3
-    srun = next(c for c in calls(cluster["bin"]) if c[0] == "srun")
-    assert "--kill-on-bad-exit=1" in srun
-    pid = int(re.search(r"PID (\d+)", _task_log(job, 0)).group(1))
-    assert not wait_gone([pid], 5)  # srun ended the healthy task when the other failed
-    with open(os.path.join(job.run_dir, f"sbatch-{job_id}.log")) as f:
-        assert "distmap: task 1 failed first, with exit status 3" in f.read()
+    pid = int(re.search(r"PID (\d+)", _task_log(job, 0, job_id)).group(1))
+    assert not wait_gone([pid], 5)  # the agent killed the healthy rank when the other failed
+    with open(os.path.join(job.run_dir, f"batch.job{job_id}.log")) as f:
+        assert "rank 1 127.0.0.2 exited with code 3" in f.read()
 
 
-def test_restart_runs_srun_again_with_a_new_port(tmp_path, cluster):
+def test_restart_starts_every_rank_again_with_a_new_port(tmp_path, cluster):
     code = (
         "import os, sys\n"
         "print('PORT', os.environ['JAX_COORDINATOR_PORT'], 'ATTEMPT', os.environ['DISTMAP_ATTEMPT'], flush=True)\n"
         "sys.exit(4 if os.environ['DISTMAP_ATTEMPT'] == '0' and os.environ['SLURM_PROCID'] == '1' else 0)\n"
     )
-    job = _job(tmp_path, [PY, "-c", code], nodes=2, max_restarts=1, coordinator_port=21000)
-    job_id, _ = slurm.submit(job)
+    job = _job(tmp_path, [PY, "-c", code], nodes=2, coordinator_port=21000)
+    job_id, _ = slurm.submit(job, dataclasses.replace(_OPTS, max_restarts=1))
     assert _status(cluster["state"], job_id) == 0
-    assert "PORT 21000 ATTEMPT 0" in _task_log(job, 1)
-    assert "PORT 21001 ATTEMPT 1" in _task_log(job, 1, ".restart1")
+    assert "PORT 21000 ATTEMPT 0" in _task_log(job, 1, job_id)
+    assert "PORT 21001 ATTEMPT 1" in _task_log(job, 1, job_id, ".attempt1")
 
 
 def test_a_program_argument_that_is_not_utf8_arrives_byte_for_byte(tmp_path, cluster):
@@ -175,7 +188,7 @@ def test_a_program_argument_that_is_not_utf8_arrives_byte_for_byte(tmp_path, clu
     assert proc.returncode == 0, proc.stderr
     job_id = proc.stdout.decode().strip()
     assert _status(cluster["state"], job_id) == 0
-    log = (tmp_path / "bytes" / "task_0.log").read_text()
+    log = (tmp_path / "bytes" / f"rank_0.job{job_id}.log").read_text()
     assert f"BYTES {raw.hex()}" in log
     dry = subprocess.run([PY, LAUNCHER, "--dry_run", f"--log_dir={tmp_path}", "--run_id=bytes", "--", PY, "-c", code,
                           raw], capture_output=True, timeout=60, cwd=str(tmp_path))
@@ -198,9 +211,9 @@ def test_env_values_and_arguments_are_quoted_not_checked(tmp_path, cluster):
     value = "a\nb $(touch /tmp/distmap_pwned) 'q\""
     code = "import os, sys; print('ENVV ' + repr(os.environ['EVIL'])); print('ARG ' + repr(sys.argv[1]))"
     job = _job(tmp_path, [PY, "-c", code, value], env={"EVIL": value})
-    job_id, _ = slurm.submit(job)
+    job_id, _ = slurm.submit(job, _OPTS)
     assert _status(cluster["state"], job_id) == 0
-    log = _task_log(job, 0)
+    log = _task_log(job, 0, job_id)
     assert f"ENVV {value!r}" in log and f"ARG {value!r}" in log and not os.path.exists("/tmp/distmap_pwned")
 
 

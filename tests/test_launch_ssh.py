@@ -59,7 +59,7 @@ def test_hostfile_and_host_checks(tmp_path):
     missing = tmp_path / "nope.txt"
     proc = subprocess.run([PY, LAUNCHER, f"--hostfile={missing}", "--", "prog"], capture_output=True, text=True,
                           timeout=60)
-    assert proc.returncode == 1 and proc.stderr.startswith("FATAL Flags parsing error")
+    assert proc.returncode == 1 and "error: flag --hostfile=" in proc.stderr
     assert f"--hostfile={missing}: cannot read it (No such file or directory)" in proc.stderr
     assert "Traceback" not in proc.stderr and not proc.stdout
 

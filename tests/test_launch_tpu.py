@@ -18,7 +18,8 @@ from _stand_ins import (
     HOSTILE, PY, ROOT, argvs, calls, check_golden, install, kill_started, pids_in, sigint_ends_every_program, wait_gone,
 )
 
-from distmap._src.launch import tpu_vm
+from distmap._src.launch import agent, tpu_vm
+from distmap._src.launch.supervisor import SupervisorOptions
 
 LAUNCHER = os.path.join(ROOT, "launch", "tpu_vm.py")
 
@@ -59,6 +60,11 @@ def _launch(tmp_path, tpus, *flags, program=("prog.py",), env=None, timeout=60):
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=dict(tpus["env"], **(env or {})))
 
 
+def _portable(text: str) -> str:
+    """The printed script without this machine's paths (the Python and the checkout it runs)."""
+    return text.replace(shlex.quote(PY), "/venv/bin/python").replace(ROOT, "/checkout")
+
+
 def _info(lines):
     return [json.loads(line.split("INFO ", 1)[1]) for line in lines if "INFO " in line]
 
@@ -76,7 +82,7 @@ def test_golden_commands_from_the_configs(config):
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    check_golden(config + ".sh", proc.stdout)
+    check_golden(config + ".sh", _portable(proc.stdout))
 
 
 def test_golden_git_revision_commands():
@@ -86,7 +92,9 @@ def test_golden_git_revision_commands():
         git_repo="https://github.com/example/distmap.git", coordinator_port=23456, env={"XLA_FLAGS": "--x=1 --y"},
         workers_per_slice=4, setup=["pip install -e .[tpu]"], gcloud_args=["--tunnel-through-iap"],
     )
-    check_golden("tpu_git_revision.sh", tpu_vm.format_plan(job))
+    options = SupervisorOptions(run_id="golden", log_dir="/shared/runs", max_restarts=2)
+    check_golden("tpu_git_revision.sh", tpu_vm.format_plan(job, options, python="/venv/bin/python",
+                                                           agent="/shared/distmap/launch/agent.py"))
 
 
 def test_one_command_per_worker_and_the_preparation_on_every_worker():
@@ -149,6 +157,25 @@ def test_failing_worker_fails_the_launch_and_the_remote_programs_end(tmp_path, t
     assert {i["env"]["MEGASCALE_COORDINATOR_ADDRESS"] for i in infos} == {"127.0.0.1:8080"}  # from describe
     summary = json.loads((tmp_path / "runs" / "bad" / "launch.json").read_text())
     assert summary["exit_code"] == 7 and summary["attempts"][0]["failed_rank"] == 3
+
+
+def test_a_restart_checks_the_vm_and_prepares_the_workers_again(tmp_path, tpus):
+    proc = _launch(tmp_path, tpus, "--tpu_names=t1", "--run_id=again", "--max_restarts=1", "--restart_backoff=0.1",
+                   env={"FAIL_AT": "0:1"})
+    assert proc.returncode == 7, proc.stderr  # worker 1 fails on both attempts
+    assert "restarting the whole group in 0.1 s (restart 1 of 1)" in proc.stderr
+    made = calls(tpus["bin"])
+    assert [c for c in made if "--format=value(state)" in c]  # the VM's state was asked before the restart
+    assert len([c for c in made if c[4] == "scp"]) == 2 and len([c for c in made if "--worker=all" in c]) == 4
+    summary = json.loads((tmp_path / "runs" / "again" / "launch.json").read_text())
+    assert [a["attempt"] for a in summary["attempts"]] == [0, 1]
+
+
+def test_a_vm_that_is_not_ready_fails_the_attempt_and_the_next_waits_longer(tmp_path, tpus):
+    proc = _launch(tmp_path, tpus, "--tpu_names=t1", "--run_id=down", "--max_restarts=2", "--restart_backoff=0.1",
+                   env={"FAIL_AT": "0:1", "FAKE_TPU_STATE": "REPAIRING"})
+    assert proc.returncode == tpu_vm.EXIT_NOT_READY, proc.stderr
+    assert "t1 is REPAIRING, not READY" in proc.stderr and "in 0.2 s (restart 2 of 2)" in proc.stderr
 
 
 def test_a_failed_preparation_starts_nothing(tmp_path, tpus):
@@ -215,9 +242,13 @@ def test_values_without_a_syntax_are_quoted_into_the_script(tmp_path, tpus):
     assert proc.returncode == 0, proc.stderr
     script = proc.stdout
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0  # it parses as bash
-    clone = next(line for line in script.splitlines() if line.startswith("rm -rf distmap_code/q && git clone"))
+    lines = script.splitlines()
+    kind, fields, _ = agent.read_plan(lines[lines.index("DISTMAP_PLAN") - 1 if "DISTMAP_PLAN" in lines else -2])
+    assert kind == "tpu_vm" and fields["program"][-1] == evil and fields["env"]["EVIL"] == evil
+    job = tpu_vm.TpuJob(**fields)
+    clone = next(line for line in tpu_vm.prepare_script(job).splitlines() if line.startswith("rm -rf distmap_code/q"))
     words = shlex.split(clone)
     assert words[words.index("clone") + 2] == evil and words[-1] == evil
-    ssh = next(line for line in script.splitlines() if line.startswith("gcloud") and "--worker=all" in line)
-    assert evil in shlex.split(ssh)
+    ssh = next(line for line in lines if line.startswith("#") and "--worker=all" in line)
+    assert evil in shlex.split(ssh.split(": ", 1)[1].split(" --command=")[0])
     assert not os.path.exists("/tmp/distmap_pwned")

@@ -98,10 +98,15 @@ def test_failing_rank_stops_the_other_and_leaves_no_remote_process(tmp_path, ssh
     assert not wait_unmarked(marker, 5.0, TEST_MARK)
 
 
-def test_sigint_to_the_launcher_leaves_no_remote_process(tmp_path, ssh_server, marker):
-    code = "import os, time; print('PID', os.getpid(), flush=True); time.sleep(120)"
-    launch = subprocess.Popen(_argv(ssh_server, tmp_path, marker, "sigint", program=[PY, "-c", code]),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+def test_a_stop_gives_every_remote_rank_sigterm_and_its_grace_and_no_restart(tmp_path, ssh_server, marker):
+    code = ("import os, signal, sys, time\n"
+            "def stop(*a):\n"
+            "    time.sleep(1); print('saved', flush=True); sys.exit(143)\n"
+            "signal.signal(signal.SIGTERM, stop)\n"
+            "print('PID', os.getpid(), flush=True); time.sleep(120)\n")
+    argv = _argv(ssh_server, tmp_path, marker, "stop", "--max_restarts=2", program=[PY, "-c", code])
+    argv[argv.index("--grace_period=1")] = "--grace_period=10"
+    launch = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         pids: list[int] = []
         while len(pids) < 2:
@@ -110,8 +115,12 @@ def test_sigint_to_the_launcher_leaves_no_remote_process(tmp_path, ssh_server, m
             pids += pids_in(line)
         assert sorted(marked_pids(marker, TEST_MARK)) == sorted(pids)
         assert all(_remote(p).get("SSH_CONNECTION") for p in pids)  # started by sshd, not by the launcher
-        launch.send_signal(signal.SIGINT)
-        assert launch.wait(timeout=30) == 128 + signal.SIGINT
+        launch.send_signal(signal.SIGTERM)
+        out, err = launch.communicate(timeout=30)
+        assert launch.returncode == 128 + signal.SIGTERM, err
+        assert out.count("saved") == 2 and "Not restarted" in err, out + err  # each saved within its grace
+        summary = json.loads((tmp_path / "stop" / "launch.json").read_text())
+        assert len(summary["attempts"]) == 1 and {r["exit_code"] for r in summary["attempts"][0]["ranks"].values()} == {143}
         assert not wait_unmarked(marker, 5.0, TEST_MARK)
     finally:
         if launch.poll() is None:
@@ -119,6 +128,16 @@ def test_sigint_to_the_launcher_leaves_no_remote_process(tmp_path, ssh_server, m
             launch.wait()
         launch.stdout.close()
         launch.stderr.close()
+
+
+def test_ssh_options_add_to_the_defaults(tmp_path, ssh_server, marker):
+    """--ssh_option=Port=... (the port the test sshd listens on) reaches it, and BatchMode stays on."""
+    code = "print('VIA', __import__('os').environ['SSH_CONNECTION'].split()[3], flush=True)"
+    argv = _argv(ssh_server, tmp_path, marker, "opt", f"--ssh_option=Port={ssh_server.port}", program=[PY, "-c", code])
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.count(f"VIA {ssh_server.port}") == 2, proc.stderr
+    dry = subprocess.run(argv[:argv.index("--")] + ["--dry_run", "--", "true"], capture_output=True, text=True, timeout=60)
+    assert f"-o Port={ssh_server.port} -o BatchMode=yes -o ServerAliveInterval=15" in dry.stdout, dry.stdout
 
 
 def test_ssh_config_must_be_a_file(tmp_path):

@@ -10,11 +10,11 @@ Once :func:`install` ran (``distmap.distributed.initialize`` does it in multi-pr
 
 * a rank whose main thread ends with an **uncaught exception** (``sys.excepthook``) or a
   **non-zero exit status** is *failing*. The status is seen through ``sys.exit``, which
-  this module wraps when it is imported (absl's ``app.run`` ends with ``sys.exit(main(argv))``,
-  so an absl ``main`` that returns non-zero counts). Python looks ``sys.exit`` up before it
-  runs ``main()`` in ``sys.exit(main())``, so the program must import ``distmap.distributed``
-  (or ``distmap._src.exits``) at its top, as programs do, not only inside ``main``. A
-  failing rank it publishes a notice in the coordination service's key-value store (so the
+  :func:`install` (so ``initialize()``, not importing distmap) replaces. Python looks
+  ``sys.exit`` up before it evaluates the call's argument, so in ``sys.exit(main())``, and in
+  absl's ``app.run(main)`` (which ends with ``sys.exit(main(argv))``), a status *returned* by
+  a ``main`` that calls ``initialize()`` goes to Python's own ``sys.exit``: end such a
+  ``main`` with ``sys.exit(code)``, or write ``code = main(); sys.exit(code)``. A failing rank publishes a notice in the coordination service's key-value store (so the
   other ranks' progress watch learns which rank failed and why), then Python exits as usual
   up to the ``atexit`` handlers. The handlers registered *after* ``initialize`` (a checkpoint
   writer made in ``main``) run; then this module's handler ends the process with the failing
@@ -24,8 +24,10 @@ Once :func:`install` ran (``distmap.distributed.initialize`` does it in multi-pr
 * rank 0 hosts the coordination service, whose end aborts the others, so it first waits
   (at most the same bound) until every other rank saw its notice or failed too: each then
   prints its own error before the service goes.
-* a **normal exit** (status 0) changes nothing: every ``atexit`` handler runs and JAX's
-  shutdown barrier waits for the slower ranks, as it should.
+* a **normal exit** (status 0), and a **stopped** one (status 143, 130 or 129: the rank saved
+  and ended on a stop, as every rank does at the same step; see ``distmap.distributed.stop_requested``),
+  change nothing: every ``atexit`` handler runs and JAX's shutdown barrier waits for the slower
+  ranks, as it should; the status is kept.
 
 Not seen: ``raise SystemExit(3)`` (Python gives no hook for it; use ``sys.exit``), a
 ``SystemExit`` caught and then ignored after ``sys.exit`` recorded it, ``os._exit`` and
@@ -51,12 +53,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from distmap import errors
 
 # The exit statuses of the progress watch belong to the launcher-rank contract (launchers describe them).
-from distmap._src.launch.contract import EXIT_DIVERGED, EXIT_PEER_FAILED, EXIT_STALLED  # noqa: F401
+from distmap._src.launch.contract import EXIT_DIVERGED, EXIT_PEER_FAILED, EXIT_STALLED, is_stop  # noqa: F401
 
 #: ``0`` turns the fast exit off (see the module docstring).
 FAST_EXIT_ENV = "DISTMAP_FAST_EXIT"
@@ -64,9 +66,6 @@ FAST_EXIT_ENV = "DISTMAP_FAST_EXIT"
 #: Seconds a failing rank may spend exiting (its late ``atexit`` handlers, rank 0's wait).
 EXIT_GRACE_S = 3.0
 
-
-#: Called at a normal exit, before JAX's shutdown barrier (the progress watch says "done").
-ON_NORMAL_EXIT: list[Callable[[], None]] = []
 
 _FAIL_PREFIX = "distmap/fail/"
 _ACK_PREFIX = "distmap/ack/"
@@ -83,14 +82,26 @@ def exit_code(status: Any) -> int:
     return 1
 
 
-def fast_exit_from_env() -> bool:
-    """Whether ``DISTMAP_FAST_EXIT`` leaves the fast exit on (unset: on)."""
-    raw = os.environ.get(FAST_EXIT_ENV, "").strip().lower()
-    if raw in ("", "1", "true", "yes", "on"):
+def env_switch(name: str, default: bool) -> bool:
+    """An on/off environment variable of the runtime (``1``/``0``, ``true``/``false``, ...; unset: ``default``).
+
+    Example:
+        >>> env_switch("DISTMAP_SOMETHING_UNSET", True)
+        True
+    """
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
         return True
     if raw in ("0", "false", "no", "off"):
         return False
-    raise errors.DistributedError(f"environment variable {FAST_EXIT_ENV}={raw!r}: expected 1 or 0 (on or off).")
+    raise errors.DistributedError(f"environment variable {name}={raw!r}: expected 1 or 0 (on or off).")
+
+
+def fast_exit_from_env() -> bool:
+    """Whether ``DISTMAP_FAST_EXIT`` leaves the fast exit on (unset: on)."""
+    return env_switch(FAST_EXIT_ENV, True)
 
 
 class _Exits:
@@ -142,6 +153,30 @@ def acknowledge(client: Any, rank: int) -> None:
         pass
 
 
+def leave(client: Any, rank: int, code: int, why: str) -> NoReturn:
+    """End this rank now with ``code``, its failure notice published as final (the rank at fault)."""
+    publish_failure(client, rank, code, why, final=True)
+    flush()
+    os._exit(code)
+
+
+def follow(client: Any, rank: int, culprits: set[int], grace: float = 5.0) -> NoReturn:
+    """End this rank with ``EXIT_PEER_FAILED`` once ``culprits`` ended (at most ``grace`` s), so a launcher,
+    which names the first rank to exit, names the rank at fault."""
+    acknowledge(client, rank)
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
+        try:
+            if culprits <= _finals(client):
+                time.sleep(0.3)
+                break
+        except Exception:  # noqa: BLE001 - the service is gone: the ranks at fault ended
+            break
+        time.sleep(0.05)
+    flush()
+    os._exit(EXIT_PEER_FAILED)
+
+
 def failing() -> tuple[int, str] | None:
     """(exit code, why) once this rank is failing, else ``None``."""
     return _STATE.failing
@@ -167,7 +202,9 @@ def _fail(code: int, why: str) -> None:
 
 def _hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
     _STATE.previous_hook(kind, value, tb)
-    code = 130 if issubclass(kind, KeyboardInterrupt) else 1
+    if issubclass(kind, KeyboardInterrupt):
+        return  # stopped by SIGINT: not a failure (Python exits with 130 as usual)
+    code = 1
     if isinstance(value, errors.DivergenceError):
         code = EXIT_DIVERGED
     culprits = tuple(getattr(value, "ranks", ()) or ())
@@ -178,14 +215,13 @@ def _hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
 
 def _exit(status: Any = None) -> None:
     code = exit_code(status)
-    if code and _STATE.installed and threading.current_thread() is threading.main_thread():
+    if code and not is_stop(code) and _STATE.installed and threading.current_thread() is threading.main_thread():
         _fail(code, f"sys.exit({status!r})")
     _REAL_EXIT(status)
 
 
 _exit.__doc__ = sys.exit.__doc__
 _REAL_EXIT = sys.exit
-sys.exit = _exit  # inert until install(): then it also records a non-zero status
 
 
 def _end(code: int) -> None:
@@ -212,9 +248,7 @@ def flush() -> None:
 def _at_exit() -> None:
     """Registered at ``install``: so it runs after the handlers registered later, before earlier ones."""
     if _STATE.failing is None:
-        for callback in list(ON_NORMAL_EXIT):
-            callback()
-        return
+        return  # a normal (or stopped) exit: every handler runs, JAX's shutdown barrier included
     code = _STATE.failing[0]
     client = _STATE.client()
     wait_for = {str(r) for r in _STATE.after}
@@ -244,7 +278,7 @@ def _at_exit() -> None:
 
 
 def install(client: Callable[[], Any], rank: int, num_processes: int) -> None:
-    """Take over ``sys.excepthook`` and ``sys.exit`` and register the exit handler (idempotent).
+    """Take over ``sys.excepthook`` and replace ``sys.exit``, and register the exit handler (idempotent).
 
     ``client`` returns JAX's distributed client, or ``None`` once the run was left.
     """
@@ -254,6 +288,7 @@ def install(client: Callable[[], Any], rank: int, num_processes: int) -> None:
         return
     _STATE.previous_hook = sys.excepthook
     sys.excepthook = _hook
+    sys.exit = _exit  # records a non-zero status of every sys.exit looked up from now on
     atexit.register(_at_exit)
     _STATE.installed = True
 
@@ -264,9 +299,15 @@ def uninstall() -> None:
         return
     if sys.excepthook is _hook:
         sys.excepthook = _STATE.previous_hook
+    if sys.exit is _exit:
+        sys.exit = _REAL_EXIT
     atexit.unregister(_at_exit)
     _STATE.installed = False
     _STATE.failing = None
 
 
-__all__ = ["EXIT_DIVERGED", "EXIT_GRACE_S", "EXIT_PEER_FAILED", "EXIT_STALLED", "FAST_EXIT_ENV", "ON_NORMAL_EXIT", "exit_code", "failing", "fast_exit_from_env", "install", "uninstall"]
+__all__ = [
+    "EXIT_DIVERGED", "EXIT_GRACE_S", "EXIT_PEER_FAILED", "EXIT_STALLED", "FAST_EXIT_ENV", "acknowledge", "env_switch", "exit_code",
+    "failing", "failure_notices", "fast_exit_from_env", "flush", "follow", "install", "leave", "publish_failure",
+    "uninstall",
+]

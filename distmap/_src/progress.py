@@ -51,6 +51,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
@@ -74,7 +75,7 @@ STALL_TIMEOUT_ENV = "DISTMAP_STALL_TIMEOUT"
 _PREFIX = "distmap/watch/"
 _RING = 64  # fingerprints kept (and published) per rank
 _TEXTS = 16  # of which with their launch's description
-_TEXT_LIMIT = 80
+_TEXT_LIMIT = 200
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -129,6 +130,7 @@ class _Watch:
         self.paused = False  # benchmarks/bench_launch.py compares steps with and without the thread
         self.cpu_s = 0.0  # CPU time this thread used (Python and the RPCs it waits in), for the benchmark
         self.stop = threading.Event()
+        self.lock = threading.Lock()  # note() runs in the main thread and, for checked maps, XLA's callback thread
         self.thread = threading.Thread(target=self._loop, name="distmap-progress-watch", daemon=True)
 
     # ------------------------------------------------------------------ the main thread's side
@@ -137,12 +139,13 @@ class _Watch:
         if self.error is not None:
             raise self.error
         text = f"{kind} {key!r}"
-        c = self.count + 1
-        fp = zlib.crc32(text.encode(), self.fp)
-        self.ring[c % _RING] = (c, fp, text[:_TEXT_LIMIT])
-        self.fp = fp
-        self.count = c
-        self.last_note = time.monotonic()
+        with self.lock:
+            c = self.count + 1
+            fp = zlib.crc32(text.encode(), self.fp)
+            self.ring[c % _RING] = (c, fp, text[:_TEXT_LIMIT])
+            self.fp = fp
+            self.count = c
+            self.last_note = time.monotonic()
 
     def recent(self, texts: int = _TEXTS) -> list[list[Any]]:
         entries = sorted((e for e in self.ring if e is not None), key=lambda e: e[0])
@@ -237,7 +240,7 @@ class _Watch:
         if self.rank in culprits:
             where = _main_thread_stack() if what == "stalled" else ""
             sys.stderr.write(f"distmap.errors.DistributedError: {body}\nRank {self.rank} ends (exit code {code}).\n{where}")
-            _leave(self.client, self.rank, code, f"it {what}")
+            exits.leave(self.client, self.rank, code, f"it {what}")
         sys.stderr.write(f"distmap.errors.DistributedError: {body}\n")
         self._follow()
 
@@ -265,12 +268,6 @@ class _Watch:
             return
         exits.flush()
         os._exit(EXIT_PEER_FAILED)
-
-
-def _leave(client: Any, rank: int, code: int, why: str) -> None:
-    exits.publish_failure(client, rank, code, why, final=True)
-    exits.flush()
-    os._exit(code)
 
 
 def _ranks(ranks: list[int]) -> str:
@@ -320,6 +317,16 @@ def _main_thread_stack() -> str:
 _WATCH: _Watch | None = None
 
 
+_AT_EXECUTION = [False]  # sharded maps counted as they execute (the collective check), not when called
+
+
+def count_maps_at_execution(on: bool) -> None:
+    """With the collective check on, a sharded map is counted by its callback as it executes (kind
+    ``"vmap run"``), so the engine's ``note("vmap", ...)`` at the call (only a trace, under ``jit``) is
+    not counted, and :func:`verify` first waits for the dispatched computations to run."""
+    _AT_EXECUTION[0] = bool(on)
+
+
 def note(kind: str, key: Hashable) -> None:
     """Count one multi-process launch of ``kind`` identified by ``key`` on this rank.
 
@@ -334,7 +341,7 @@ def note(kind: str, key: Hashable) -> None:
         >>> progress.note("step", 3)
     """
     watch = _WATCH
-    if watch is not None:
+    if watch is not None and not (kind == "vmap" and _AT_EXECUTION[0]):
         watch.note(kind, key)
 
 
@@ -385,6 +392,10 @@ def verify(label: str = "", *, timeout: float | None = None) -> int:
     watch = _WATCH
     if watch is None:
         return 0
+    if _AT_EXECUTION[0]:
+        import jax
+
+        jax.effects_barrier()  # the executions dispatched so far have run, and their callbacks counted them
     if watch.error is not None:
         raise watch.error
     seq = watch.verify_seq
@@ -461,22 +472,45 @@ def start(client: Any, rank: int, num_processes: int, stall_timeout: float, *, p
     interval = min(max(stall_timeout / 8.0, 0.05), 1.0)
     watch = _Watch(client, rank, num_processes, float(stall_timeout), interval, peer_grace)
     _WATCH = watch
-    if finish not in exits.ON_NORMAL_EXIT:
-        exits.ON_NORMAL_EXIT.append(finish)
+    if not _STARTED_ONCE:
+        # Registered after jax.distributed.initialize's own handler, so it runs before JAX's shutdown:
+        # the thread is stopped and joined while the interpreter and the coordination service still work
+        # (a daemon thread inside an RPC at interpreter finalization aborts the process).
+        atexit.register(finish)
+        _STARTED_ONCE.append(True)
     watch.thread.start()
     return watch
 
 
+_STARTED_ONCE: list[bool] = []
+
+
 def finish() -> None:
-    """Tell the other ranks this one left the run normally (at exit, before JAX's shutdown barrier)."""
+    """At exit: tell the other ranks this one left the run normally, wait in JAX's shutdown barrier, stop the watch.
+
+    JAX's own ``atexit`` handler (registered before this one, so run after it) would wait in the
+    shutdown barrier with the watch thread still running into the interpreter's finalization,
+    where a daemon thread inside an RPC aborts the process. So the barrier is waited for here,
+    the watch still judging (a rank that left after fewer launches than the others is named
+    while this one waits), and the thread is stopped and joined before anything is torn down.
+    A failing rank (see ``exits``) says nothing and does not wait: its failure notice did.
+    """
     watch = _WATCH
     if watch is None:
         return
-    watch.state = "done"
-    try:
-        watch.client.key_value_set(_PREFIX + str(watch.rank), watch.record(), allow_overwrite=True)
-    except Exception:  # noqa: BLE001 - the service may be gone already
-        pass
+    if exits.failing() is None:
+        watch.state = "done"
+        try:
+            watch.client.key_value_set(_PREFIX + str(watch.rank), watch.record(), allow_overwrite=True)
+        except Exception:  # noqa: BLE001 - the service may be gone already
+            pass
+        try:
+            import jax
+
+            jax.distributed.shutdown()  # the shutdown barrier; JAX's own handler then finds nothing to do
+        except Exception:  # noqa: BLE001 - JAX reports its own barrier failures
+            pass
+    stop()
 
 
 def stop() -> None:
@@ -495,6 +529,7 @@ __all__ = [
     "EXIT_STALLED",
     "STALL_TIMEOUT_ENV",
     "active",
+    "count_maps_at_execution",
     "finish",
     "note",
     "start",

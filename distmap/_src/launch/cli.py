@@ -69,7 +69,7 @@ def define_common_flags(
     flag_values: flags.FlagValues = flags.FLAGS,
     *,
     init_timeout: float | None = 60.0,
-    grace_period: float = 5.0,
+    grace_period: float = 30.0,
     log_dir: str = "runs",
     devices_per_process: int | None | bool = None,
 ) -> None:
@@ -91,13 +91,20 @@ def define_common_flags(
         lower_bound=0.0, flag_values=fv,
     )
     flags.DEFINE_integer(
-        "max_restarts", 0, "Times the whole group is restarted (fresh coordinator port) after a rank fails.",
+        "max_restarts", 0, "Times the whole group is restarted (fresh coordinator port) after a rank fails. Never "
+        "after a stop: a signal to the launcher, or a rank ended by SIGTERM/SIGINT (a scheduler's stop, a "
+        "preemption notice).",
         lower_bound=0, flag_values=fv,
     )
     flags.DEFINE_float(
+        "restart_backoff", 1.0,
+        "Seconds before the first restart, doubling for each further one (at most 60).",
+        lower_bound=0.0, flag_values=fv,
+    )
+    flags.DEFINE_float(
         "grace_period", grace_period,
-        "Seconds the ranks get to end on their own after Ctrl-C (SIGINT/SIGTERM to the launcher) before they are "
-        "killed. A failed run is stopped at once.",
+        "Seconds every rank gets between SIGTERM and SIGKILL when the run is stopped (Ctrl-C or SIGTERM to the "
+        "launcher, a scheduler's stop, a rank that was stopped), to save and end. A failed run is stopped at once.",
         lower_bound=0.0, flag_values=fv,
     )
     flags.DEFINE_float(
@@ -129,6 +136,12 @@ def define_common_flags(
         flag_values=fv,
     )
     flags.DEFINE_bool("dry_run", False, "Print what would be run or submitted, and do nothing.", flag_values=fv)
+    flags.DEFINE_bool(
+        "check_collectives", False,
+        f"Check at every execution, inside jax.jit too, that all ranks run the same sharded distmap.vmap calls in the "
+        f"same order ({contract.CHECK_COLLECTIVES}=1): one host callback and a 3-int all-gather per sharded call.",
+        flag_values=fv,
+    )
     flags.DEFINE_multi_string("env", [], "NAME=VALUE set in every process of the run (repeat the flag for more).",
                               flag_values=fv)
     check_flag("env", lambda item: shell.parse_env([item]), fv)
@@ -156,6 +169,7 @@ def options_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Superviso
         timeout=fv["timeout"].value,
         grace_period=fv["grace_period"].value,
         max_restarts=fv["max_restarts"].value,
+        restart_backoff=fv["restart_backoff"].value,
         log_dir=fv["log_dir"].value or _DEFAULT_LOG_DIR,
         tail_lines=fv["tail_lines"].value,
         console=fv["console"].value,
@@ -164,8 +178,10 @@ def options_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Superviso
 
 
 def env_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict[str, str]:
-    """The ``--env`` values as a dict (later ones win; each was checked while parsing)."""
-    return shell.parse_env(flag_values["env"].value)
+    """What every rank gets beyond the contract: ``--check_collectives``, then the ``--env`` values (later win)."""
+    env = {contract.CHECK_COLLECTIVES: "1"} if flag_values["check_collectives"].value else {}
+    env.update(shell.parse_env(flag_values["env"].value))
+    return env
 
 
 def program_from_argv(argv: Sequence[str], raw_argv: Sequence[str] | None = None) -> list[str]:
@@ -235,6 +251,23 @@ def check_mesh_fits(devices: int | None, what: str, program: Sequence[str] = (),
             )
 
 
+def _parse(argv: list[str]) -> list[str]:
+    """absl's parsing, but a program given without ``--`` is named as such, not as an unknown flag."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.stderr.write(f"{argv[0] if argv else 'launcher'}: error: {e}\n")
+        if "--" not in argv[1:]:
+            words = [a for a in argv[1:] if not a.startswith("-")]
+            if words:
+                sys.stderr.write(
+                    f"The program goes after '--': {shell.join(words[:1])} ... came without one, so its own flags "
+                    f"were read as the launcher's. Write: python {argv[0]} [launcher flags] -- "
+                    f"{shell.join(words[:1])} [its arguments]\n")
+        sys.stderr.write("Pass --help for the flags.\n")
+        sys.exit(1)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
     """``app.run(main)``, with a usage error printed alone (and exit code 1), not after the help."""
 
@@ -248,7 +281,7 @@ def run(main: Callable[[list[str]], None]) -> None:
             sys.stderr.write(f"{argv[0]}: error: {e}\n")
             sys.exit(1)
 
-    app.run(checked)
+    app.run(checked, flags_parser=_parse)
 
 
 __all__ = [

@@ -20,6 +20,8 @@ of them is set, JAX's own cluster detection (SLURM, TPU VMs, Kubernetes, MPI) is
                                start-up fingerprint, so a stale rank cannot join).
 ``DISTMAP_ATTEMPT``            0 for the first start, k for the k-th restart of the group.
 ``DISTMAP_RUN_DIR``            the launch's run folder (logs), for programs that write files.
+``DISTMAP_CHECK_COLLECTIVES``  ``1``: check at every execution that all ranks run the same
+                               sharded maps in the same order (``--check_collectives``).
 =============================  ===========================================================
 
 Example:
@@ -48,6 +50,7 @@ STALL_TIMEOUT = "DISTMAP_STALL_TIMEOUT"
 RUN_ID = "DISTMAP_RUN_ID"
 ATTEMPT = "DISTMAP_ATTEMPT"
 RUN_DIR = "DISTMAP_RUN_DIR"
+CHECK_COLLECTIVES = "DISTMAP_CHECK_COLLECTIVES"
 
 #: Every variable of the contract, in the order the table above lists them.
 ENV_VARS = (
@@ -62,6 +65,7 @@ ENV_VARS = (
     RUN_ID,
     ATTEMPT,
     RUN_DIR,
+    CHECK_COLLECTIVES,
 )
 
 #: Exit status of a rank whose processes did not all join within the start-up time-out
@@ -73,6 +77,24 @@ EXIT_STALLED = 76
 EXIT_DIVERGED = 77
 #: Exit status of a rank that ends because another rank failed, stalled or diverged.
 EXIT_PEER_FAILED = 78
+
+#: Exit status of a rank that saved and ended because its run was stopped (``128 + SIGTERM``, what
+#: the default action of SIGTERM gives too). Launchers never restart a run a rank left this way.
+EXIT_STOPPED = 143
+#: Exit statuses that mean "stopped on purpose": SIGTERM, SIGINT, SIGHUP (a scheduler's stop, a
+#: preemption notice, Ctrl-C), whether by the signal's default action or by the program itself.
+STOP_EXIT_CODES = frozenset({128 + 15, 128 + 2, 128 + 1})
+
+
+def is_stop(exit_code: int) -> bool:
+    """Whether a shell-style exit code says the rank was stopped (not that it failed).
+
+    Example:
+        >>> is_stop(143), is_stop(130), is_stop(137), is_stop(1)
+        (True, True, False, False)
+    """
+    return exit_code in STOP_EXIT_CODES
+
 
 #: Text in the error rank 0 raises when the coordinator's port is taken; a launcher that
 #: picked the port itself sees it in rank 0's log and retries with a fresh port.
@@ -191,6 +213,7 @@ def child_env(spec: RankSpec, base: Mapping[str, str] | None = None) -> dict[str
 
 __all__ = [
     "ATTEMPT",
+    "CHECK_COLLECTIVES",
     "COORDINATOR",
     "COORDINATOR_BIND",
     "CPU_DEVICES",
@@ -199,6 +222,7 @@ __all__ = [
     "EXIT_INIT_TIMEOUT",
     "EXIT_PEER_FAILED",
     "EXIT_STALLED",
+    "EXIT_STOPPED",
     "INIT_TIMEOUT",
     "LOCAL_DEVICE_IDS",
     "NUM_PROCESSES",
@@ -207,8 +231,10 @@ __all__ = [
     "RUN_DIR",
     "RUN_ID",
     "STALL_TIMEOUT",
+    "STOP_EXIT_CODES",
     "RankSpec",
     "check_run_id",
     "child_env",
+    "is_stop",
     "rank_env",
 ]

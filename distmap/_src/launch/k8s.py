@@ -1,4 +1,8 @@
-"""The policy of ``launch/k8s.py``: an Indexed Job and a headless Service for one run.
+"""The policy of ``launch/k8s.py``: an Indexed Job and a headless Service it owns, for one run.
+
+Needs Kubernetes 1.31 or later: the Job's ``podFailurePolicy`` is GA from 1.31 (the
+manifests are checked against the API schema of 1.31 and of the newest version
+``kubernetes-validate`` knows, ``tests/test_k8s_schema.py``).
 
 * The **Job** runs ``num_processes`` pods at once (``completionMode: Indexed``,
   ``parallelism = completions = N``). Each pod's index (``JOB_COMPLETION_INDEX``, set by
@@ -11,7 +15,12 @@
   their addresses before they are ready; with the pods' ``subdomain`` set to its name, pod
   ``i`` is reachable as ``NAME-i.NAME``, so the coordinator is ``NAME-0.NAME:PORT``. Rank 0
   binds its own pod IP (``DISTMAP_COORDINATOR_BIND=$(POD_IP):PORT``), which it has even
-  before its DNS name resolves.
+  before its DNS name resolves. The Job **owns** the Service (``ownerReferences``, which
+  needs the Job's uid: :func:`apply` creates the Job first), so deleting the Job, or its
+  ``ttlSecondsAfterFinished``, removes the Service too.
+* **Stops**: a pod being deleted (a stop, a drain, a preemption) gets SIGTERM and
+  ``terminationGracePeriodSeconds`` (``--grace_period``, 30 s by default, as Kubernetes' own
+  default) before SIGKILL; the program notices it with ``distmap.distributed.stop_requested``.
 
 Kubernetes expands ``$(NAME)`` in a container's command, args and env values, so every
 ``$`` of the program's arguments and of ``--env`` values is written as ``$$`` (which
@@ -343,13 +352,40 @@ def render(job: K8sJob) -> str:
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests(job)}, indent=2) + "\n"
 
 
-def apply(text: str, *, kubectl: str = "kubectl") -> subprocess.CompletedProcess:
-    """``kubectl apply -f -`` with ``text`` on its input; returns the finished process."""
-    argv = [kubectl, "apply", "-f", "-"]
+def owned(manifest: dict[str, Any], owner: dict[str, Any], uid: str) -> dict[str, Any]:
+    """``manifest`` with ``ownerReferences`` to ``owner`` (the Job), whose ``uid`` the cluster gave it.
+
+    Example:
+        >>> job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "ens"}}
+        >>> owned({"kind": "Service", "metadata": {"name": "ens"}}, job, "u-1")["metadata"]["ownerReferences"][0]["uid"]
+        'u-1'
+    """
+    ref = {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"], "uid": uid,
+           "controller": True, "blockOwnerDeletion": True}
+    return {**manifest, "metadata": {**manifest["metadata"], "ownerReferences": [ref]}}
+
+
+def _kubectl(argv: list[str], text: str) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(argv, input=text, capture_output=True, text=True)
     except OSError as e:
         raise errors.DistributedError(f"could not run {shell.join(argv)}: {e.strerror or e}.") from e
+
+
+def apply(job: K8sJob, *, kubectl: str = "kubectl") -> tuple[int, str, str]:
+    """Create the Job, then the Service owned by it; returns ``(exit status, kubectl's output, its errors)``.
+
+    ``kubectl apply -f - -o jsonpath={.metadata.uid}`` gives the Job's uid, which the
+    Service's ``ownerReferences`` need; a failure of either step is returned as is.
+    """
+    service, batch_job = manifests(job)
+    first = _kubectl([kubectl, "apply", "-f", "-", "-o", "jsonpath={.metadata.uid}"], json.dumps(batch_job, indent=2))
+    uid = first.stdout.strip()
+    if first.returncode != 0 or not uid:
+        return first.returncode or 1, first.stdout, first.stderr or "kubectl printed no uid for the Job.\n"
+    second = _kubectl([kubectl, "apply", "-f", "-"], json.dumps(owned(service, batch_job, uid), indent=2))
+    out = f"job.batch/{job.name} applied (uid {uid})\n" + second.stdout
+    return second.returncode, out, first.stderr + second.stderr
 
 
 __all__ = [
@@ -367,6 +403,7 @@ __all__ = [
     "default_name",
     "literal",
     "manifests",
+    "owned",
     "parse_labels",
     "pod_env",
     "render",

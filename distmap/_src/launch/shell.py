@@ -6,8 +6,8 @@ are constant templates that carry no user data, so an argument such as ``$(rm -r
 reaches the program as that same string.
 
 Killing an ``ssh`` client does not kill the program it started, so :func:`watched` runs a
-remote program in its own session next to a watchdog that kills that session's process
-group as soon as the ssh session's stdin closes.
+remote program in its own session next to a watchdog that stops that session's process
+group when the launcher says so down the session's stdin, or when the stdin closes.
 
 Example:
     >>> join(["python", "train.py", "--name=a b", "$(id)"])
@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
@@ -87,40 +88,62 @@ def safe_name(text: str) -> str:
 
 
 # Runs "$@" (the program, after ``env NAME=VALUE ...``) in a session of its own on the remote
-# host, and watches the ssh session's stdin: when it closes (the launcher stopped the rank,
-# or the launcher or the connection died), the program's whole process group is killed; and
-# when the program ends, what it left in its group is killed too (an sshd keeps the session,
-# and so the launcher's rank, open while any process holds the session's output).
-# ``$!`` is the group id: a background child of a non-interactive shell is no group leader,
-# so ``setsid`` makes the new session without forking. Constant text: no user data.
+# host, beside a watchdog that reads the ssh (srun, gcloud) session's stdin, a pipe the
+# launcher holds open:
+#
+# * ``stop`` (the run is stopped: Ctrl-C, a scheduler's stop, another rank was stopped), or
+#   end-of-file without a word (the launcher or the connection died): SIGTERM to the program's
+#   process group, up to the grace period ($1 seconds) to save and end, then SIGKILL;
+# * ``kill`` (another rank failed: the run is over): SIGKILL at once.
+#
+# A SIGTERM/SIGINT/SIGHUP to this shell (``scancel --signal=TERM`` signals every process of a
+# job step) is passed on to the program, which decides how to end. When the program ends,
+# what it left in its group is killed too (an sshd keeps the session, and so the launcher's
+# rank, open while any process holds the session's output). ``$!`` is the group id: a
+# background child of a non-interactive shell is no group leader, so ``setsid`` makes the new
+# session without forking. Constant text: no user data.
 WATCHED = """\
+grace=$1; shift
 exec 3<&0
 setsid --wait "$@" </dev/null &
 pg=$!
-{ while read -r _; do :; done <&3; kill -s KILL -- "-$pg"; } >/dev/null 2>&1 &
+{ word=; while read -r word; do case $word in stop|kill) break;; esac; done <&3
+  if [ "$word" = kill ]; then kill -s KILL -- "-$pg"; exit 0; fi
+  kill -s TERM -- "-$pg"; end=$(( $(date +%s) + grace ))
+  while [ "$(date +%s)" -lt "$end" ] && kill -s 0 -- "-$pg"; do sleep 0.2; done
+  kill -s KILL -- "-$pg"; } >/dev/null 2>&1 &
 wd=$!
 exec 3<&-
-{ wait "$pg"; } 2>/dev/null; rc=$?
+fwd() { kill -s TERM -- "-$pg" 2>/dev/null; }
+trap fwd TERM INT HUP
+while :; do
+  wait "$pg" 2>/dev/null; rc=$?
+  kill -0 "$pg" 2>/dev/null || break
+done
 kill "$wd" 2>/dev/null
 kill -s KILL -- "-$pg" 2>/dev/null
 exit "$rc"
 """
 
 
-def watched(program: Sequence[str], env: Mapping[str, str] | None = None, workdir: str | None = None) -> str:
-    """Shell text for a remote host: ``cd``, then ``program`` with ``env``, ended when stdin closes.
+def watched(program: Sequence[str], env: Mapping[str, str] | None = None, workdir: str | None = None,
+            grace: float = 30.0) -> str:
+    """Shell text for a remote host: ``cd``, then ``program`` with ``env``, stopped through its stdin.
 
-    The command an ``ssh`` (or ``gcloud ... ssh``) rank runs; its stdin must be a pipe the
-    launcher holds open (``Worker(hold_stdin=True)``). No pid file is written.
+    The command an ``ssh``, ``srun`` or ``gcloud ... ssh`` rank runs; its stdin must be a pipe
+    the launcher holds open (``Worker(hold_stdin=True)``): ``stop`` down the pipe (or the pipe
+    closing) gives the program SIGTERM and ``grace`` seconds before SIGKILL, ``kill`` ends it
+    at once. No pid file is written.
 
     Example:
-        >>> print(watched(["python", "t.py"], {"A": "1"}, "/code"))  # doctest: +ELLIPSIS
-        cd -- /code && exec sh -c '...' distmap-rank env A=1 python t.py
+        >>> print(watched(["python", "t.py"], {"A": "1"}, "/code", grace=10))  # doctest: +ELLIPSIS
+        cd -- /code && exec sh -c '...' distmap-rank 10 env A=1 python t.py
     """
     if not program:
         raise errors.DistributedError("no program to run.")
     cd = f"cd -- {quote(workdir)} && " if workdir else ""
-    return cd + "exec " + join(["sh", "-c", WATCHED, "distmap-rank", *env_prefix(env or {}), *program])
+    seconds = str(int(math.ceil(grace)))
+    return cd + "exec " + join(["sh", "-c", WATCHED, "distmap-rank", seconds, *env_prefix(env or {}), *program])
 
 
 __all__ = ["WATCHED", "check_env_name", "env_prefix", "exports", "join", "parse_env", "quote", "safe_name", "watched"]

@@ -1,38 +1,43 @@
-"""The policy of ``launch/slurm.py``: an sbatch script that runs the program under ``srun``.
+"""The policy of ``launch/slurm.py``: an sbatch script whose batch step is the agent.
 
-The script relies on JAX's own SLURM detection: every task calls
-``distmap.distributed.initialize()``, finds no ``DISTMAP_COORDINATOR`` and lets
-``jax.distributed.initialize()`` read ``SLURM_STEP_NODELIST`` (the coordinator is the first
-node), ``SLURM_NTASKS`` and ``SLURM_PROCID``. What JAX's detection gets wrong or leaves
-fixed, the script sets:
+The script does not supervise anything in bash: it makes the run folder, sends its own
+output there and ``exec`` s the agent (``launch/agent.py``) with the job's plan, so the
+agent is the job's batch step, on the first node. Inside the allocation the agent
 
-* **GPU ids per task.** JAX's SLURM detection gives each task the one GPU numbered
-  ``SLURM_LOCALID`` (jax-ml/jax#16788), so a task that should drive 8 GPUs drives one. A
-  small wrapper that ``srun`` starts for every task sets ``DISTMAP_LOCAL_DEVICE_IDS`` to the
-  task's share of its node's GPUs: task ``l`` of ``g`` GPUs per task gets ``l*g .. l*g+g-1``.
-* **The coordinator port.** ``JAX_COORDINATOR_PORT`` is derived from ``SLURM_JOB_ID``, the
-  requeue count and the attempt, so a retry never meets the port of an earlier try; or
-  ``--coordinator_port`` + attempt where a port is forced.
-* **Fail fast.** ``srun --kill-on-bad-exit=1`` ends every task when one fails. srun itself
-  exits with the *highest* status of any task, often the SIGTERM it sent the healthy ones
-  (143), so each task's wrapper records when and with what status its program ended, and the
-  script exits with the status of the task that failed first, naming it.
-* **Logs.** One file per task through srun's ``%t``, in the run folder:
-  ``RUN_DIR/task_<t>.log`` (``task_<t>.restart<k>.log`` for restart ``k``), and the batch
-  script's own output in ``RUN_DIR/sbatch-<jobid>.log``.
-* **Restarts.** ``--max_restarts`` runs ``srun`` again inside the same allocation, with a
-  new port and ``DISTMAP_ATTEMPT`` counting up.
+* reads the allocation (:func:`allocation`: ``SLURM_JOB_ID``, the node list through
+  ``scontrol show hostnames``, ``SLURM_RESTART_COUNT``) and places the ranks: ``tasks_per_node``
+  on each node, rank 0 on the batch host, which serves the coordinator;
+* picks the coordinator's port there, free at that moment (or ``--coordinator_port`` plus the
+  attempt), so two jobs sharing a node never meet, whatever their ids;
+* starts every rank as a job step of its own, ``srun --nodes=1 --ntasks=1 --nodelist=NODE
+  --overlap``, running the program beside a watchdog tied to the step's stdin
+  (``shell.watched``), exactly as ``launch/ssh.py`` runs a rank over ssh: each rank gets the
+  ``DISTMAP_*`` contract (and ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID`` of the whole
+  job, for programs that use JAX's own SLURM detection), its share of its node's GPUs
+  (``DISTMAP_LOCAL_DEVICE_IDS``: task ``l`` of ``g`` GPUs per task gets ``l*g .. l*g+g-1``);
+* supervises them as every launcher does (``supervisor.supervise``): output per rank in
+  ``RUN_DIR/rank_<r>.job<JOBID>[.attempt<k>].log``, fail fast with the first failing rank's
+  exit status, ``--max_restarts`` after failures only, with a backoff.
 
-The program's arguments are written into the script with ``shlex.quote`` and passed on by
-``srun`` as ``"$@"``: nothing in them is expanded, not even ``%t``. Arguments that are not
-UTF-8 (Python holds their bytes as surrogate escapes) are written as those same bytes, so
-they arrive unchanged too; ``#SBATCH`` values are checked (:func:`check_directive`) before
-anything is written.
+**Stops.** ``#SBATCH --signal=B:TERM@<grace + 30>`` sends the agent SIGTERM before the time
+limit; so does ``scancel --batch --signal=TERM JOBID``: every rank then gets SIGTERM and
+``--grace_period`` seconds, then SIGKILL, and nothing is restarted. ``scancel
+--signal=TERM JOBID`` signals the ranks' steps instead: a rank that ends by it (exit 143)
+stops the run the same way. Plain ``scancel JOBID`` and a requeue are SLURM's own hard stop:
+every step, the agent's ``srun`` clients included, gets SIGTERM, and ``srun`` ends its step at
+once. A requeued job starts the agent again in the same run folder: the attempt number goes on
+from the folder's count (``RUN_DIR/attempts``), and no log of an earlier start is overwritten
+(the batch log is appended to, the rank logs carry the job id and attempt).
+
+The program's arguments are written into the plan (JSON, one line, in a quoted
+here-document): nothing in them is expanded, not even ``%t``. Arguments that are not UTF-8
+(Python holds their bytes as surrogate escapes) travel as those escapes and arrive as the
+same bytes; ``#SBATCH`` values are checked (:func:`check_directive`) before anything is written.
 
 Example:
     >>> job = SlurmJob(program=["python", "train.py"], run_id="r1", run_dir="/shared/runs/r1",
     ...                workdir="/shared/code", nodes=2, gpus_per_node=8)
-    >>> "#SBATCH --gpus-per-node=8" in render_sbatch(job)
+    >>> "#SBATCH --gpus-per-node=8" in render_sbatch(job, SupervisorOptions(run_id="r1"))
     True
 """
 
@@ -42,35 +47,24 @@ import dataclasses
 import math
 import os
 import re
+import socket
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 
 from distmap import errors
+from distmap._src.launch import agent as agent_lib
 from distmap._src.launch import contract, shell
+from distmap._src.launch.local import port_was_taken
+from distmap._src.launch.ports import free_port
+from distmap._src.launch.supervisor import LaunchResult, SupervisorOptions, Worker, supervise
 
 #: Characters allowed in an ``#SBATCH`` directive's value (sbatch splits those lines itself).
 _DIRECTIVE_SAFE = re.compile(r"[A-Za-z0-9_.,:/=+@%-]*\Z")
-
-# Run by srun once per task (the program follows as "$@"). Constant text: no user data. It
-# records "<end time in ns> <status>" of a program that fails, so that the script can name the
-# task that failed first (srun's own status is the highest of all, a killed task's included).
-TASK_WRAPPER = """\
-g="${DISTMAP_GPUS_PER_TASK:-0}"
-if [ "$g" -gt 0 ]; then
-  first=$(( SLURM_LOCALID * g )); ids="$first"; i=1
-  while [ "$i" -lt "$g" ]; do ids="$ids,$(( first + i ))"; i=$(( i + 1 )); done
-  export DISTMAP_LOCAL_DEVICE_IDS="$ids"
-fi
-# The program gets SLURM's signals itself (a time limit, scancel, preemption) and may finish on them;
-# this shell only waits for it (trapped signals are reset to their defaults in the program).
-trap : TERM INT HUP USR1 USR2
-"$@"
-rc=$?
-if [ "$rc" -ne 0 ] && [ -n "${DISTMAP_STATUS_DIR:-}" ]; then
-  echo "$(date +%s%N) $rc" > "$DISTMAP_STATUS_DIR/task_${SLURM_PROCID:-0}"
-fi
-exit "$rc"
-"""
+#: ``launch/agent.py`` of this checkout, which the script runs.
+AGENT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
+                     "launch", "agent.py")
+_PLAN_END = "DISTMAP_PLAN"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,12 +85,11 @@ class SlurmJob:
         account: ``#SBATCH --account``.
         job_name: ``#SBATCH --job-name``.
         coordinator_port: force the coordinator's port (attempt ``k`` uses ``port + k``);
-            ``None``: derived from the job id, requeue count and attempt.
+            ``None``: a port free on the batch host when each attempt starts.
         coordinator_bind_host: the address rank 0's coordinator binds (JAX default: all).
         devices_per_process: simulated CPU devices per task (a CPU run); ``None``: GPUs.
         init_timeout: seconds every task waits for all to join (``DISTMAP_INIT_TIMEOUT``).
         stall_timeout: seconds of no progress before the progress watch fails the run (0: off).
-        max_restarts: times ``srun`` is run again inside the job after a failure.
         env: more variables for every task.
         sbatch_options: more ``#SBATCH`` options, e.g. ``("--exclusive", "--mem=0")``.
     """
@@ -118,7 +111,6 @@ class SlurmJob:
     devices_per_process: int | None = None
     init_timeout: float | None = None
     stall_timeout: float | None = None
-    max_restarts: int = 0
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     sbatch_options: Sequence[str] = ()
 
@@ -184,14 +176,11 @@ def _directive(option: str, value: str | None = None) -> str:
         raise errors.DistributedError(f"slurm: {e}") from None
 
 
-def _pattern_path(path: str) -> str:
-    """A path for srun/sbatch ``--output``, where ``%`` starts a pattern: keep ``%`` literal."""
-    return path.replace("%", "%%")
-
-
-def render_sbatch(job: SlurmJob) -> str:
-    """The sbatch script for ``job`` (see the module docstring for what it does)."""
+def render_sbatch(job: SlurmJob, options: SupervisorOptions, *, python: str = sys.executable,
+                  agent: str = AGENT) -> str:
+    """The sbatch script for ``job``: directives, then the agent with the plan (see the module docstring)."""
     _check(job)
+    grace = int(math.ceil(options.grace_period))
     lines = [
         "#!/bin/bash",
         f"# distmap SLURM job, run {job.run_id}, written by launch/slurm.py. Submit again with: sbatch <this file>",
@@ -209,95 +198,123 @@ def render_sbatch(job: SlurmJob) -> str:
         lines.append(_directive("--partition", job.partition))
     if job.account:
         lines.append(_directive("--account", job.account))
-    lines.append(_directive("--output", _pattern_path(job.run_dir) + "/sbatch-%j.log"))
-    lines.append(_directive("--chdir", job.workdir))
-    lines += [_directive(o) for o in job.sbatch_options]
-
-    spec = contract.RankSpec(
-        coordinator=None, num_processes=None, process_id=None, run_id=job.run_id,
-        cpu_devices=job.devices_per_process, init_timeout=job.init_timeout, stall_timeout=job.stall_timeout,
-        run_dir=job.run_dir,
-    )
-    env = contract.rank_env(spec)
-    env.pop(contract.ATTEMPT)  # set per attempt below
-    env.update(job.env)
-    ours = set(env) | {contract.ATTEMPT}
-    stale = [v for v in contract.ENV_VARS if v not in ours]
-    stale += ["JAX_COORDINATOR_ADDRESS", "JAX_COORDINATOR_BIND_ADDRESS"]
     lines += [
+        _directive("--output", "/dev/null"),  # the script sends its output to the run folder, which it makes
+        _directive("--signal", f"B:TERM@{grace + 30}"),  # the agent stops the ranks gracefully before the limit
+        _directive("--chdir", job.workdir),
+        *(_directive(o) for o in job.sbatch_options),
         "",
-        "# The program finds its place through JAX's SLURM detection (first node = coordinator,",
-        "# SLURM_NTASKS, SLURM_PROCID); nothing from an enclosing launch may override it.",
-        "unset " + " ".join(v for v in stale if v not in job.env),
-        *shell.exports(env),
-        f"export DISTMAP_GPUS_PER_TASK={job.gpus_per_task}  # the task wrapper turns it into DISTMAP_LOCAL_DEVICE_IDS",
+        "# The agent (launch/agent.py) supervises the tasks inside this allocation: one job step per task, fail",
+        f"# fast, SIGTERM and {options.grace_period:g} s (--grace_period) for every task when the job is stopped, "
+        f"--max_restarts={options.max_restarts} after failures only.",
         f"run_dir={shell.quote(job.run_dir)}",
-        f"log_pattern={shell.quote(_pattern_path(job.run_dir))}/task_%t",
-        "# srun runs this once per task, the program following as \"$@\":",
-        f"task_wrapper={shell.quote(TASK_WRAPPER)}",
+        'mkdir -p "$run_dir" || exit 1',
+        "# Appended to, never truncated: a requeued job keeps the lines of its earlier starts.",
+        'exec >>"$run_dir/batch.job${SLURM_JOB_ID:-none}.log" 2>&1',
+        'echo "distmap: job ${SLURM_JOB_ID:-?} start $(( ${SLURM_RESTART_COUNT:-0} + 1 )) on $(hostname): the agent '
+        'runs the plan"',
+        "# exec: the agent is the job's batch step, so SLURM's signals to it (--signal, scancel --batch) reach it.",
+        f"exec {shell.quote(python)} {shell.quote(agent)} --plan=- <<'{_PLAN_END}'",
+        agent_lib.plan_text("slurm", job, options),
+        _PLAN_END,
         "",
     ]
-    if job.coordinator_port is None:
-        lines += [
-            "# A coordinator port per job, requeue and attempt, never a fixed one: a retry must not meet",
-            "# the port of an earlier try that is still closing.",
-            "distmap_port() {",
-            "  echo $(( 20000 + (SLURM_JOB_ID * 16 + (${SLURM_RESTART_COUNT:-0} * 4 + $1) % 16) % 10000 ))",
-            "}",
-        ]
-    else:
-        lines += ["# The forced --coordinator_port, plus the attempt.",
-                  "distmap_port() {", f"  echo $(( {int(job.coordinator_port)} + $1 ))", "}"]
-    srun = shell.join([
-        "srun", "--kill-on-bad-exit=1", f"--nodes={job.nodes}", f"--ntasks={job.num_tasks}",
-        f"--ntasks-per-node={job.tasks_per_node}",
-    ])
-    task = 'bash -c "$task_wrapper" ' + shell.join(["distmap-task", *job.program])
-    bind = (
-        [f'export JAX_COORDINATOR_BIND_ADDRESS={shell.quote(job.coordinator_bind_host)}:"$port"']
-        if job.coordinator_bind_host else []
-    )
-    body = [
-        'export DISTMAP_ATTEMPT="$attempt"',
-        'port=$(distmap_port "$attempt")',
-        'export JAX_COORDINATOR_PORT="$port"',
-        *bind,
-        'suffix=""; [ "$attempt" -gt 0 ] && suffix=".restart$attempt"',
-        'export DISTMAP_STATUS_DIR="$run_dir/status$suffix"; rm -rf "$DISTMAP_STATUS_DIR"; mkdir -p "$DISTMAP_STATUS_DIR"',
-        f'echo "distmap: starting {job.num_tasks} task(s) on {job.nodes} node(s), attempt $((attempt + 1)), '
-        'coordinator port $port; task logs: $run_dir/task_<t>$suffix.log"',
-        f'{srun} --output="$log_pattern$suffix.log" \\',
-        f"  {task}",
-        "status=$?",
-        'if [ "$status" -eq 0 ]; then echo "distmap: all tasks exited with code 0."; exit 0; fi',
-        "# The task that failed first, and its status (srun's is the highest of all tasks').",
-        'first=$(cd "$DISTMAP_STATUS_DIR" && for f in task_*; do [ -f "$f" ] && echo "$(cat "$f") ${f#task_}"; done '
-        '| sort -n | head -n 1)',
-        'srun_status=$status; task=unknown',
-        'if [ -n "$first" ]; then task=${first##* }; first=${first#* }; status=${first%% *}; fi',
-    ]
-    failed = (
-        'echo "distmap: task $task failed first, with exit status $status (srun exited with $srun_status; '
-        'logs: $run_dir/task_*$suffix.log)." >&2'
-    )
-    lines += ["", "attempt=0"]
-    if job.max_restarts <= 0:
-        lines += [*body, failed, 'exit "$status"']
-    else:
-        lines += [
-            "while :; do",
-            *("  " + b for b in body),
-            f'  if [ "$attempt" -ge {int(job.max_restarts)} ]; then',
-            "    " + failed,
-            '    exit "$status"',
-            "  fi",
-            f'  echo "distmap: a task failed (status $status); restarting every task ($((attempt + 1)) of '
-            f'{int(job.max_restarts)})." >&2',
-            "  attempt=$((attempt + 1))",
-            "done",
-        ]
-    lines.append("")
     return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class Allocation:
+    """What the agent learns of the allocation it runs in.
+
+    Attributes:
+        job_id: ``SLURM_JOB_ID``.
+        nodes: the allocation's node names, the batch host (this one) first.
+        restart_count: ``SLURM_RESTART_COUNT`` (requeues so far).
+    """
+
+    job_id: str
+    nodes: tuple[str, ...]
+    restart_count: int = 0
+
+
+def allocation(env: Mapping[str, str] | None = None, *, scontrol: str = "scontrol") -> Allocation:
+    """The allocation this process runs in, read from SLURM's variables (the node list expanded by ``scontrol``)."""
+    env = os.environ if env is None else env
+    job_id = env.get("SLURM_JOB_ID", "")
+    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
+    if not job_id or not nodelist:
+        raise errors.DistributedError(
+            "slurm agent: SLURM_JOB_ID and SLURM_JOB_NODELIST are not set: run it as the batch script of a SLURM job "
+            "(launch/slurm.py writes and submits one).")
+    try:
+        proc = subprocess.run([scontrol, "show", "hostnames", nodelist], capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise errors.DistributedError(f"slurm agent: could not expand the node list {nodelist!r}: {e}") from e
+    nodes = [n for n in proc.stdout.split() if n]
+    if proc.returncode != 0 or not nodes:
+        raise errors.DistributedError(f"slurm agent: scontrol show hostnames {nodelist} failed: {proc.stderr.strip()}")
+    here = env.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
+    if here in nodes:
+        nodes.remove(here)
+        nodes.insert(0, here)
+    restarts = env.get("SLURM_RESTART_COUNT", "0").strip()
+    return Allocation(job_id, tuple(nodes), int(restarts) if restarts.isdigit() else 0)
+
+
+def srun_argv(node: str, command: str, *, name: str, cpus_per_task: int | None = None) -> list[str]:
+    """One rank as a job step of its own on ``node``, its stdin held by the agent (see ``shell.watched``).
+
+    Example:
+        >>> srun_argv("n1", "true", name="distmap.rank3")[:6]
+        ['srun', '--nodes=1', '--ntasks=1', '--nodelist=n1', '--overlap', '--input=all']
+    """
+    return ["srun", "--nodes=1", "--ntasks=1", f"--nodelist={node}", "--overlap", "--input=all", "--unbuffered",
+            "--kill-on-bad-exit=0", f"--job-name={name}", *([f"--cpus-per-task={cpus_per_task}"] if cpus_per_task else []),
+            "sh", "-c", command]
+
+
+def slurm_workers(job: SlurmJob, alloc: Allocation, *, attempt: int, port: int, grace: float = 30.0) -> list[Worker]:
+    """The ranks of one attempt: ``tasks_per_node`` per node, rank 0 on the batch host."""
+    if len(alloc.nodes) < job.nodes:
+        raise errors.DistributedError(f"slurm agent: the job has {len(alloc.nodes)} node(s), the plan {job.nodes}.")
+    nodes = alloc.nodes[: job.nodes]
+    coordinator = f"{nodes[0]}:{port}"
+    g = job.gpus_per_task
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DISTMAP_") and not k.startswith("JAX_COORDINATOR")}
+    workers = []
+    for rank in range(job.num_tasks):
+        node, local = nodes[rank // job.tasks_per_node], rank % job.tasks_per_node
+        spec = contract.RankSpec(
+            coordinator=coordinator, num_processes=job.num_tasks, process_id=rank, run_id=job.run_id, attempt=attempt,
+            cpu_devices=job.devices_per_process, local_device_ids=list(range(local * g, local * g + g)) if g else None,
+            init_timeout=job.init_timeout, stall_timeout=job.stall_timeout, run_dir=job.run_dir,
+            coordinator_bind=f"{job.coordinator_bind_host}:{port}" if job.coordinator_bind_host else None,
+        )
+        env = contract.rank_env(spec)
+        # For programs that use JAX's own SLURM detection: the whole job's view, not the one-task step's.
+        env.update(SLURM_PROCID=str(rank), SLURM_NTASKS=str(job.num_tasks), SLURM_LOCALID=str(local),
+                   SLURM_NODEID=str(rank // job.tasks_per_node), SLURM_STEP_NODELIST=nodes[0],
+                   JAX_COORDINATOR_PORT=str(port))
+        env.update(job.env)
+        command = shell.watched(job.program, env, job.workdir, grace)
+        workers.append(Worker(rank, srun_argv(node, command, name=f"{job.job_name}.rank{rank}",
+                                              cpus_per_task=job.cpus_per_task),
+                              env=base, label=f"rank {rank} {node}", hold_stdin=True, program=job.program))
+    return workers
+
+
+def run_in_allocation(job: SlurmJob, options: SupervisorOptions, *, env: Mapping[str, str] | None = None) -> LaunchResult:
+    """The agent's side of a SLURM job: place the ranks in this allocation and supervise them."""
+    alloc = allocation(env)
+    options = dataclasses.replace(options, log_dir=os.path.dirname(job.run_dir), run_id=os.path.basename(job.run_dir),
+                                  log_tag=f"job{alloc.job_id}")
+
+    def make_workers(attempt: int) -> list[Worker]:
+        port = job.coordinator_port + attempt if job.coordinator_port is not None else free_port("")
+        return slurm_workers(job, alloc, attempt=attempt, port=port, grace=options.grace_period)
+
+    return supervise(make_workers, options, retry_for_free=port_was_taken(job.coordinator_port))
 
 
 def parse_job_id(output: str) -> str:
@@ -314,17 +331,17 @@ def parse_job_id(output: str) -> str:
     return job_id
 
 
-def script_bytes(job: SlurmJob) -> bytes:
-    """The script as the bytes to write: UTF-8, with any non-UTF-8 argument's own bytes kept."""
-    return render_sbatch(job).encode("utf-8", "surrogateescape")
+def script_bytes(job: SlurmJob, options: SupervisorOptions) -> bytes:
+    """The script as the bytes to write (UTF-8; a non-UTF-8 argument travels as JSON escapes)."""
+    return render_sbatch(job, options).encode("utf-8", "surrogateescape")
 
 
-def write_script(job: SlurmJob, name: str = "job.sbatch") -> str:
+def write_script(job: SlurmJob, options: SupervisorOptions, name: str = "job.sbatch") -> str:
     """Write ``job``'s script into its run folder (made if missing); returns the path.
 
     The script is rendered (and so checked) before the folder or the file is made.
     """
-    data = script_bytes(job)
+    data = script_bytes(job, options)
     os.makedirs(job.run_dir, exist_ok=True)
     path = os.path.join(job.run_dir, name)
     with open(path, "wb") as f:
@@ -333,13 +350,13 @@ def write_script(job: SlurmJob, name: str = "job.sbatch") -> str:
     return path
 
 
-def submit(job: SlurmJob, *, sbatch: str = "sbatch") -> tuple[str, str]:
+def submit(job: SlurmJob, options: SupervisorOptions, *, sbatch: str = "sbatch") -> tuple[str, str]:
     """Write the script into the run folder and submit it; returns ``(job_id, script_path)``.
 
     Raises:
         DistributedError: ``sbatch`` is missing or refused the job (its message is quoted).
     """
-    path = write_script(job)
+    path = write_script(job, options)
     argv = [sbatch, "--parsable", path]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
@@ -359,6 +376,6 @@ def submit(job: SlurmJob, *, sbatch: str = "sbatch") -> tuple[str, str]:
 
 
 __all__ = [
-    "TASK_WRAPPER", "SlurmJob", "check_directive", "parse_job_id", "render_sbatch", "script_bytes", "slurm_time",
-    "submit", "write_script",
+    "AGENT", "Allocation", "SlurmJob", "allocation", "check_directive", "parse_job_id", "render_sbatch",
+    "run_in_allocation", "script_bytes", "slurm_time", "slurm_workers", "srun_argv", "submit", "write_script",
 ]

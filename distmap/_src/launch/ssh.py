@@ -6,8 +6,10 @@ fast, exit codes, ``--timeout``, ``--max_restarts`` with a new port per start. W
 adds is a remote side the launcher does not own: killing an ``ssh`` client does not kill the
 program it started. So each remote program runs in a session of its own next to a remote
 watchdog tied to the ssh session (``shell.watched``): the launcher holds the ssh client's
-stdin open, and when it closes it (a rank failed, the launch was stopped) or dies, or the
-connection drops, the remote side sees end-of-file and kills the program's process group.
+stdin open and writes ``kill`` down it when a rank failed (the program is killed at once) or
+``stop`` when the run is stopped (SIGTERM, ``--grace_period`` seconds, then SIGKILL); when
+the launcher dies or the connection drops, the remote side sees end-of-file and stops the
+program the same graceful way.
 No pid file is written and no second connection is needed to clean up.
 
 The remote ``COMMAND`` is one string for the remote login shell (POSIX ``sh``), built with
@@ -33,8 +35,13 @@ from distmap._src.launch.local import port_was_taken, split_gpu_ids
 from distmap._src.launch.ports import pick_port
 from distmap._src.launch.supervisor import LaunchResult, SupervisorOptions, Worker, supervise
 
-#: ssh options used unless others are given: never prompt, and notice a dead host in about a minute.
+#: ssh options always given, after the user's own (ssh takes the first value of each option, so a
+#: user's ``--ssh_option=ServerAliveInterval=60`` wins): never prompt, notice a dead host in about a minute.
 DEFAULT_SSH_OPTIONS = ("BatchMode=yes", "ServerAliveInterval=15")
+
+
+def _option_name(option: str) -> str:
+    return option.replace(" ", "=").split("=", 1)[0].strip().lower()
 
 
 def parse_hostfile(text: str) -> list[str]:
@@ -82,16 +89,19 @@ def host_address(destination: str) -> str:
 
 
 def ssh_argv(
-    host: str, command: str, *, ssh: str = "ssh", ssh_options: Sequence[str] = DEFAULT_SSH_OPTIONS,
+    host: str, command: str, *, ssh: str = "ssh", ssh_options: Sequence[str] = (),
     ssh_config: str | None = None,
 ) -> list[str]:
-    """``ssh [-F CONFIG] -o OPT ... HOST COMMAND``.
+    """``ssh [-F CONFIG] -o OPT ... HOST COMMAND``: the user's options, then the defaults they do not set.
 
     Example:
-        >>> ssh_argv("node1", "true", ssh_options=["BatchMode=yes"], ssh_config="/etc/cluster/ssh_config")
-        ['ssh', '-F', '/etc/cluster/ssh_config', '-o', 'BatchMode=yes', 'node1', 'true']
+        >>> ssh_argv("node1", "true", ssh_options=["Port=2222"], ssh_config="/etc/cluster/ssh_config")
+        ['ssh', '-F', '/etc/cluster/ssh_config', '-o', 'Port=2222', '-o', 'BatchMode=yes', '-o', 'ServerAliveInterval=15', \
+'node1', 'true']
     """
-    opts = [a for o in ssh_options for a in ("-o", o)]
+    given = {_option_name(o) for o in ssh_options}
+    options = [*ssh_options, *(o for o in DEFAULT_SSH_OPTIONS if _option_name(o) not in given)]
+    opts = [a for o in options for a in ("-o", o)]
     return [ssh, *(["-F", ssh_config] if ssh_config else []), *opts, host, command]
 
 
@@ -111,8 +121,9 @@ def ssh_workers(
     env: Mapping[str, str] | None = None,
     remote_dir: str | None = None,
     ssh: str = "ssh",
-    ssh_options: Sequence[str] = DEFAULT_SSH_OPTIONS,
+    ssh_options: Sequence[str] = (),
     ssh_config: str | None = None,
+    grace_period: float = 30.0,
 ) -> list[Worker]:
     """The ranks of one start: ``processes_per_host`` per host, rank 0 on the first host."""
     hosts = check_hosts(hosts)
@@ -130,7 +141,7 @@ def ssh_workers(
                 local_device_ids=list(range(len(shares[local]))) if shares else None,
                 init_timeout=init_timeout, stall_timeout=stall_timeout,
             )
-            command = shell.watched(program, {**contract.rank_env(spec), **(env or {})}, remote_dir)
+            command = shell.watched(program, {**contract.rank_env(spec), **(env or {})}, remote_dir, grace_period)
             workers.append(Worker(rank, ssh_argv(host, command, ssh=ssh, ssh_options=ssh_options, ssh_config=ssh_config),
                                   label=f"rank {rank} {host}", hold_stdin=True, program=program))
     return workers
@@ -177,7 +188,8 @@ def run_ssh(
     def make_workers(attempt: int) -> list[Worker]:
         port = coordinator_port + attempt if coordinator_port is not None else pick_port()
         return ssh_workers(program, hosts, port=port, run_id=options.run_id, attempt=attempt,
-                           processes_per_host=processes_per_host, coordinator_host=coordinator_host, **kwargs)
+                           processes_per_host=processes_per_host, coordinator_host=coordinator_host,
+                           grace_period=options.grace_period, **kwargs)
 
     return supervise(make_workers, options, out=out, err=err, retry_for_free=port_was_taken(coordinator_port))
 

@@ -17,12 +17,24 @@ hands a function that makes them to :func:`supervise`. The supervisor
 * ``timeout``: the whole launch, restarts included, ends after that many seconds, every
   rank killed, exit code :data:`EXIT_TIMEOUT`;
 * ``max_restarts``: after a failure the whole group is started again, by calling the
-  launcher's ``make_workers(attempt)`` anew (a fresh coordinator port, say);
-* SIGINT/SIGTERM to the launcher: every rank gets SIGINT and up to ``grace_period`` seconds
-  to end on its own (exit ``128 + signal``), then SIGKILL; a second signal skips the wait;
+  launcher's ``make_workers(attempt)`` anew (a fresh coordinator port, say), after the
+  launcher's ``before_attempt(attempt)`` (a TPU VM's state checked, its preparation rerun);
+* logs are never overwritten: attempt ``k > 0`` writes ``rank_i.attempt{k}.log``, and a
+  ``log_tag`` (a SLURM job id) goes into every name; ``RUN_DIR/attempts`` counts the
+  attempts of the run folder, so a requeued SLURM job goes on at the next number;
+* stops gracefully: after SIGINT/SIGTERM/SIGHUP to the launcher every rank gets SIGTERM (what
+  a scheduler sends, and what JAX's preemption notice catches) and up to ``grace_period``
+  seconds to save and end, then SIGKILL; a second signal skips the wait. A remote rank is
+  told through its held stdin (``stop``), and its remote watchdog does the same there;
+* tells a stop from a failure: a rank that ends by SIGTERM/SIGINT (exit 143/130, as a
+  program that saved on a preemption notice does) *stopped*: the others get the same
+  graceful stop, and the group is never restarted after a stop, nor after a signal to the
+  launcher. Only failures are restarted, after a backoff (``restart_backoff`` seconds,
+  doubling each time, at most 60);
 * leaves nothing behind: every rank's process group is swept with SIGKILL at the end of each
-  attempt, and a watchdog process (a shell reading a pipe only the launcher holds) kills
-  every group of the attempt if the launcher itself dies, even by SIGKILL.
+  attempt, and a watchdog process (a shell reading a pipe only the launcher holds) stops
+  every group of the attempt if the launcher itself dies, even by SIGKILL (SIGTERM, the
+  grace period, then SIGKILL).
 
 Example:
     >>> import sys, tempfile
@@ -41,6 +53,7 @@ import collections
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import secrets
 import signal
@@ -60,6 +73,14 @@ EXIT_TIMEOUT = 124
 EXIT_CANNOT_START = 127
 
 _POLL_S = 0.05
+#: Seconds a remote rank's client (ssh, srun, gcloud) gets to end after ``kill`` was sent down its stdin.
+_REMOTE_KILL_S = 3.0
+#: Seconds beyond the grace period a remote rank's client gets after ``stop`` (the remote watchdog's own wait).
+_REMOTE_MARGIN_S = 5.0
+#: The longest wait between two attempts.
+MAX_BACKOFF_S = 60.0
+#: Signals that stop the launcher on purpose (a scheduler's stop, a preemption notice, Ctrl-C).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def new_run_id() -> str:
@@ -78,7 +99,8 @@ class Worker:
         cwd: its working directory (``None``: the launcher's).
         label: the output prefix; default ``"rank {rank}"``.
         log_name: its log file's name without ``.log``; default ``"rank_{rank}"``.
-        hold_stdin: give it a stdin pipe the launcher holds open until the rank is stopped.
+        hold_stdin: a remote rank: give it a stdin pipe the launcher holds open, and stop it by writing
+            ``stop`` (graceful) or ``kill`` down that pipe for its remote watchdog (``shell.watched``).
         program: the user's program inside ``argv`` (for the console filter); default ``argv``.
     """
 
@@ -102,8 +124,11 @@ class SupervisorOptions:
 
     Attributes:
         timeout: seconds the whole launch may run (``None``: no limit).
-        grace_period: seconds ranks get to end on their own after SIGINT to the launcher.
-        max_restarts: how many times the whole group is restarted after a failure.
+        grace_period: seconds ranks get between SIGTERM and SIGKILL when the run is stopped.
+        max_restarts: how many times the whole group is restarted after a failure (never after a stop).
+        restart_backoff: seconds before the first restart, doubling for each further one (at most 60).
+        log_tag: put into every log name (``rank_0.job123.log``): a SLURM job id, so a requeued job
+            writes new logs beside the first ones.
         log_dir: parent of the run folders.
         run_id: name of this run's folder (default: a new one, see :func:`new_run_id`).
         tail_lines: lines of the failed rank's log quoted in the failure message.
@@ -112,8 +137,10 @@ class SupervisorOptions:
     """
 
     timeout: float | None = None
-    grace_period: float = 5.0
+    grace_period: float = 30.0
     max_restarts: int = 0
+    restart_backoff: float = 1.0
+    log_tag: str | None = None
     log_dir: str = "runs"
     run_id: str = dataclasses.field(default_factory=new_run_id)
     tail_lines: int = 20
@@ -139,7 +166,12 @@ class RankExit:
 
 @dataclasses.dataclass
 class AttemptResult:
-    """One start of the group. ``status`` is ``"ok"``, ``"failed"``, ``"timeout"`` or ``"interrupted"``."""
+    """One start of the group.
+
+    ``status`` is ``"ok"``, ``"failed"``, ``"stopped"`` (a rank ended by a stop signal: a
+    preemption notice, ``scancel --signal=TERM``), ``"timeout"`` or ``"interrupted"`` (a
+    signal to the launcher). Only ``"failed"`` is restarted.
+    """
 
     attempt: int
     status: str
@@ -192,14 +224,22 @@ def describe_exit(returncode: int) -> str:
 
 # The launcher's dead-man switch, one per attempt: it reads the ranks' process group ids from
 # its stdin, a pipe only the launcher holds, and when that pipe closes (the launcher ended,
-# even by SIGKILL) it kills every group it was given. Nothing is written to disk.
-_WATCHDOG = 'pgs=; while read -r pg; do pgs="$pgs -$pg"; done; [ -z "$pgs" ] || kill -s KILL -- $pgs 2>/dev/null'
+# even by SIGKILL) it stops every group it was given: SIGTERM, the grace period ($1), SIGKILL.
+# Nothing is written to disk.
+_WATCHDOG = (
+    'pgs=; while read -r pg; do pgs="$pgs -$pg"; done; [ -z "$pgs" ] && exit 0; '
+    'alive() { for g in $pgs; do kill -s 0 -- "$g" 2>/dev/null && return 0; done; return 1; }; '
+    'kill -s TERM -- $pgs 2>/dev/null; end=$(( $(date +%s) + $1 )); '
+    'while [ "$(date +%s)" -lt "$end" ] && alive; do sleep 0.2; done; '
+    'kill -s KILL -- $pgs 2>/dev/null'
+)
 
 
 class _Watchdog:
-    def __init__(self) -> None:
+    def __init__(self, grace: float) -> None:
         self.proc = subprocess.Popen(
-            ["/bin/sh", "-c", _WATCHDOG], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            ["/bin/sh", "-c", _WATCHDOG, "distmap-watchdog", str(int(math.ceil(grace)))], stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True,
         )
 
@@ -262,11 +302,24 @@ class _Rank:
                     self._out.write(prefix + line + "\n")
                     self._out.flush()
 
-    def close_stdin(self) -> None:
-        """End a held stdin: over ssh, the remote watchdog then ends the remote program."""
+    @property
+    def remote(self) -> bool:
+        return self.worker.hold_stdin
+
+    def request(self, how: str) -> None:
+        """Ask the rank to end: ``"stop"`` (SIGTERM, then its grace) or ``"kill"`` (at once).
+
+        A local rank's process group gets the signal; a remote rank's watchdog gets the word
+        down the held stdin, which is then closed (the watchdog acts on end-of-file too).
+        """
         if self.proc.stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.proc.stdin.write(f"{how}\n".encode())
+                self.proc.stdin.flush()
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
+        elif self.proc.poll() is None:
+            self.signal_group(signal.SIGTERM if how == "stop" else signal.SIGKILL)
 
     def finish_output(self, wait_s: float) -> None:
         self._pump.join(wait_s)
@@ -282,6 +335,16 @@ def _tail_text(rank: _Rank, n: int) -> list[str]:
     return list(rank.tail)[-n:] if n > 0 else []
 
 
+def log_suffix(attempt: int, tag: str | None = None) -> str:
+    """The part of a log name after the rank: ``""``, ``".attempt2"``, ``".job123.attempt2"``.
+
+    Example:
+        >>> log_suffix(0), log_suffix(2), log_suffix(0, "job7")
+        ('', '.attempt2', '.job7')
+    """
+    return (f".{tag}" if tag else "") + (f".attempt{attempt}" if attempt else "")
+
+
 def run_group(
     workers: Sequence[Worker],
     run_dir: str,
@@ -292,7 +355,7 @@ def run_group(
     out: IO[str] | None = None,
     stops: _StopSignals | None = None,
 ) -> AttemptResult:
-    """Start ``workers`` at once and supervise them until all end, one fails, or ``deadline``.
+    """Start ``workers`` at once and supervise them until all end, one fails or stops, or ``deadline``.
 
     The one parallel runner of the launchers: every rank, every TPU worker and every
     preparation command runs through it (output pumped, logged, the group stopped).
@@ -303,7 +366,7 @@ def run_group(
     start = time.monotonic()
     lock = threading.Lock()
     ranks: list[_Rank] = []
-    suffix = "" if attempt == 0 else f".restart{attempt}"
+    suffix = log_suffix(attempt, options.log_tag)
 
     def result(status: str, code: int, failed: RankExit | None, message: str, tail: list[str]) -> AttemptResult:
         return AttemptResult(
@@ -318,7 +381,7 @@ def run_group(
             duration_s=time.monotonic() - start,
         )
 
-    watchdog = _Watchdog()
+    watchdog = _Watchdog(options.grace_period)
     status, failed, code = "ok", None, 0
     try:
         for w in workers:
@@ -326,7 +389,7 @@ def run_group(
             try:
                 ranks.append(_Rank(w, log_path, out, lock, max(options.tail_lines, 1), options.console))
             except OSError as e:
-                _stop(ranks, 0.0, start, stops)
+                _stop(ranks, "kill", 0.0, start, stops)
                 failed = RankExit(w.rank, EXIT_CANNOT_START, f"could not be started: {e}", 0.0)
                 msg = f"{w.name} could not be started: {e.strerror or e} (command: {list(w.argv)!r})."
                 return result("failed", EXIT_CANNOT_START, failed, msg, [])
@@ -339,7 +402,7 @@ def run_group(
                     if rc != 0 and failed is None:
                         failed = r.exit
             if failed is not None:
-                status, code = "failed", failed.exit_code
+                status, code = ("stopped" if contract.is_stop(failed.exit_code) else "failed"), failed.exit_code
                 break
             if all(r.exit is not None for r in ranks):
                 break
@@ -352,11 +415,15 @@ def run_group(
             time.sleep(_POLL_S)
         running = [r.worker.name for r in ranks if r.exit is None]
         # A failed or timed-out run is over: kill at once (the ranks' output is unbuffered, so
-        # nothing they printed is lost). After a signal to the launcher, ranks get SIGINT and
-        # up to the grace period to end on their own.
-        _stop(ranks, options.grace_period if status == "interrupted" else 0.0, start, stops)
+        # nothing they printed is lost), since signals a rank could catch would only let it
+        # compute on. A stop (a signal to the launcher, or a rank that was sent one) gives every
+        # rank SIGTERM and the grace period to save and end.
+        if status in ("interrupted", "stopped"):
+            _stop(ranks, "stop", options.grace_period, start, stops)
+        else:
+            _stop(ranks, "kill", 0.0, start, stops)
     except BaseException:  # an error in the launcher itself (or KeyboardInterrupt): leave nothing behind
-        _stop(ranks, 0.0, start, stops)
+        _stop(ranks, "kill", 0.0, start, stops)
         raise
     finally:
         watchdog.dismiss()
@@ -365,7 +432,7 @@ def run_group(
 
     if status == "ok":
         return result("ok", 0, None, f"all {len(ranks)} rank(s) exited with code 0.", [])
-    if status == "failed":
+    if status in ("failed", "stopped"):
         assert failed is not None
         bad = next(r for r in ranks if r.worker.rank == failed.rank)
         others = []
@@ -374,12 +441,12 @@ def run_group(
                 how = (f"was stopped by the launcher (exit code {r.exit.exit_code})" if r.exit.stopped_by_launcher
                        else r.exit.reason)
                 others.append(f"{r.worker.name} {how} after {r.exit.after_s:.1f} s")
-        msg = (
-            f"{bad.worker.name} {failed.reason} after {failed.after_s:.1f} s."
-            + (" Other ranks: " + "; ".join(others) + "." if others else "")
-            + f" Log: {bad.log_path}"
-        )
-        return result("failed", code, failed, msg, _tail_text(bad, options.tail_lines))
+        what = (f"{bad.worker.name} {failed.reason} after {failed.after_s:.1f} s"
+                + (": it was stopped (a stop signal, such as a scheduler's or a preemption notice), so every rank "
+                   "was given SIGTERM and the grace period, and the run is not restarted" if status == "stopped"
+                   else ""))
+        msg = what + "." + (" Other ranks: " + "; ".join(others) + "." if others else "") + f" Log: {bad.log_path}"
+        return result(status, code, failed, msg, _tail_text(bad, options.tail_lines) if status == "failed" else [])
     if status == "timeout":
         first = ranks[0]
         msg = (
@@ -389,23 +456,31 @@ def run_group(
         )
         return result("timeout", code, None, msg, _tail_text(first, options.tail_lines))
     name = signal.Signals(code - 128).name
-    msg = f"interrupted by {name}; stopped every rank" + (f" ({', '.join(running)})" if running else "") + "."
+    msg = (f"interrupted by {name}; gave every rank SIGTERM and up to {options.grace_period:g} s (--grace_period)"
+           + (f" ({', '.join(running)})" if running else "") + ". Not restarted.")
     return result("interrupted", code, None, msg, [])
 
 
-def _stop(ranks: Sequence[_Rank], grace: float, start: float, stops: _StopSignals) -> None:
-    """Stop every rank: held stdins closed, SIGINT and up to ``grace`` s if ``grace``, then SIGKILL to every group."""
+def _stop(ranks: Sequence[_Rank], how: str, grace: float, start: float, stops: _StopSignals) -> None:
+    """End every rank: ``"stop"`` (SIGTERM, up to ``grace`` s to end) or ``"kill"`` (at once); then SIGKILL.
+
+    A second signal to the launcher during the grace period turns a stop into a kill.
+    """
+    signals_at_start = stops.count
     for r in ranks:
-        r.close_stdin()
+        r.request(how if r.exit is None else "kill")
     live = [r for r in ranks if r.exit is None and r.proc.poll() is None]
-    if grace > 0 and live:
-        for r in live:
-            r.signal_group(signal.SIGINT)
-        end = time.monotonic() + grace
-        signals_at_start = stops.count
-        while live and time.monotonic() < end and stops.count == signals_at_start:
-            live = [r for r in live if r.proc.poll() is None]
-            time.sleep(_POLL_S)
+    remote = any(r.remote for r in live)
+    wait = (grace + (_REMOTE_MARGIN_S if remote else 0.0)) if how == "stop" else (_REMOTE_KILL_S if remote else 0.0)
+    end = time.monotonic() + wait
+    while live and time.monotonic() < end:
+        if how == "stop" and stops.count != signals_at_start:  # a second signal: no more waiting
+            how = "kill"
+            for r in live:
+                r.signal_group(signal.SIGKILL)
+            end = time.monotonic() + (_REMOTE_KILL_S if remote else 0.0)
+        live = [r for r in live if r.proc.poll() is None]
+        time.sleep(_POLL_S)
     for r in ranks:
         r.signal_group(signal.SIGKILL)  # leftovers, and any grandchildren of ranks already gone
     now = time.monotonic()
@@ -417,7 +492,7 @@ def _stop(ranks: Sequence[_Rank], grace: float, start: float, stops: _StopSignal
 
 
 class _StopSignals:
-    """Records SIGINT/SIGTERM sent to the launcher (handlers only in the main thread)."""
+    """Records SIGINT/SIGTERM/SIGHUP sent to the launcher (handlers only in the main thread)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -433,12 +508,19 @@ class _StopSignals:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        old = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         try:
             yield
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+
+    def sleep(self, seconds: float) -> bool:
+        """Wait ``seconds`` unless a signal comes; returns whether one came."""
+        end = time.monotonic() + seconds
+        while self.signum is None and time.monotonic() < end:
+            time.sleep(min(_POLL_S, max(end - time.monotonic(), 0.0)))
+        return self.signum is not None
 
 
 def _say(err: IO[str], text: str) -> None:
@@ -455,6 +537,35 @@ def _report(result: AttemptResult) -> str:
     return "\n".join(lines)
 
 
+def backoff(restart: int, base: float) -> float:
+    """Seconds to wait before restart number ``restart`` (1, 2, ...): ``base * 2**(restart - 1)``, at most 60.
+
+    Example:
+        >>> [backoff(k, 1.0) for k in (1, 2, 3, 8)]
+        [1.0, 2.0, 4.0, 60.0]
+    """
+    return min(base * 2.0 ** (restart - 1), MAX_BACKOFF_S) if base > 0 else 0.0
+
+
+#: The file in a run folder that numbers its attempts (one line each), across requeues of a job.
+ATTEMPTS_FILE = "attempts"
+
+
+def attempts_so_far(run_dir: str) -> int:
+    """How many attempts earlier starts of this run folder made (0 for a new folder)."""
+    try:
+        with open(os.path.join(run_dir, ATTEMPTS_FILE)) as f:
+            return sum(1 for line in f if line.strip())
+    except OSError:
+        return 0
+
+
+def _record_attempt(run_dir: str, attempt: int, tag: str | None) -> None:
+    with contextlib.suppress(OSError):
+        with open(os.path.join(run_dir, ATTEMPTS_FILE), "a") as f:
+            f.write(json.dumps({"attempt": attempt, "tag": tag, "time": time.time()}) + "\n")
+
+
 def supervise(
     make_workers: Callable[[int], Sequence[Worker]],
     options: SupervisorOptions | None = None,
@@ -463,18 +574,23 @@ def supervise(
     err: IO[str] | None = None,
     retry_for_free: Callable[[AttemptResult], bool] | None = None,
     on_attempt_end: Callable[[AttemptResult], None] | None = None,
+    before_attempt: Callable[[int], AttemptResult | None] | None = None,
 ) -> LaunchResult:
     """Run the group ``make_workers(attempt)`` under supervision until it ends; see the module doc.
 
     Args:
-        make_workers: called once per attempt (0, 1, ...) to build the ranks; a launcher picks
-            a fresh coordinator port here.
-        options: timeouts, restarts, log folder.
+        make_workers: called once per attempt to build the ranks; a launcher picks a fresh
+            coordinator port here. Attempts are numbered from the run folder's count
+            (:func:`attempts_so_far`, 0 for a new folder).
+        options: timeouts, restarts, backoff, log folder.
         out: where prefixed rank output goes (default ``sys.stdout``).
         err: where the launcher's own messages go (default ``sys.stderr``).
         retry_for_free: given a failed attempt, whether to start again without counting a
             restart (``launch/local.py`` uses it when rank 0's port was taken); at most 3 times.
         on_attempt_end: called after every attempt once its ranks are stopped (remote clean-up).
+        before_attempt: called before every attempt but the first with its number (TPU: check
+            the VMs, prepare the workers again); a result it returns ends that attempt before it
+            starts (a failed one may be restarted).
 
     Returns:
         A :class:`LaunchResult`; ``exit_code`` is what the launcher should exit with.
@@ -496,28 +612,41 @@ def supervise(
     attempts: list[AttemptResult] = []
     restarts = free = 0
     first_argv: list[list[str]] = []
+    first = attempt = attempts_so_far(run_dir)
     with stops.installed():
-        attempt = 0
         while True:
-            workers = list(make_workers(attempt))
-            if not first_argv:
-                first_argv = [list(w.argv) for w in workers]
-            if options.announce:
-                _say(err, f"distmap launch: starting {len(workers)} rank(s)"
-                     + (f" (attempt {attempt + 1})" if attempt else "") + f"; logs in {run_dir}")
-            res = run_group(workers, run_dir, options, attempt=attempt, deadline=deadline, out=out, stops=stops)
+            res = before_attempt(attempt) if before_attempt is not None and attempt > first else None
+            if res is None and stops.signum is None:
+                workers = list(make_workers(attempt))
+                if not first_argv:
+                    first_argv = [list(w.argv) for w in workers]
+                if options.announce:
+                    _say(err, f"distmap launch: starting {len(workers)} rank(s)"
+                         + (f" (attempt {attempt})" if attempt else "") + f"; logs in {run_dir}")
+                _record_attempt(run_dir, attempt, options.log_tag)
+                res = run_group(workers, run_dir, options, attempt=attempt, deadline=deadline, out=out, stops=stops)
+            elif res is None:
+                code = 128 + int(stops.signum or 0)
+                res = AttemptResult(attempt, "interrupted", code, None, {}, {}, [],
+                                    f"interrupted by {signal.Signals(code - 128).name} before attempt {attempt}.", 0.0)
             attempts.append(res)
             if on_attempt_end is not None:
                 on_attempt_end(res)
             if res.status != "failed" or stops.signum is not None:
-                break
+                break  # done, stopped, interrupted or timed out: never restarted
             if retry_for_free is not None and free < 3 and retry_for_free(res):
                 free += 1
                 _say(err, f"distmap launch: {res.message} Starting again (not counted as a restart).")
             elif restarts < options.max_restarts:
                 restarts += 1
+                wait = backoff(restarts, options.restart_backoff)
+                if deadline is not None:
+                    wait = min(wait, max(deadline - time.monotonic(), 0.0))
                 _say(err, _report(res))
-                _say(err, f"distmap launch: restarting the whole group (restart {restarts} of {options.max_restarts}).")
+                _say(err, f"distmap launch: restarting the whole group in {wait:g} s (restart {restarts} of "
+                     f"{options.max_restarts}).")
+                if stops.sleep(wait):
+                    break
             else:
                 break
             attempt += 1
@@ -529,17 +658,19 @@ def supervise(
     else:
         message = _report(last)
         _say(err, message)
-    _write_summary(run_dir, run_id, first_argv, attempts)
+    _write_summary(run_dir, run_id, first_argv, attempts, log_suffix(first, options.log_tag))
     return LaunchResult(exit_code=last.exit_code, run_dir=run_dir, attempts=attempts, message=message)
 
 
-def _write_summary(run_dir: str, run_id: str, argv: list[list[str]], attempts: list[AttemptResult]) -> None:
+def _write_summary(run_dir: str, run_id: str, argv: list[list[str]], attempts: list[AttemptResult],
+                   suffix: str = "") -> None:
     summary = {
         "run_id": run_id,
         "argv": argv,
         "exit_code": attempts[-1].exit_code,
         "attempts": [
             {
+                "attempt": a.attempt,
                 "status": a.status,
                 "exit_code": a.exit_code,
                 "failed_rank": None if a.failed is None else a.failed.rank,
@@ -551,20 +682,26 @@ def _write_summary(run_dir: str, run_id: str, argv: list[list[str]], attempts: l
         ],
     }
     with contextlib.suppress(OSError):
-        with open(os.path.join(run_dir, "launch.json"), "w") as f:
+        with open(os.path.join(run_dir, f"launch{suffix}.json"), "w") as f:
             json.dump(summary, f, indent=1)
 
 
 __all__ = [
+    "ATTEMPTS_FILE",
     "EXIT_CANNOT_START",
     "EXIT_TIMEOUT",
+    "MAX_BACKOFF_S",
+    "STOP_SIGNALS",
     "AttemptResult",
     "LaunchResult",
     "RankExit",
     "SupervisorOptions",
     "Worker",
+    "attempts_so_far",
+    "backoff",
     "describe_exit",
     "exit_code_of",
+    "log_suffix",
     "new_run_id",
     "run_group",
     "supervise",

@@ -11,7 +11,7 @@ must start: a program started on one worker waits for the others until it times 
 2. **Prepare every worker** (``ssh --worker=all``): end the processes that hold the TPU
    devices (a crashed earlier run), remove ``/tmp/libtpu_lockfile`` (otherwise "TPU in
    use"), put the code in place, then run the ``--setup`` commands there
-   (``pip install -e .[tpu]``, say).
+   (``pip install -e . "jax[tpu]"``, say).
 3. **Start the program**: one ``gcloud ... ssh NAME --worker=W`` per worker of every slice,
    all at once, each a rank of the local supervisor exactly as ``launch/local.py``
    supervises its ranks: output prefixed ``[NAME worker W]``, one log per worker
@@ -20,13 +20,18 @@ must start: a program started on one worker waits for the others until it times 
    workers a slice has is asked of ``gcloud ... describe`` (or given as
    ``--workers_per_slice``).
 4. **Nothing is left on the workers**: each program runs beside a remote watchdog tied to
-   its ssh session (``shell.watched``), so a stopped, failed or killed launcher, or a lost
-   connection, ends it. No pid file is written.
+   its ssh session (``shell.watched``): a failed run kills it at once; a stopped launcher
+   (Ctrl-C, SIGTERM), a killed one or a lost connection gives it SIGTERM and
+   ``--grace_period`` seconds, then SIGKILL. No pid file is written.
+5. **Restarts** (``--max_restarts``, only after a failure, never after a stop) wait a backoff,
+   check that every TPU VM is ``READY`` (a VM being repaired or preempted makes the attempt
+   fail, so the next waits longer), and ship and prepare the code again, then start.
 
 JAX's TPU detection finds the coordinator (worker 0) and each worker's rank by itself;
 the launcher sets ``JAX_COORDINATOR_PORT`` (a new port per run and attempt, instead of
 JAX's fixed 8482) and, for several slices, the ``MEGASCALE_*`` variables that join them.
-:func:`format_plan` writes the same steps as a bash script that runs as printed.
+:func:`format_plan` writes the plan the agent runs (``launch/agent.py``) as a bash script that runs as
+printed.
 
 Example:
     >>> job = TpuJob(program=["python3", "train.py"], tpu_names=["my-v5e"], zone="us-west4-a",
@@ -48,14 +53,22 @@ from collections.abc import Mapping, Sequence
 from typing import IO
 
 from distmap import errors
+from distmap._src.launch import agent as agent_lib
 from distmap._src.launch import contract, shell
 from distmap._src.launch.ports import pick_port
-from distmap._src.launch.supervisor import LaunchResult, SupervisorOptions, Worker, run_group, supervise
+from distmap._src.launch.supervisor import (
+    AttemptResult, LaunchResult, SupervisorOptions, Worker, run_group, supervise,
+)
 
+#: ``launch/agent.py`` of this checkout: the script ``format_plan`` writes runs it.
+AGENT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
+                     "launch", "agent.py")
 #: The file libtpu holds while a process uses the TPU; a crashed run may leave it behind.
 TPU_LOCKFILE = "/tmp/libtpu_lockfile"
-#: Where a script without a known coordinator address puts it (``format_plan`` fills it in).
+#: Where a plan without a known coordinator address puts it (the run fills it in).
 COORDINATOR_PLACEHOLDER = "@DISTMAP_COORDINATOR@"
+#: Exit code of an attempt that could not start because a TPU VM was not ``READY`` (``EX_UNAVAILABLE``).
+EXIT_NOT_READY = 69
 
 # Processes that hold a TPU device (/dev/accel* on v2-v5p, /dev/vfio/N on v5e and v6e).
 _KILL_TPU_HOLDERS = (
@@ -279,13 +292,13 @@ def slice_env(
     return env
 
 
-def run_script(job: TpuJob, env: Mapping[str, str]) -> str:
-    """On one worker: the program in the code folder, ended when its ssh session ends."""
-    return shell.watched(job.program, env, job.code_dir)
+def run_script(job: TpuJob, env: Mapping[str, str], grace: float = 30.0) -> str:
+    """On one worker: the program in the code folder, stopped through its ssh session (see ``shell.watched``)."""
+    return shell.watched(job.program, env, job.code_dir, grace)
 
 
 def plan(job: TpuJob, workers: Sequence[int] | None = None, *, attempt: int = 0, port: int | None = None,
-         coordinator: str | None = None) -> Plan:
+         coordinator: str | None = None, grace: float = 30.0) -> Plan:
     """The commands of one attempt; ``workers``: hosts per slice (default ``job.workers_per_slice`` each)."""
     names = list(job.tpu_names)
     if not job.program:
@@ -311,84 +324,57 @@ def plan(job: TpuJob, workers: Sequence[int] | None = None, *, attempt: int = 0,
     coordinator = coordinator or job.coordinator_address or COORDINATOR_PLACEHOLDER
     run = []
     for i, (n, count) in enumerate(zip(names, workers)):
-        script = run_script(job, slice_env(job, names, i, attempt, port, coordinator))
+        script = run_script(job, slice_env(job, names, i, attempt, port, coordinator), grace)
         run += [Worker(len(run) + w, _ssh(job, n, w, script), label=f"{n} worker {w}", log_name=f"{n}.worker_{w}",
                        hold_stdin=True, program=job.program) for w in range(count)]
     return Plan(steps, run)
 
 
-_HEREDOC_END = "DISTMAP_SCRIPT"
+_PLAN_END = "DISTMAP_PLAN"
 
 
-def _var(name: str) -> str:
-    return re.sub(r"\W", "_", name)
+def format_plan(job: TpuJob, options: SupervisorOptions, *, python: str = sys.executable,
+                agent: str = AGENT) -> str:
+    """The run as a bash script that runs as printed (``--dry_run``): the plan the agent runs.
 
-
-def format_plan(job: TpuJob) -> str:
-    """The run as a bash script that runs as printed (``--dry_run``).
-
-    Each remote script is set out once in a quoted here-document (no quoting to untangle)
-    and passed as ``--command="$script"``. Workers per slice and the slices' coordinator,
-    where not given, are asked of ``gcloud ... describe`` by the script itself.
+    The script hands the plan (JSON, one line) to ``launch/agent.py``, which does what the
+    launcher does: pack, ship, prepare, start one ``gcloud ... ssh --worker=W`` per worker,
+    supervise them (fail fast; Ctrl-C gives every worker's program SIGTERM and the grace
+    period), restart after failures. The commands it runs are listed in the comments.
     """
     names = list(job.tpu_names)
-    counts = [job.workers_per_slice or 1] * len(names)  # the commands per worker differ only in --worker
-    p = plan(job, counts, port=job.coordinator_port)
+    counts = [job.workers_per_slice or 1] * len(names)
+    p = plan(job, counts, port=job.coordinator_port, grace=options.grace_period)
     out = [
         "#!/bin/bash",
         f"# distmap TPU VM run {job.run_id}: {len(names)} slice(s) ({', '.join(names)}), zone {job.zone}; "
         f"logs in {job.run_dir}",
-        "set -euo pipefail",
+        "# The agent (launch/agent.py) runs the plan below, as launch/tpu_vm.py would:",
     ]
-
-    defined: dict[str, str] = {}
-
-    def heredoc(var: str, script: str) -> str:
-        if _HEREDOC_END in script.splitlines():
-            return shell.quote(script)  # cannot be a here-document: quote it instead
-        if defined.get(var) != script:
-            out.extend([f"{var}=$(cat <<'{_HEREDOC_END}'", *script.rstrip("\n").split("\n"), _HEREDOC_END, ")"])
-            defined[var] = script
-        return f'"${var}"'
-
     step_no = 1
     if not job.git_revision:
-        out += [f"# {step_no}. Pack the working tree of {job.code_source} (git ls-files)", pack_command(job)]
+        out.append(f"#  {step_no}. pack the working tree of {job.code_source}: {pack_command(job)}")
         step_no += 1
     for step in p.steps:
-        out.append(f"# {step_no}. {step.title}")
+        out.append(f"#  {step_no}. {step.title}: {shell.join(step.argv[0][:-1] if step.name == 'prepare' else step.argv[0])}"
+                   + (" --command=<prepare script>" if step.name == "prepare" else ""))
         step_no += 1
-        for argv in step.argv:
-            if argv[-1].startswith("--command="):
-                value = heredoc(f"{step.name}_script", argv[-1][len("--command="):])
-                out.append(shell.join(argv[:-1]) + f" --command={value}")
-            else:
-                out.append(shell.join(argv))
-    out.append(f"# {step_no}. Start the program on every worker of every slice at once, one ssh per worker")
-    if job.workers_per_slice is None or (len(names) > 1 and job.coordinator_address is None):
-        for n in names:
-            out.append(f"endpoints_{_var(n)}=$({shell.join(describe_argv(job, n))})")
-    if len(names) > 1 and job.coordinator_address is None:
-        out.append(f'coordinator="${{endpoints_{_var(names[0])}%%;*}}"  # worker 0 of {names[0]}')
-    out += ["# Each worker's program ends when its ssh session does: give them a stdin that stays open while",
-            "# this script runs (a background job's stdin would be /dev/null, which ends the program at once).",
-            "exec 3< <(exec sleep infinity)", "keeper=$!"]
-    first = 0
-    for n, count in zip(names, counts):
-        argv = p.run[first].argv
-        first += count
-        script = argv[-1][len("--command="):]
-        value = heredoc(f"run_script_{_var(n)}", script)
-        if COORDINATOR_PLACEHOLDER in script:
-            out.append(f'run_script_{_var(n)}="${{run_script_{_var(n)}//{COORDINATOR_PLACEHOLDER}/$coordinator}}"')
-        workers = (str(job.workers_per_slice) if job.workers_per_slice
-                   else f'$(echo "$endpoints_{_var(n)}" | tr \';\' \'\\n\' | grep -c .)')
-        head = shell.join([a for a in argv[:-1] if not a.startswith("--worker=")])
-        out.append(f'for w in $(seq 0 $(({workers} - 1))); do {head} --worker="$w" --command={value} <&3 2>&1 '
-                   f'| sed -u "s/^/[{n} worker $w] /" & done')
-    out += ["status=0",
-            'for pid in $(jobs -p); do wait "$pid" || status=$?; done  # Ctrl-C ends every worker\'s program',
-            'kill "$keeper"', 'exit "$status"']
+    workers = (f"{job.workers_per_slice} workers per slice" if job.workers_per_slice
+               else "every worker gcloud ... describe lists")
+    out += [
+        f"#  {step_no}. start the program on {workers}, one gcloud ... ssh --worker=W each, all at once, and "
+        "supervise them:",
+        "#     a failing worker stops every other at once (the launch exits with its code); Ctrl-C or SIGTERM to this",
+        f"#     script gives every worker's program SIGTERM and {options.grace_period:g} s (--grace_period) to save and "
+        "end, then SIGKILL;",
+        f"#     --max_restarts={options.max_restarts}: after a failure only, each after a backoff, the TPU VMs checked "
+        "and prepared again.",
+        f"#     Worker 0's command: {shell.join(p.run[0].argv[:-1])} --command=<its program, watched>",
+        "set -euo pipefail",
+        f"exec {shell.quote(python)} {shell.quote(agent)} --plan=- <<'{_PLAN_END}'",
+        agent_lib.plan_text("tpu_vm", job, options),
+        _PLAN_END,
+    ]
     return "\n".join(out) + "\n"
 
 
@@ -406,6 +392,37 @@ def _describe(job: TpuJob, name: str) -> list[str]:
             "(and --coordinator_address for several slices)."
         )
     return endpoints
+
+
+def vm_state_argv(job: TpuJob, name: str) -> list[str]:
+    """The command that prints the state of TPU VM ``name`` (``READY`` when it can run a program)."""
+    return _gcloud(job, "describe", name, "--format=value(state)")
+
+
+def _vm_states(job: TpuJob) -> dict[str, str]:
+    states = {}
+    for name in job.tpu_names:
+        argv = vm_state_argv(job, name)
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+            states[name] = proc.stdout.strip() or f"unknown ({proc.stderr.strip() or 'no answer'})"
+        except (OSError, subprocess.TimeoutExpired) as e:
+            states[name] = f"unknown ({e})"
+    return states
+
+
+def _prepare(job: TpuJob, workers: Sequence[int], coordinator: str | None, options: SupervisorOptions, out: IO[str],
+             err: IO[str], attempt: int = 0) -> AttemptResult | None:
+    """Ship and prepare every worker (the plan's steps); a failed step's result, else ``None``."""
+    names = list(job.tpu_names)
+    for step in plan(job, workers, port=0, coordinator=coordinator).steps:
+        err.write(f"distmap tpu_vm: {step.title}\n")
+        res = run_group([Worker(i, argv, label=f"{step.name} {n}", log_name=f"{step.name}.{n}")
+                         for i, (n, argv) in enumerate(zip(names, step.argv))], job.run_dir, options, out=out,
+                        attempt=attempt)
+        if res.status != "ok":
+            return res
+    return None
 
 
 def run_tpu(job: TpuJob, options: SupervisorOptions, *, out: IO[str] | None = None,
@@ -428,21 +445,37 @@ def run_tpu(job: TpuJob, options: SupervisorOptions, *, out: IO[str] | None = No
         workers = workers or [len(e) for e in endpoints]
         coordinator = coordinator or endpoints[0][0]
     os.makedirs(job.run_dir, exist_ok=True)
-    if not job.git_revision:
-        pack = subprocess.run(["bash", "-c", pack_command(job)], capture_output=True, text=True)
-        if pack.returncode != 0:
-            raise errors.DistributedError(f"tpu_vm: packing {job.code_source} failed: {pack.stderr.strip()}")
-        err.write(f"distmap tpu_vm: packed {job.code_source} into {job.archive}\n")
-    for step in plan(job, workers, port=0, coordinator=coordinator).steps:
-        err.write(f"distmap tpu_vm: {step.title}\n")
-        res = run_group([Worker(i, argv, label=f"{step.name} {n}", log_name=f"{step.name}.{n}")
-                         for i, (n, argv) in enumerate(zip(names, step.argv))], job.run_dir, options, out=out)
-        if res.status != "ok":
-            msg = f"distmap tpu_vm: {res.message} The program was not started."
-            err.write(msg + "\n")
-            return LaunchResult(exit_code=res.exit_code, run_dir=job.run_dir, attempts=[res], message=msg)
-    return supervise(lambda attempt: plan(job, workers, attempt=attempt, coordinator=coordinator).run, options,
-                     out=out, err=err)
+
+    def pack() -> None:
+        if not job.git_revision:
+            done = subprocess.run(["bash", "-c", pack_command(job)], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise errors.DistributedError(f"tpu_vm: packing {job.code_source} failed: {done.stderr.strip()}")
+            err.write(f"distmap tpu_vm: packed {job.code_source} into {job.archive}\n")
+
+    pack()
+    failed = _prepare(job, workers, coordinator, options, out, err)
+    if failed is not None:
+        msg = f"distmap tpu_vm: {failed.message} The program was not started."
+        err.write(msg + "\n")
+        return LaunchResult(exit_code=failed.exit_code, run_dir=job.run_dir, attempts=[failed], message=msg)
+
+    def before_attempt(attempt: int) -> AttemptResult | None:
+        """Before a restart: every TPU VM READY, then the code shipped and the workers prepared again."""
+        states = _vm_states(job)
+        down = {n: s for n, s in states.items() if s != "READY"}
+        if down:
+            text = ", ".join(f"{n} is {s}" for n, s in down.items())
+            err.write(f"distmap tpu_vm: before attempt {attempt}: {text}, not READY.\n")
+            return AttemptResult(attempt, "failed", EXIT_NOT_READY, None, {}, {}, [],
+                                 f"the TPU VM(s) were not READY ({text}); nothing was started.", 0.0)
+        pack()  # the workers' copy of the code may be gone with a repaired VM: ship and prepare again
+        return _prepare(job, workers, coordinator, options, out, err, attempt)
+
+    return supervise(
+        lambda attempt: plan(job, workers, attempt=attempt, coordinator=coordinator, grace=options.grace_period).run,
+        options, out=out, err=err, before_attempt=before_attempt,
+    )
 
 
 def default_git_repo(source: str) -> str | None:
@@ -455,7 +488,9 @@ def default_git_repo(source: str) -> str | None:
 
 
 __all__ = [
+    "AGENT",
     "COORDINATOR_PLACEHOLDER",
+    "EXIT_NOT_READY",
     "TPU_LOCKFILE",
     "Plan",
     "Step",
@@ -474,4 +509,5 @@ __all__ = [
     "run_tpu",
     "slice_env",
     "slice_names",
+    "vm_state_argv",
 ]

@@ -33,6 +33,7 @@ is mapped as ``ceil(n / k) * k`` elements, the padding repeating the last elemen
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -219,9 +220,10 @@ class _Static:
     inputs (a jitted call) or fixed values (traced inline into an enclosing computation).
     """
 
-    __slots__ = ("skeleton", "chunk_size", "lowering", "plan", "padded", "scalars_traced", "_hash")
+    __slots__ = ("skeleton", "chunk_size", "lowering", "plan", "padded", "scalars_traced", "label", "_hash")
 
-    def __init__(self, skeleton, chunk_size, lowering: Lowering, plan: Plan, padded, scalars_traced: bool):
+    def __init__(self, skeleton, chunk_size, lowering: Lowering, plan: Plan, padded, scalars_traced: bool, label: str):
+        self.label = label  # fn as the runtime's launch keys name it (not compared: one mapped function, one label)
         self.skeleton: fn_parts.Skeleton = skeleton
         self.chunk_size = chunk_size
         self.lowering = lowering
@@ -274,24 +276,25 @@ def call(
     """Run the map on the mesh: jitted with ``compiled``'s cache at top level, traced inline under a trace."""
     skeleton, fn_arrays = fn_parts.take_apart(fn)
     values = plan.unwrap(leaves, plan.traced)
+    label = _label(fn)
     inline = jax_compat.under_trace()
     watch = sys.modules.get("distmap._src.progress")  # loaded by distmap.distributed, which starts the watch
     if watch is not None and _spans_processes(lowering.mesh):
         # Every rank launches the same multi-process computations in the same order; the progress
         # watch (when a launcher turned it on) compares what each launched. The key's repr must be
         # the same on every rank: names, sizes, shapes and dtypes only, no object addresses.
-        watch.note("vmap", _launch_key(fn, plan, lowering, values))
+        watch.note("vmap", _launch_key(label, plan, lowering, values))
     if inline:
         # Under an enclosing trace: no cache of ours (a jit made for this call alone, inlined into an
         # enclosing jit; under an eager grad or vmap it stages the resharding an eager call could not
         # do), and Python scalars stay the values they are, as they are for the one-device map.
-        static = _Static(skeleton, chunk_size, lowering, plan, (frozenset(),) * len(plan.arrays), False)
+        static = _Static(skeleton, chunk_size, lowering, plan, (frozenset(),) * len(plan.arrays), False, label)
         run = jax.jit(lambda fa, vs: _run(static, fa, vs, leaves), inline=True)
         out = run(fn_arrays, plan.unwrap(leaves, plan.arrays))
     else:
         values, padded = _place(plan, lowering, values, leaves)
         fn_arrays = _place_replicated(fn_arrays, lowering.mesh)
-        static = _Static(skeleton, chunk_size, lowering, plan, padded, True)
+        static = _Static(skeleton, chunk_size, lowering, plan, padded, True, label)
         with _mesh_context(lowering.mesh):
             out = compiled.jitted(static, fn_arrays, values)
     return jax.tree_util.tree_map(
@@ -319,10 +322,17 @@ def _spans_processes(mesh: Any) -> bool:
     return mesh.is_multi_process if isinstance(mesh, Mesh) else jax.process_count() > 1
 
 
-def _launch_key(fn: Any, plan: Plan, lowering: Lowering, values: Sequence[Any]) -> tuple:
+def _label(fn: Any) -> str:
+    """``fn`` by its name and where its code is (file name and line: the same on every rank of one program,
+    wherever each host keeps its copy), so that two lambdas of the same shapes are told apart."""
     name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    return name if code is None else f"{name} ({os.path.basename(code.co_filename)}:{code.co_firstlineno})"
+
+
+def _launch_key(label: str, plan: Plan, lowering: Lowering, values: Sequence[Any]) -> tuple:
     shapes = tuple((tuple(np.shape(v)), str(getattr(v, "dtype", type(v).__name__))) for v in values)
-    return (name, plan.names, plan.sizes, lowering.mesh_axes, shapes)
+    return (label, plan.names, plan.sizes, lowering.mesh_axes, shapes)
 
 
 def _splits(plan: Plan, lowering: Lowering) -> dict[int, Split]:
@@ -470,7 +480,15 @@ def _run(static: _Static, fn_arrays: list[Any], values: list[Any], fixed: list[A
     mapped = jax.shard_map(
         body, mesh=mesh, in_specs=tuple(in_specs + fn_specs), out_specs=out_spec, check_vma=False
     )
-    out_arrays = mapped(*_reshard_inputs(list(values) + list(fn_arrays), in_specs + fn_specs, mesh))
+    inputs = _reshard_inputs(list(values) + list(fn_arrays), in_specs + fn_specs, mesh)
+    # Runtime hook (distmap/_src/collective_check.py, loaded by distmap.distributed): when the collective check
+    # is on, it adds to this trace a count and cross-rank comparison of this map that runs at every execution,
+    # and sequences the inputs after it. Contract: inputs = traced_map(key, mesh, inputs), once per traced map
+    # over a multi-process mesh, with the progress key; off, it returns the inputs and adds nothing.
+    check = sys.modules.get("distmap._src.collective_check")
+    if check is not None and _spans_processes(mesh):
+        inputs = check.traced_map(_launch_key(static.label, plan, lowering, values), mesh, inputs)
+    out_arrays = mapped(*inputs)
     out_tree, out_kinds = out_info
     uneven = [l for l, s in splits.items() if s.padded]
     out_arrays = [_cut_back(a, splits, uneven, mesh, len(names)) for a in out_arrays]
