@@ -238,7 +238,7 @@ def test_a_jitted_map_skipped_then_run_once_more_is_caught_by_the_collective_che
     assert (res.exit_code, res.failed_rank) == (progress.EXIT_DIVERGED, 1), err + logs[1][-3000:]
     assert "WRONG" not in out and "step 2 sum 401 ok" in out
     assert "DivergenceError: verify #2 (step 3): rank 1 diverged" in logs[1] and "(rank 0: 3; rank 1: 2)" in logs[1]
-    assert "vmap run ('run.<locals>.<lambda>', ('batch',)" in logs[1]  # the call, as it executed
+    assert "vmap run ('run.<locals>.<lambda> (_fault_child.py:" in logs[1]  # the call, as it executed
 
 
 @pytest.mark.multiprocess

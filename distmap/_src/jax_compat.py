@@ -10,6 +10,7 @@ from typing import Any
 
 from jax._src import core as _core
 from jax._src import mesh as _mesh
+from jax._src.interpreters import partial_eval as _pe
 
 
 def under_trace() -> bool:
@@ -18,6 +19,17 @@ def under_trace() -> bool:
     ``jax.sharding.get_mesh`` asks the same question before it refuses to answer.
     """
     return not _core.trace_state_clean()
+
+
+def staging() -> bool:
+    """Whether a staging trace (``jax.jit``, a loop body, ``make_jaxpr``) is among the traces now active,
+    rather than only eager transformations (``jax.grad``, ``jax.vmap`` of concrete values)."""
+    trace = _core.unsafe_get_current_trace()
+    while trace is not None:
+        if isinstance(trace, _pe.DynamicJaxprTrace):
+            return True
+        trace = getattr(trace, "parent_trace", None)
+    return False
 
 
 def concrete_mesh() -> Any:

@@ -10,9 +10,10 @@ combine both.
 ``jax.jit(f)``: each function ``distmap.vmap`` returns keeps its own cache (a :class:`Compiled`),
 keyed by the plan, the lowering, the inputs' layout and the static rest of ``fn``; arrays and
 Python scalars are traced, so new values never recompile. A fresh ``distmap.vmap(...)`` (or a
-fresh lambda) traces again, as a fresh ``jax.jit`` would. Inside an enclosing trace (``jax.jit``,
-``jax.grad``, ``jax.vmap``) the map adds no cache of its own: it is traced into the enclosing
-computation, whose own cache decides.
+fresh lambda) traces again, as a fresh ``jax.jit`` would. Inside an enclosing ``jax.jit`` the map
+adds no cache of its own: it is traced into the enclosing computation, whose own cache decides.
+Under an eager ``jax.grad`` or ``jax.vmap``, which caches nothing, the mapped function's own
+cache serves, keyed as for an eager call.
 
 **fn's arrays are inputs.** ``fn`` is taken apart (:mod:`.fn_parts`): the arrays of a Module,
 a ``partial``, a closure or the globals it reads enter the ``shard_map`` as replicated inputs,
@@ -273,24 +274,29 @@ jax.tree_util.register_pytree_node(_StaticOut, lambda s: ((), s.value), lambda v
 def call(
     fn: Callable[..., Any], chunk_size: int | None, lowering: Lowering, plan: Plan, leaves: list[Any], compiled: Compiled
 ) -> Any:
-    """Run the map on the mesh: jitted with ``compiled``'s cache at top level, traced inline under a trace."""
+    """Run the map on the mesh: with ``compiled``'s cache, or traced inline into an enclosing ``jax.jit``."""
     skeleton, fn_arrays = fn_parts.take_apart(fn)
     values = plan.unwrap(leaves, plan.traced)
     label = _label(fn)
-    inline = jax_compat.under_trace()
+    traced = jax_compat.under_trace()
     watch = sys.modules.get("distmap._src.progress")  # loaded by distmap.distributed, which starts the watch
     if watch is not None and _spans_processes(lowering.mesh):
         # Every rank launches the same multi-process computations in the same order; the progress
         # watch (when a launcher turned it on) compares what each launched. The key's repr must be
         # the same on every rank: names, sizes, shapes and dtypes only, no object addresses.
         watch.note("vmap", _launch_key(label, plan, lowering, values))
-    if inline:
-        # Under an enclosing trace: no cache of ours (a jit made for this call alone, inlined into an
-        # enclosing jit; under an eager grad or vmap it stages the resharding an eager call could not
-        # do), and Python scalars stay the values they are, as they are for the one-device map.
+    if traced and jax_compat.staging():
+        # Inside jax.jit (or a loop body): no cache of ours, the enclosing jit owns caching. A jit made for
+        # this call alone is inlined into it; Python scalars stay the values they are, as on one device.
         static = _Static(skeleton, chunk_size, lowering, plan, (frozenset(),) * len(plan.arrays), False, label)
         run = jax.jit(lambda fa, vs: _run(static, fa, vs, leaves), inline=True)
         out = run(fn_arrays, plan.unwrap(leaves, plan.arrays))
+    elif traced:
+        # Under an eager grad or vmap (nothing stages the call, so nothing else would cache it): this
+        # mapped function's own cache, with the same key as an eager call (fn's parts are read afresh).
+        # Traced inputs cannot be placed, nor a mesh context entered: they arrive as they are.
+        static = _Static(skeleton, chunk_size, lowering, plan, (frozenset(),) * len(plan.arrays), True, label)
+        out = compiled.jitted(static, fn_arrays, values)
     else:
         values, padded = _place(plan, lowering, values, leaves)
         fn_arrays = _place_replicated(fn_arrays, lowering.mesh)
@@ -480,15 +486,15 @@ def _run(static: _Static, fn_arrays: list[Any], values: list[Any], fixed: list[A
     mapped = jax.shard_map(
         body, mesh=mesh, in_specs=tuple(in_specs + fn_specs), out_specs=out_spec, check_vma=False
     )
-    inputs = _reshard_inputs(list(values) + list(fn_arrays), in_specs + fn_specs, mesh)
+    operands = _reshard_inputs(list(values) + list(fn_arrays), in_specs + fn_specs, mesh)
     # Runtime hook (distmap/_src/collective_check.py, loaded by distmap.distributed): when the collective check
     # is on, it adds to this trace a count and cross-rank comparison of this map that runs at every execution,
     # and sequences the inputs after it. Contract: inputs = traced_map(key, mesh, inputs), once per traced map
     # over a multi-process mesh, with the progress key; off, it returns the inputs and adds nothing.
     check = sys.modules.get("distmap._src.collective_check")
     if check is not None and _spans_processes(mesh):
-        inputs = check.traced_map(_launch_key(static.label, plan, lowering, values), mesh, inputs)
-    out_arrays = mapped(*inputs)
+        operands = check.traced_map(_launch_key(static.label, plan, lowering, values), mesh, operands)
+    out_arrays = mapped(*operands)
     out_tree, out_kinds = out_info
     uneven = [l for l, s in splits.items() if s.padded]
     out_arrays = [_cut_back(a, splits, uneven, mesh, len(names)) for a in out_arrays]
