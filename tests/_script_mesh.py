@@ -221,4 +221,125 @@ for kind, mesh in MESHES.items():
           lambda: mapped(lambda r: distmap.psum(r, "batch"), mesh, chunk_size=2)(x), f"{kind} chunked collective",
           raises=distmap.errors.MappingError)
 
+# -- 6. what fn reaches: shared helpers, recursion, sentinels, wrappers, state fn changes, arguments ----------
+SHARED = distmap.ones(F)
+
+
+def norm(r):
+    return r * SHARED
+
+
+def via_a(r):
+    return norm(r)
+
+
+def via_b(r):
+    return norm(r) * 10
+
+
+def diamond(r):  # two helpers that call one helper reading a global
+    return via_a(r) + via_b(r)
+
+
+def recurse(r, n=2):
+    return r * SHARED if n == 0 else recurse(r, n - 1) + SHARED
+
+
+class _Missing:
+    pass
+
+
+MISSING = _Missing()
+
+
+def maybe_scale(r, s=MISSING):
+    return r if s is MISSING else r * s
+
+
+class Wrapper:  # delegates every attribute to what it wraps
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, r):
+        return self.inner(r)
+
+
+TRACED = []
+
+
+def logged(r):
+    TRACED.append(r.shape)  # trace-time state: appended when traced, as under jax.jit
+    return r * SHARED
+
+
+class Config:
+    pass
+
+
+config = Config()
+config.scale = 2.0
+options = set()
+
+for kind, mesh in MESHES.items():
+    one_diamond, mesh_diamond = mapped(diamond), mapped(diamond, mesh)
+    one_recurse, mesh_recurse = mapped(recurse), mapped(recurse, mesh)
+    for value in (1.0, 2.0):
+        SHARED = distmap.full(F, value)
+        agree(lambda: one_diamond(x), lambda: mesh_diamond(x), f"{kind} shared helper, {value}")
+        agree(lambda: one_recurse(x), lambda: mesh_recurse(x), f"{kind} recursive function, {value}")
+    SHARED = distmap.shard(distmap.full(F, 3.0), {"feature": "data"}, mesh)  # a global that lives on the mesh
+    agree(lambda: mapped(diamond)(x), lambda: mesh_diamond(x), f"{kind} shared helper, global on the mesh")
+    agree(lambda: mapped(maybe_scale)(x), lambda: mapped(maybe_scale, mesh)(x), f"{kind} sentinel default")
+    agree(lambda: mapped(Wrapper(lambda r: r * 3))(x), lambda: mapped(Wrapper(lambda r: r * 3), mesh)(x),
+          f"{kind} delegating wrapper")
+
+    want = mapped(logged)(x)
+    mesh_logged = mapped(logged, mesh)
+    TRACED.clear()
+    before = COMPILES[0]
+    for step in range(3):
+        agree(lambda: want, lambda: mesh_logged(x), f"{kind} fn appends to a global, step {step}")
+    # Traced and compiled once: what fn appends while traced is trace-time state, as under jax.jit.
+    assert COMPILES[0] - before == 1 and len(TRACED) == 1, (kind, COMPILES[0] - before, TRACED)
+    TRACED.clear()
+
+    one_cfg, mesh_cfg = mapped(lambda r, c: r * c.scale), mapped(lambda r, c: r * c.scale, mesh)
+    one_opt = mapped(lambda r, o: r * (2.0 if "double" in o else 1.0))
+    mesh_opt = mapped(lambda r, o: r * (2.0 if "double" in o else 1.0), mesh)
+    for scale in (2.0, 3.0):
+        config.scale = scale
+        agree(lambda: one_cfg(x, config), lambda: mesh_cfg(x, config), f"{kind} object argument, scale {scale}")
+        agree(lambda: one_opt(x, options), lambda: mesh_opt(x, options), f"{kind} set argument {options}")
+        options.add("double")
+    options.clear()
+
+    # Eager grad through a mesh map, with no jax.set_mesh around it. (On an Explicit mesh JAX itself asks for
+    # jax.set_mesh: jax.grad reshards its seed cotangent onto the mesh of the output.)
+    if kind == "auto":
+        agree(lambda: jax.grad(lambda a: mapped(lambda u: u * u)(distmap.named(a, (B, F))).sum().array)(x.array),
+              lambda: jax.grad(lambda a: mapped(lambda u: u * u, mesh)(distmap.named(a, (B, F))).sum().array)(x.array),
+              f"{kind} eager grad without set_mesh")
+
+# Stacked.vmap under a context mapping: a layer reading a global.
+L = distmap.Axis("layer", 4)
+LAYER_SCALE = 2.0
+
+
+class Scaled(eqx.Module):
+    w: jax.Array
+
+    def __call__(self, r):
+        return r * self.w * LAYER_SCALE
+
+
+stacked = distmap.Stacked.init(L, lambda k: Scaled(jnp.ones(())))(jax.random.split(jax.random.key(3), 4))
+for kind, mesh in MESHES.items():
+    for LAYER_SCALE in (2.0, 5.0):
+        with jax.set_mesh(mesh), distmap.axis_mapping({"layer": "data"}):
+            on_mesh = stacked.vmap(jnp.ones(()))
+        agree(lambda: stacked.vmap(jnp.ones(())), lambda: on_mesh, f"{kind} Stacked.vmap, scale {LAYER_SCALE}")
+
 DONE = True

@@ -40,6 +40,16 @@ class TestConstruction:
         assert isinstance(distmap.named([1, 2], "a").array, jax.Array)
         assert distmap.named(3.0, ()).shape == {}
 
+    def test_named_takes_numpy_arrays_of_jax_number_types_and_refuses_raw_bytes(self):
+        import ml_dtypes  # installed with jax: numpy's home of bfloat16 and the float8 types
+
+        for dtype in (ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn):
+            host = np.arange(3, dtype=np.float32).astype(dtype)
+            x = distmap.named(host, "b")
+            assert x.dtype == jnp.dtype(dtype) and x.array.astype(jnp.float32).tolist() == [0.0, 1.0, 2.0]
+        with pytest.raises(errors.ArgumentTypeError, match="raw bytes"):
+            distmap.named(np.zeros(3, dtype="V4"), "b")
+
     def test_named_wrong_rank(self):
         with pytest.raises(errors.ShapeMismatchError, match="2 dimension"):
             distmap.named(jnp.zeros((2, 3)), ("a",))

@@ -473,6 +473,11 @@ def check_dtype(dtype: Any, fn: str) -> Any:
     return dtype
 
 
+def _is_ml_dtype(dtype: np.dtype) -> bool:
+    """A number type numpy keeps as raw bytes but JAX computes with (``bfloat16``, the ``float8`` family ...)."""
+    return dtype.type.__module__.startswith("ml_dtypes")
+
+
 def as_jax_array(value: Any, fn: str) -> jax.Array:
     """``jnp.asarray(value)`` for array data (numbers, bools, nested lists, numpy arrays); anything else raises.
 
@@ -490,7 +495,7 @@ def as_jax_array(value: Any, fn: str) -> jax.Array:
             f"{fn}: could not make an array of the {type(value).__name__} given ({e}); nested lists must be "
             "rectangular and hold numbers."
         ) from None
-    if host.dtype.kind in "OUSV":
+    if host.dtype.kind in "OUS" or (host.dtype.kind == "V" and not _is_ml_dtype(host.dtype)):
         raise errors.ArgumentTypeError(
             f"{fn}: JAX arrays hold numbers and bools, but this array has dtype {host.dtype} "
             f"({'object' if host.dtype.kind == 'O' else 'strings or raw bytes'}); convert it, e.g. "

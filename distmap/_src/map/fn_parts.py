@@ -3,36 +3,45 @@
 On a mesh, ``fn`` runs inside ``jax.shard_map``, and a value it reaches from outside may not
 simply be closed over there: ``shard_map`` refuses any array typed on an Explicit mesh (a
 Module's weights after ``distmap.shard``, an earlier map's output), and an array baked into
-a compiled trace would go stale when the program replaces it. So the mesh lowering takes
-``fn`` apart, as ``jax.jit`` takes its arguments apart, and passes every array it finds
-into the jitted call and the ``shard_map`` as an input:
+a compiled trace would go stale when the program replaces it. So the mesh lowering finds
+every array ``fn`` can reach, as ``jax.jit`` finds the arrays of its arguments, and passes
+them into the jitted call and the ``shard_map`` as inputs. It looks in:
 
-* a pytree (an equinox Module or its bound method, a ``jax.tree_util.Partial``): its leaves;
-* a ``functools.partial``: its function (taken apart in turn), arguments and keywords;
-* a bound method: its function and its ``__self__``;
-* a plain Python function written outside the installed libraries: its defaults, the
-  contents of its closure cells, and the values of the global names its code reads
-  (nested lambdas and comprehensions included), each a pytree whose leaves are taken,
-  and whose own functions are taken apart the same way;
+* ``fn`` itself where it is a pytree (an equinox Module or its bound method, a
+  ``jax.tree_util.Partial``): its leaves;
+* a plain Python function written outside the installed libraries: its defaults, its
+  closure cells and the global names its code reads (nested lambdas and comprehensions
+  included); a ``functools.partial``: its function, arguments and keywords; a bound
+  method: its function and its object;
 * an instance of a plain class written outside the installed libraries (a trainer holding
-  a model, say): its attributes, the same way; ``fn`` then sees a shallow copy of it.
+  a model, say): its attributes;
 
-:func:`take_apart` returns the arrays and a :class:`Skeleton`: the rest, which compares by
-:func:`~.statics.static_key` (so a changed flag, float or function makes a new trace, never a
-stale one) and which :meth:`Skeleton.rebuild` turns back into a function of new arrays.
-What this cannot see (an object of a library class, a module's attribute), it leaves to JAX:
-read when ``fn`` is traced, as ``jax.jit`` reads it.
+and, in each value found there, every pytree leaf, the functions and objects among them
+taken apart in turn. Each such place (a global of a module, a cell, an attribute ...) is a
+*slot*. :func:`take_apart` returns the arrays and a :class:`Skeleton`, which compares by
+the slots and the :func:`~.statics.static_key` of every non-array value in them (so a
+changed flag, float or function makes a new trace, never a stale one).
+
+While ``fn`` is traced, :meth:`Skeleton.installed` puts the traced arrays into the very
+slots they came from and puts the old values back afterwards. Nothing is copied: objects
+keep their identity (``x is SENTINEL`` holds), and what ``fn`` does to them at trace time
+(appending to a global list, counting) happens to the real ones, as under ``jax.jit``. A
+value ``fn`` changes while it is traced is read again at the next call, so such a ``fn``
+traces again, as it would run again on one device. Slots are filled for the length of one
+trace, so two threads must not trace the same function at once. What this cannot see (an
+object of a library class, a module's attribute), it leaves to JAX: read when ``fn`` is
+traced, as ``jax.jit`` reads it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import copy
 import os
 import sys
 import sysconfig
 import types
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import jax
@@ -101,120 +110,134 @@ def _global_names(code: types.CodeType) -> tuple[str, ...]:
     return found
 
 
-class _FunctionView:
-    """A plain function seen as a pytree node: defaults, closure contents and read globals are its children."""
+class _Slot:
+    """A place a value of ``fn`` lives in: a global, a cell, a function's defaults, an attribute, a partial."""
 
-    __slots__ = ("aux", "children")
+    __slots__ = ("kind", "where", "name")
 
-    def __init__(self, aux: tuple, children: tuple):
-        self.aux, self.children = aux, children
+    def __init__(self, kind: str, where: Any, name: str | None = None):
+        self.kind, self.where, self.name = kind, where, name
 
+    def key(self) -> tuple:
+        return (self.kind, Identity(self.where), self.name)
 
-def _rebuild_function(aux: tuple, children: tuple) -> types.FunctionType:
-    code, fn_globals, name, qualname, names = aux
-    defaults, kwdefaults, contents, values = children
-    g = fn_globals.obj
-    if any(v is not g.get(n) for n, v in zip(names, values)):
-        g = dict(g)  # some global is now a traced array: this copy of the function reads it instead
-        g.update(zip(names, values))
-    out = types.FunctionType(code.obj, g, name, defaults, tuple(types.CellType(c) for c in contents))
-    out.__kwdefaults__ = kwdefaults
-    out.__qualname__ = qualname
-    return out
+    def get(self) -> Any:
+        w, kind = self.where, self.kind
+        if kind == "global":
+            return w[self.name]
+        if kind == "cell":
+            return w.cell_contents
+        if kind == "defaults":
+            return w.__defaults__
+        if kind == "kwdefaults":
+            return w.__kwdefaults__
+        if kind == "attr":
+            return vars(w)[self.name]
+        return (w.func, w.args, w.keywords)  # partial
 
-
-jax.tree_util.register_pytree_node(_FunctionView, lambda v: (v.children, v.aux), _rebuild_function)
-
-
-class _PartialView:
-    __slots__ = ("children",)
-
-    def __init__(self, children: tuple):
-        self.children = children
-
-
-jax.tree_util.register_pytree_node(
-    _PartialView, lambda v: (v.children, None), lambda _, c: functools.partial(c[0], *c[1], **c[2])
-)
-
-
-class _MethodView:
-    __slots__ = ("children",)
-
-    def __init__(self, children: tuple):
-        self.children = children
+    def set(self, value: Any) -> None:
+        w, kind = self.where, self.kind
+        if kind == "global":
+            w[self.name] = value
+        elif kind == "cell":
+            w.cell_contents = value
+        elif kind == "defaults":
+            w.__defaults__ = value
+        elif kind == "kwdefaults":
+            w.__kwdefaults__ = value
+        elif kind == "attr":
+            vars(w)[self.name] = value  # not setattr: a frozen dataclass or a __setattr__ of the class stays out of it
+        else:
+            func, args, keywords = value
+            w.__setstate__((func, tuple(args), dict(keywords), vars(w) or None))
 
 
-jax.tree_util.register_pytree_node(_MethodView, lambda v: (v.children, None), lambda _, c: types.MethodType(*c))
+class _Walk:
+    """One pass over everything ``fn`` reaches: the arrays, the slots holding them and the key."""
+
+    def __init__(self) -> None:
+        self.arrays: list[Any] = []
+        self.keys: list[Hashable] = []
+        self.filled: list[tuple[_Slot, Any, tuple[Any, ...]]] = []  # slots that hold arrays
+        self.seen: set[int] = set()
+        self.hold: list[Any] = []  # what ``seen`` names stays alive, so its ids are not reused
+
+    def value(self, value: Any) -> tuple[Any, tuple[Any, ...]]:
+        """``value``'s treedef and leaves (``_ARRAY`` where an array goes); its arrays and key recorded."""
+        leaves, treedef = jax.tree_util.tree_flatten(value)
+        statics = []
+        for leaf in leaves:
+            if leaves_lib.is_array(leaf):
+                self.arrays.append(leaf)
+                statics.append(_ARRAY)
+            else:
+                self.visit(leaf)
+                statics.append(leaf)
+        self.keys.append((treedef, tuple(None if x is _ARRAY else static_key(x) for x in statics)))
+        return treedef, tuple(statics)
+
+    def slot(self, slot: _Slot) -> None:
+        self.keys.append(slot.key())
+        treedef, statics = self.value(slot.get())
+        if any(x is _ARRAY for x in statics):
+            self.filled.append((slot, treedef, statics))
+
+    def visit(self, obj: Any) -> None:
+        t = type(obj)
+        if t is types.MethodType:
+            self.visit(obj.__func__)
+            self.visit(obj.__self__)
+            return
+        if id(obj) in self.seen:
+            return
+        if t is types.FunctionType:
+            if not _is_user_function(obj):
+                return
+            self._seen(obj)
+            self.keys.append(Identity(obj.__code__))
+            if obj.__defaults__:
+                self.slot(_Slot("defaults", obj))
+            if obj.__kwdefaults__:
+                self.slot(_Slot("kwdefaults", obj))
+            for cell in obj.__closure__ or ():
+                try:
+                    cell.cell_contents
+                except ValueError:  # an empty cell (a name the enclosing scope binds later): nothing to read
+                    self.keys.append(("empty cell", Identity(cell)))
+                    continue
+                self.slot(_Slot("cell", cell))
+            g = obj.__globals__
+            for name in _global_names(obj.__code__):
+                if name in g and type(g[name]) is not types.ModuleType:
+                    self.slot(_Slot("global", g, name))
+        elif t is functools.partial:
+            self._seen(obj)
+            self.slot(_Slot("partial", obj))
+        elif _is_user_object(obj):
+            self._seen(obj)
+            for name in sorted(vars(obj)):
+                self.slot(_Slot("attr", obj, name))
+
+    def _seen(self, obj: Any) -> None:
+        self.seen.add(id(obj))
+        self.hold.append(obj)
 
 
-class _ObjectView:
-    """A plain object seen as a pytree node: its attributes are its children."""
-
-    __slots__ = ("aux", "children")
-
-    def __init__(self, aux: tuple, children: tuple):
-        self.aux, self.children = aux, children
-
-
-def _rebuild_object(aux: tuple, children: tuple) -> Any:
-    original, names = aux
-    out = copy.copy(original.obj)
-    for name, value in zip(names, children):
-        object.__setattr__(out, name, value)
-    return out
-
-
-jax.tree_util.register_pytree_node(_ObjectView, lambda v: (v.children, v.aux), _rebuild_object)
-
-
-def _view(obj: Any, seen: set[int]) -> Any:
-    """``obj`` with the functions it holds replaced by views, so that flattening reaches their arrays."""
-    t = type(obj)
-    if t is types.FunctionType:
-        if id(obj) in seen or not _is_user_function(obj):
-            return obj
-        seen.add(id(obj))
-        try:
-            contents = tuple(c.cell_contents for c in obj.__closure__ or ())
-        except ValueError:  # an empty cell (a name the enclosing scope binds later): keep fn whole
-            return obj
-        g = obj.__globals__
-        names = tuple(n for n in _global_names(obj.__code__) if n in g and type(g[n]) is not types.ModuleType)
-        children = (
-            _view_tree(obj.__defaults__, seen),
-            _view_tree(obj.__kwdefaults__, seen),
-            tuple(_view_tree(c, seen) for c in contents),
-            tuple(_view_tree(g[n], seen) for n in names),
-        )
-        return _FunctionView((Identity(obj.__code__), Identity(g), obj.__name__, obj.__qualname__, names), children)
-    if t is functools.partial:
-        return _PartialView((_view(obj.func, seen), _view_tree(obj.args, seen), _view_tree(obj.keywords, seen)))
-    if t is types.MethodType:
-        return _MethodView((_view(obj.__func__, seen), _view_tree(obj.__self__, seen)))
-    if _is_user_object(obj) and id(obj) not in seen:
-        seen.add(id(obj))
-        names = tuple(sorted(vars(obj)))
-        return _ObjectView((Identity(obj), names), tuple(_view_tree(getattr(obj, n), seen) for n in names))
-    return obj
-
-
-def _view_tree(tree: Any, seen: set[int]) -> Any:
-    if tree is None or type(tree) in (int, float, bool, str):
-        return tree
-    return jax.tree_util.tree_map(lambda leaf: _view(leaf, seen), tree)
+def _fill(treedef: Any, statics: tuple[Any, ...], it: Any) -> Any:
+    return jax.tree_util.tree_unflatten(treedef, [next(it) if x is _ARRAY else x for x in statics])
 
 
 class Skeleton:
-    """Everything of ``fn`` but its arrays; equal skeletons may share a trace (see the module docstring)."""
+    """Everything of ``fn`` but its arrays, and where those go back; equal skeletons may share a trace."""
 
-    __slots__ = ("treedef", "statics", "_key", "_hash")
+    __slots__ = ("top", "filled", "_key", "_hash")
 
-    def __init__(self, treedef: Any, statics: tuple[Any, ...], keys: tuple[Hashable, ...]):
-        self.treedef = treedef
-        self.statics = statics  # per leaf: the value, or _ARRAY where an array goes
-        self._key = (treedef, keys)
-        self._hash = hash(self._key)
+    def __init__(self, top: tuple[Any, tuple[Any, ...]], filled: list[tuple[_Slot, Any, tuple[Any, ...]]],
+                 keys: tuple[Hashable, ...]):
+        self.top = top  # fn's own treedef and leaves
+        self.filled = filled
+        self._key = keys
+        self._hash = hash(keys)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Skeleton) and self._hash == other._hash and self._key == other._key
@@ -222,19 +245,35 @@ class Skeleton:
     def __hash__(self) -> int:
         return self._hash
 
-    def rebuild(self, arrays: list[Any]) -> Callable[..., Any]:
-        """The function again, with ``arrays`` (traced, say) where its arrays were."""
+    @contextlib.contextmanager
+    def installed(self, arrays: list[Any]) -> Iterator[Callable[..., Any]]:
+        """``fn`` with ``arrays`` (traced, say) where its arrays were, for the length of the ``with`` block."""
         it = iter(arrays)
-        return jax.tree_util.tree_unflatten(self.treedef, [next(it) if s is _ARRAY else s for s in self.statics])
+        fn = _fill(*self.top, it)
+        news = [(slot, _fill(treedef, statics, it)) for slot, treedef, statics in self.filled]
+        olds = []
+        try:
+            for slot, new in news:
+                olds.append((slot, slot.get()))
+                slot.set(new)
+            yield fn
+        finally:
+            for slot, old in reversed(olds):
+                slot.set(old)
 
 
 _ARRAY = object()
 
 
-def take_apart(fn: Callable[..., Any]) -> tuple[Skeleton, list[Any]]:
-    """``fn``'s arrays (see the module docstring) and the :class:`Skeleton` that puts it back together."""
-    leaves, treedef = jax.tree_util.tree_flatten(_view_tree(fn, set()))
-    arrays = [x for x in leaves if leaves_lib.is_array(x)]
-    statics = tuple(_ARRAY if leaves_lib.is_array(x) else x for x in leaves)
-    keys = tuple(None if s is _ARRAY else static_key(s) for s in statics)
-    return Skeleton(treedef, statics, keys), arrays
+def take_apart(fn: Callable[..., Any], *more: Any) -> tuple[Skeleton, list[Any]]:
+    """The arrays ``fn`` (and the values ``more``, a call's static arguments) reach, and the :class:`Skeleton`.
+
+    ``more`` is looked into (its objects' attributes and functions' slots become part of the key and
+    give up their arrays) but not rebuilt: the values themselves stay where the call keeps them.
+    """
+    walk = _Walk()
+    top = walk.value(fn)
+    for value in more:
+        walk.visit(value)
+        walk.keys.append(static_key(value))
+    return Skeleton(top, walk.filled, tuple(walk.keys)), walk.arrays

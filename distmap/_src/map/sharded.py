@@ -252,13 +252,28 @@ class Compiled:
     hit its traces (JAX's caches key on the function object).
     """
 
-    __slots__ = ("jitted",)
+    __slots__ = ("jitted", "after_trace", "traces")
 
     def __init__(self) -> None:
         def run(static: _Static, fn_arrays: list[Any], values: list[Any]) -> Any:
+            self.traces += 1
             return _run(static, fn_arrays, values, None)
 
         self.jitted = jax.jit(run, static_argnums=0)
+        self.traces = 0
+        # What fn changed in the state it reads while it was traced (a trace counter, a log it appends to)
+        # is trace-time behaviour, as under jax.jit: the state it left maps to the trace that left it.
+        self.after_trace: dict[fn_parts.Skeleton, fn_parts.Skeleton] = {}
+
+    def run(self, static: _Static, fn_arrays: list[Any], values: list[Any], fn: Any, statics: list[Any]) -> Any:
+        """``jitted``, noting the state ``fn`` leaves when this call traces it."""
+        traces = self.traces
+        out = self.jitted(static, fn_arrays, values)
+        if self.traces != traces:
+            after, _ = fn_parts.take_apart(fn, *statics)
+            if after != static.skeleton and len(self.after_trace) < 1024:
+                self.after_trace[after] = static.skeleton
+        return out
 
 
 class _StaticOut:
@@ -277,7 +292,10 @@ def call(
     fn: Callable[..., Any], chunk_size: int | None, lowering: Lowering, plan: Plan, leaves: list[Any], compiled: Compiled
 ) -> Any:
     """Run the map on the mesh: with ``compiled``'s cache, or traced inline into an enclosing ``jax.jit``."""
-    skeleton, fn_arrays = fn_parts.take_apart(fn)
+    # fn's arrays, and those of the objects passed as static arguments (their attributes are read in the trace).
+    statics = [k.value for k in plan.kinds if isinstance(k, StaticKind)]
+    skeleton, fn_arrays = fn_parts.take_apart(fn, *statics)
+    skeleton = compiled.after_trace.get(skeleton, skeleton)
     values = plan.unwrap(leaves, plan.traced)
     label = _label(fn)
     traced = jax_compat.under_trace()
@@ -296,15 +314,17 @@ def call(
     elif traced:
         # Under an eager grad or vmap (nothing stages the call, so nothing else would cache it): this
         # mapped function's own cache, with the same key as an eager call (fn's parts are read afresh).
-        # Traced inputs cannot be placed, nor a mesh context entered: they arrive as they are.
+        # Traced inputs cannot be placed, nor a mesh context entered (jax.set_mesh refuses inside a trace):
+        # they arrive as they are. (jax.grad of an output typed on an Explicit mesh needs jax.set_mesh around
+        # it anyway: JAX seeds the cotangent with a reshard onto that mesh.)
         static = _Static(skeleton, chunk_size, lowering, plan, (frozenset(),) * len(plan.arrays), True, label)
-        out = compiled.jitted(static, fn_arrays, values)
+        out = compiled.run(static, fn_arrays, values, fn, statics)
     else:
         values, padded = _place(plan, lowering, values, leaves)
         fn_arrays = _place_replicated(fn_arrays, lowering.mesh)
         static = _Static(skeleton, chunk_size, lowering, plan, padded, True, label)
         with _mesh_context(lowering.mesh):
-            out = compiled.jitted(static, fn_arrays, values)
+            out = compiled.run(static, fn_arrays, values, fn, statics)
     return jax.tree_util.tree_map(
         lambda x: x.value if isinstance(x, _StaticOut) else x, out, is_leaf=lambda x: isinstance(x, _StaticOut)
     )
@@ -471,8 +491,9 @@ def _run(static: _Static, fn_arrays: list[Any], values: list[Any], fixed: list[A
         for v, i in enumerate(inputs):
             leaves[i] = data[v]
         arrays = [leaves[i] for i in plan.arrays]
-        fn = static.skeleton.rebuild(fn_blocks)
-        out = local.run(fn, plan, arrays, leaves, sizes=local_sizes, chunk_size=static.chunk_size, frame_for=frame_for)
+        with static.skeleton.installed(fn_blocks) as fn:
+            out = local.run(fn, plan, arrays, leaves, sizes=local_sizes, chunk_size=static.chunk_size,
+                            frame_for=frame_for)
         out_tree, out_kinds, out_arrays = leaves_lib.split(out)
         # Every output carries the mapped axes in front; keep only the rest, put back below with global sizes.
         out_info[:] = [out_tree, [k[len(names) :] if type(k) is tuple else k for k in out_kinds]]

@@ -4,8 +4,9 @@ A compiled trace bakes static values in (a flag, a string, a closure's float, an
 that sets a shape), so a cache may serve a trace only to values the trace would have
 computed the same for. :func:`static_key` gives the key for that: numbers compare by
 type and exact bits (``-0.0`` is not ``0.0``, ``1`` is not ``True``, a NaN matches the
-same NaN), tuples and frozensets element by element, other hashable values by their own
-``__eq__`` (as ``jax.jit`` compares ``static_argnums``), and unhashable ones by identity.
+same NaN), tuples, sets and frozensets element by element, other hashable values by their own
+``__eq__`` (as ``jax.jit`` compares ``static_argnums``), and unhashable ones by identity
+(a plain object's attributes are keyed where it is found, by :mod:`.fn_parts`).
 """
 
 from __future__ import annotations
@@ -72,9 +73,11 @@ def static_key(value: Any) -> Hashable:
         return (t, value)
     if t is complex:
         return (complex, struct.pack("<dd", value.real, value.imag))
-    if t is tuple or t is frozenset:
+    if t is tuple or t is frozenset or t is set:
         keys = tuple(static_key(v) for v in value)
-        return (t, keys if t is tuple else frozenset(keys))
+        return (t, keys if t is tuple else frozenset(keys))  # a set by what it holds now: a new member, a new key
+    if t is bytearray:
+        return (t, bytes(value))
     try:
         h = hash(value)
     except TypeError:
