@@ -12,7 +12,7 @@ needs only ``distmap._src.launch`` and ``distmap._src.flags`` starts without JAX
 """
 
 import importlib as _importlib
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
 __version__ = "0.1.0"
 
@@ -68,7 +68,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
 }
 _EXPORTS: dict[str, str] = {name: module for module, names in _MODULES.items() for name in names}
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from distmap import distributed, errors, random
     from distmap._src.axis import Axis, AxisSelection, AxisSelector, AxisSpec, SizedAxes
     from distmap._src.collectives import (
@@ -284,9 +284,9 @@ __all__ = [
 
 # Hidden from type checkers, which see the names through the imports above: with a module
 # ``__getattr__`` in sight they would take any misspelt ``distmap.name`` for a lazy one.
-if not TYPE_CHECKING:
+if not _typing.TYPE_CHECKING:
 
-    def __getattr__(name: str) -> Any:
+    def __getattr__(name: str) -> object:
         """Load a public name from its module on first use and keep it here (PEP 562)."""
         module = _EXPORTS.get(name)
         if module is None:

@@ -127,7 +127,7 @@ def _type_checking_imports() -> dict[str, str]:
     """``{name: module}`` of the ``if TYPE_CHECKING:`` block of ``distmap/__init__.py``."""
     with open(distmap.__file__) as f:
         tree = ast.parse(f.read())
-    blocks = [n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"]
+    blocks = [n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "_typing.TYPE_CHECKING"]
     assert len(blocks) == 1
     found: dict[str, str] = {}
     for node in blocks[0].body:
