@@ -12,11 +12,12 @@ a scheduler's stop), and restarts only after failures, with a backoff.
 
 from __future__ import annotations
 
+import os
 import sys
 
-import _light  # launch/ is on sys.path: this file runs as a script
-
-_light.use_light_distmap()  # the agent needs distmap's launch code (from this checkout), not JAX
+# As a script this file has launch/ on sys.path, not the checkout: put the checkout first, so the
+# agent uses this checkout's distmap, installed or not, over any other. Importing it loads no JAX.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from distmap._src.launch import agent  # noqa: E402
 

@@ -26,9 +26,9 @@ import sys
 
 from absl import flags
 
-import _light  # launch/ is on sys.path: this file runs as a script
-
-_light.use_light_distmap()  # the launcher needs distmap's launch code (from this checkout), not JAX
+# As a script this file has launch/ on sys.path, not the checkout: put the checkout first, so the
+# launcher uses this checkout's distmap, installed or not, over any other. Importing it loads no JAX.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from distmap._src import flags as distmap_flags  # noqa: E402
 from distmap._src.launch import cli, shell, ssh  # noqa: E402

@@ -3,7 +3,7 @@
 The array core (:mod:`distmap._src.named`) knows nothing of reductions; as JAX attaches
 ``jax.Array``'s methods in ``jax/_src/numpy/array_methods.py``, this module gives
 ``NamedArray`` its ``.sum()``, ``.mean()``, ... by delegating to the functions of the same
-name. ``distmap/__init__.py`` imports it, so every NamedArray has them.
+name. :mod:`distmap._src.named` imports it as its last line, so every NamedArray has them.
 
 Example:
     >>> import distmap

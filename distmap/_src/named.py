@@ -684,3 +684,10 @@ def _index(x: NamedArray, pairs: list[tuple[Any, Any]]) -> NamedArray:
                 f"{type(ix).__name__} {ix!r}; use distmap.take for array indices."
             )
     return wrap(x.array[tuple(idx)], tuple(a for a in new_axes if a is not None))
+
+
+# ------------------------------------------------------------------- methods
+# NamedArray's reduction methods (``.sum()``, ``.mean()``, ...) delegate to functions of
+# modules that import this one, so they are attached from there; importing that module last,
+# here, means no NamedArray is ever seen without them, however distmap was imported.
+from distmap._src import array_methods as _array_methods  # noqa: E402, F401
