@@ -690,4 +690,4 @@ def _index(x: NamedArray, pairs: list[tuple[Any, Any]]) -> NamedArray:
 # NamedArray's reduction methods (``.sum()``, ``.mean()``, ...) delegate to functions of
 # modules that import this one, so they are attached from there; importing that module last,
 # here, means no NamedArray is ever seen without them, however distmap was imported.
-from distmap._src import array_methods as _array_methods  # noqa: E402, F401
+from distmap._src import array_methods  # noqa: E402, F401
