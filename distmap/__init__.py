@@ -92,7 +92,7 @@ from distmap._src.collectives import (
     psum_scatter,
 )
 
-# -- meshes and axis mappings (distmap/_src/mesh.py, sharded.py)
+# -- meshes and axis mappings (distmap/_src/mesh.py, partitioning.py, layout.py)
 from distmap._src.mesh import (
     AxisMapping,
     ResourceAxis,
