@@ -30,7 +30,7 @@ PY = sys.executable
 @pytest.fixture(autouse=True)
 def clean(monkeypatch):
     """No launcher environment, no earlier initialize() in this process."""
-    for name in (*contract.ENV_VARS, "JAX_COORDINATOR_ADDRESS", "DISTMAP_STALL_TIMEOUT", "DISTMAP_FAST_EXIT"):
+    for name in (*contract.ENV_VARS, *contract.PROGRAM_ENV_VARS, "JAX_COORDINATOR_ADDRESS"):
         monkeypatch.delenv(name, raising=False)
     distributed.shutdown()
     yield

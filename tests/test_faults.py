@@ -23,7 +23,7 @@ import pytest
 from _daemon import wait_unmarked
 from distmap import distributed, errors
 from distmap._src import exits, progress
-from distmap._src.launch import local
+from distmap._src.launch import contract, local
 from distmap._src.launch.supervisor import SupervisorOptions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,21 +125,21 @@ def test_note_counts_and_fingerprints_deterministically():
 
 
 def test_settings_from_the_environment_are_checked(monkeypatch):
-    monkeypatch.setenv(progress.STALL_TIMEOUT_ENV, "2.5")
+    monkeypatch.setenv(contract.STALL_TIMEOUT, "2.5")
     assert progress.stall_timeout_from_env() == 2.5
-    monkeypatch.setenv(progress.STALL_TIMEOUT_ENV, "soon")
+    monkeypatch.setenv(contract.STALL_TIMEOUT, "soon")
     with pytest.raises(errors.DistributedError, match="DISTMAP_STALL_TIMEOUT='soon' is not a number"):
         progress.stall_timeout_from_env()
-    monkeypatch.setenv(progress.STALL_TIMEOUT_ENV, "-1")
+    monkeypatch.setenv(contract.STALL_TIMEOUT, "-1")
     with pytest.raises(errors.DistributedError, match="expected seconds >= 0"):
         progress.stall_timeout_from_env()
-    monkeypatch.setenv(exits.FAST_EXIT_ENV, "0")
+    monkeypatch.setenv(contract.FAST_EXIT, "0")
     assert exits.fast_exit_from_env() is False
-    monkeypatch.setenv(exits.FAST_EXIT_ENV, "maybe")
+    monkeypatch.setenv(contract.FAST_EXIT, "maybe")
     with pytest.raises(errors.DistributedError, match="DISTMAP_FAST_EXIT='maybe'"):
         exits.fast_exit_from_env()
-    monkeypatch.delenv(exits.FAST_EXIT_ENV)
-    monkeypatch.delenv(progress.STALL_TIMEOUT_ENV)
+    monkeypatch.delenv(contract.FAST_EXIT)
+    monkeypatch.delenv(contract.STALL_TIMEOUT)
     with pytest.raises(errors.DistributedError, match="stall_timeout=-3"):
         distributed.initialize(stall_timeout=-3)
     assert [exits.exit_code(v) for v in (None, 0, 3, True, "bad", 256 + 4)] == [0, 0, 3, 1, 1, 4]

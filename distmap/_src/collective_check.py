@@ -189,7 +189,9 @@ def traced_map(key: Hashable, mesh: Any, values: Any) -> Any:
     import jax
     import jax.numpy as jnp
     from jax.experimental import io_callback
-    from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+    from jax.sharding import PartitionSpec
+
+    from distmap._src import mesh as mesh_lib
 
     axes = tuple(mesh.axis_names)
     fp = fingerprint(key)
@@ -205,11 +207,7 @@ def traced_map(key: Hashable, mesh: Any, values: Any) -> Any:
 
     spec = PartitionSpec(axes)
     ids = jnp.arange(math.prod(mesh.shape.values()), dtype=jnp.int32)
-    where = NamedSharding(mesh, spec) if isinstance(mesh, Mesh) else spec
-    if any(t == AxisType.Explicit for t in getattr(mesh, "axis_types", ())):
-        ids = jax.sharding.reshard(ids, where)
-    else:
-        ids = jax.lax.with_sharding_constraint(ids, where)
+    ids = mesh_lib.place(ids, spec, mesh)  # traced: a reshard on Explicit axes, a constraint on the others
     done = jax.shard_map(body, mesh=mesh, in_specs=spec, out_specs=PartitionSpec(), check_vma=False)(ids)
     _, values = jax.lax.optimization_barrier((done, values))
     return values

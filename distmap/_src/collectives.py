@@ -19,7 +19,7 @@ import numpy as np
 from distmap import errors
 from distmap._src.axis import Axis, AxisSelector, axis_name
 from distmap._src.map import frames, two_level
-from distmap._src.named import NamedArray, _wrap, as_jax_array
+from distmap._src.named import NamedArray, as_jax_array, is_named_array, wrap
 
 AxisNames = AxisSelector | Sequence[AxisSelector]
 
@@ -78,10 +78,10 @@ def _map_leaves(op: Callable[[jax.Array], jax.Array], x: Any, fn: str) -> Any:
 
     def one(leaf: Any) -> Any:
         if isinstance(leaf, NamedArray):
-            return _wrap(op(leaf.array), leaf.axes)
+            return wrap(op(leaf.array), leaf.axes)
         return op(_array(leaf, fn))
 
-    return jax.tree_util.tree_map(one, x, is_leaf=lambda v: isinstance(v, NamedArray))
+    return jax.tree_util.tree_map(one, x, is_leaf=is_named_array)
 
 
 def psum(x: Any, axis: AxisNames) -> Any:
@@ -178,10 +178,10 @@ def all_gather(x: Any, axis: AxisNames) -> Any:
     def one(leaf: Any) -> Any:
         if isinstance(leaf, NamedArray):
             _check_new_axis(leaf, [f.name for f in fs], "all_gather")
-            return _wrap(gathered(leaf.array), tuple(Axis(f.name, f.size) for f in fs) + leaf.axes)
+            return wrap(gathered(leaf.array), tuple(Axis(f.name, f.size) for f in fs) + leaf.axes)
         return gathered(_array(leaf, "all_gather"))
 
-    return jax.tree_util.tree_map(one, x, is_leaf=lambda v: isinstance(v, NamedArray))
+    return jax.tree_util.tree_map(one, x, is_leaf=is_named_array)
 
 
 def ppermute(x: Any, axis: AxisNames, perm: Sequence[tuple[int, int]]) -> Any:
@@ -290,12 +290,12 @@ def psum_scatter(x: Any, axis: AxisSelector, *, scatter_axis: Any = None, scatte
                 axes[d] = Axis(ax.name, ax.size // f.size)
             else:
                 del axes[d]
-            return _wrap(out, tuple(axes))
+            return wrap(out, tuple(axes))
         a = _array(leaf, "psum_scatter")
         d = _split_dim(a, scatter_dimension, f, tiled, "psum_scatter", "scatter_dimension")
         return two_level.scatter_sum(a, f, d, tiled)
 
-    return jax.tree_util.tree_map(one, x, is_leaf=lambda v: isinstance(v, NamedArray))
+    return jax.tree_util.tree_map(one, x, is_leaf=is_named_array)
 
 
 def all_to_all(x: Any, axis: AxisSelector, split_axis: Any, concat_axis: Any, *, tiled: bool = False) -> Any:
@@ -328,7 +328,7 @@ def all_to_all(x: Any, axis: AxisSelector, split_axis: Any, concat_axis: Any, *,
                 out = two_level.all_to_all(leaf.array, f, d, c, True)
                 axes[d] = Axis(ax.name, ax.size // f.size)
                 axes[c] = Axis(axes[c].name, axes[c].size * f.size)
-                return _wrap(out, tuple(axes))
+                return wrap(out, tuple(axes))
             if not isinstance(concat_axis, (str, Axis)):
                 raise errors.AxisSelectorError(
                     f"all_to_all over {f.name!r}: untiled, concat_axis is the name of the new axis of sources, "
@@ -344,10 +344,10 @@ def all_to_all(x: Any, axis: AxisSelector, split_axis: Any, concat_axis: Any, *,
                 raise errors.DuplicateAxisError(f"all_to_all over {f.name!r}: the new axis {new!r} is already taken.")
             out = two_level.all_to_all(leaf.array, f, d, d, False)
             axes.insert(d, Axis(new, f.size))
-            return _wrap(out, tuple(axes))
+            return wrap(out, tuple(axes))
         a = _array(leaf, "all_to_all")
         d = _split_dim(a, split_axis, f, tiled, "all_to_all", "split_axis")
         c = _dim_of(a, concat_axis, "all_to_all", "concat_axis")  # the result has the operand's rank
         return two_level.all_to_all(a, f, d, c, tiled)
 
-    return jax.tree_util.tree_map(one, x, is_leaf=lambda v: isinstance(v, NamedArray))
+    return jax.tree_util.tree_map(one, x, is_leaf=is_named_array)

@@ -56,12 +56,11 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from distmap import errors
+from distmap._src import jax_internals
 
-# The exit statuses of the progress watch belong to the launcher-rank contract (launchers describe them).
-from distmap._src.launch.contract import EXIT_DIVERGED, EXIT_PEER_FAILED, EXIT_STALLED, is_stop  # noqa: F401
-
-#: ``0`` turns the fast exit off (see the module docstring).
-FAST_EXIT_ENV = "DISTMAP_FAST_EXIT"
+# The exit statuses belong to the launcher-rank contract (launchers describe them).
+from distmap._src.launch import contract
+from distmap._src.launch.contract import EXIT_DIVERGED, EXIT_PEER_FAILED, is_stop
 
 #: Seconds a failing rank may spend exiting (its late ``atexit`` handlers, rank 0's wait).
 EXIT_GRACE_S = 3.0
@@ -101,7 +100,7 @@ def env_switch(name: str, default: bool) -> bool:
 
 def fast_exit_from_env() -> bool:
     """Whether ``DISTMAP_FAST_EXIT`` leaves the fast exit on (unset: on)."""
-    return env_switch(FAST_EXIT_ENV, True)
+    return env_switch(contract.FAST_EXIT, True)
 
 
 class _Exits:
@@ -133,12 +132,7 @@ def publish_failure(client: Any, rank: int, code: int, why: str, *, final: bool 
 
 def failure_notices(client: Any) -> dict[int, dict[str, Any]]:
     """The failure notices other ranks published, by rank."""
-    out = {}
-    for key, value in client.key_value_dir_get(_FAIL_PREFIX):
-        tail = key.rsplit("/", 1)[-1]
-        if tail.isdigit() and int(tail) != _STATE.rank:
-            out[int(tail)] = json.loads(value)
-    return out
+    return {r: v for r, v in jax_internals.rank_records(client, _FAIL_PREFIX).items() if r != _STATE.rank}
 
 
 def _finals(client: Any) -> set[int]:
@@ -307,7 +301,7 @@ def uninstall() -> None:
 
 
 __all__ = [
-    "EXIT_DIVERGED", "EXIT_GRACE_S", "EXIT_PEER_FAILED", "EXIT_STALLED", "FAST_EXIT_ENV", "acknowledge", "env_switch", "exit_code",
+    "EXIT_GRACE_S", "acknowledge", "env_switch", "exit_code",
     "failing", "failure_notices", "fast_exit_from_env", "flush", "follow", "install", "leave", "publish_failure",
     "uninstall",
 ]

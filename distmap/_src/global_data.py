@@ -23,17 +23,14 @@ from distmap import errors
 from distmap._src.mesh import (
     AxisMapping,
     AxisMappingLike,
-    _check_mapping_arg,
-    _pspec,
-    _resolve_mapping,
+    check_mapping_arg,
+    named_pspec,
+    resolve_mapping,
     check_mesh,
+    entry_axes,
     current_mesh,
 )
-from distmap._src.named import NamedArray, _wrap
-
-
-def _is_named(x: Any) -> bool:
-    return isinstance(x, NamedArray)
+from distmap._src.named import NamedArray, is_named_array, wrap
 
 
 def _mesh(mesh: Mesh | None, fn: str) -> Mesh:
@@ -46,7 +43,7 @@ def _mesh(mesh: Mesh | None, fn: str) -> Mesh:
 
 def _local_devices_along(mesh: Mesh, part: Any) -> tuple[tuple[str, ...], int, int]:
     """The mesh axes of one ``PartitionSpec`` entry, the devices along them and this process's share of those."""
-    axes = () if part is None else ((part,) if isinstance(part, str) else tuple(part))
+    axes = entry_axes(part)
     n = math.prod(mesh.shape[a] for a in axes)
     local = math.prod(mesh.local_mesh.shape[a] for a in axes)
     return axes, n, local
@@ -71,15 +68,15 @@ def host_local_to_global(
         >>> g.shape
         {'batch': 4}
     """
-    _check_mapping_arg(axis_mapping, "host_local_to_global")
+    check_mapping_arg(axis_mapping, "host_local_to_global")
     mesh = _mesh(mesh, "host_local_to_global")
-    mapping = _resolve_mapping(axis_mapping, "host_local_to_global")
+    mapping = resolve_mapping(axis_mapping, "host_local_to_global")
 
     def one(leaf: Any) -> Any:
         if not isinstance(leaf, NamedArray):
             return leaf
         mapping.resolve(leaf.axis_names, mesh)  # a mesh axis the mesh lacks: the MeshError distmap.shard raises
-        spec = _pspec(leaf, mapping, None)  # split as mapped: divisibility is checked on the global sizes below
+        spec = named_pspec(leaf, mapping, None)  # split as mapped: divisibility is checked on the global sizes below
         for a, part in zip(leaf.axes, tuple(spec) + (None,) * (leaf.ndim - len(spec))):
             axes, n, local = _local_devices_along(mesh, part)
             if a.size % local:
@@ -90,9 +87,9 @@ def host_local_to_global(
                 )
         # JAX infers the global shape: each process holds its own block of every dimension split across processes.
         arr = jax.make_array_from_process_local_data(NamedSharding(mesh, spec), np.asarray(leaf.array))
-        return _wrap(arr, tuple(a.resize(g) for a, g in zip(leaf.axes, arr.shape)))
+        return wrap(arr, tuple(a.resize(g) for a, g in zip(leaf.axes, arr.shape)))
 
-    return jax.tree_util.tree_map(one, x, is_leaf=_is_named)
+    return jax.tree_util.tree_map(one, x, is_leaf=is_named_array)
 
 
 def global_to_host_local(x: Any) -> Any:
@@ -123,6 +120,6 @@ def global_to_host_local(x: Any) -> Any:
                 "not a NamedSharding over a concrete mesh; reshard it with distmap.shard first."
             )
         local = multihost_utils.global_array_to_host_local_array(arr, sharding.mesh, sharding.spec)
-        return _wrap(local, tuple(a.resize(n) for a, n in zip(leaf.axes, local.shape)))
+        return wrap(local, tuple(a.resize(n) for a, n in zip(leaf.axes, local.shape)))
 
-    return jax.tree_util.tree_map(one, x, is_leaf=_is_named)
+    return jax.tree_util.tree_map(one, x, is_leaf=is_named_array)

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from typing import Any
 
@@ -79,4 +80,27 @@ def initialize_accepts(name: str) -> bool:
     return name in inspect.signature(jax.distributed.initialize).parameters
 
 
-__all__ = ["backend_started", "detected_cluster", "distributed_client", "distributed_state", "initialize_accepts"]
+def rank_records(client: Any, prefix: str) -> dict[int, Any]:
+    """The JSON records ranks wrote under ``prefix`` in the coordination service's key-value store, by rank.
+
+    Every rank writes its record at ``prefix + str(rank)``; keys whose last part is not a rank
+    are left out.
+
+    Example:
+        >>> class Store:  # what a distributed client's key_value_dir_get answers
+        ...     def key_value_dir_get(self, prefix):
+        ...         return [(prefix + "1", '{"step": 3}'), (prefix + "0", '{"step": 4}'), (prefix + "x", "{}")]
+        >>> rank_records(Store(), "distmap/progress/")
+        {1: {'step': 3}, 0: {'step': 4}}
+    """
+    out = {}
+    for key, value in client.key_value_dir_get(prefix):
+        tail = key.rsplit("/", 1)[-1]
+        if tail.isdigit():
+            out[int(tail)] = json.loads(value)
+    return out
+
+
+__all__ = [
+    "backend_started", "detected_cluster", "distributed_client", "distributed_state", "initialize_accepts", "rank_records",
+]

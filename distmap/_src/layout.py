@@ -21,7 +21,8 @@ import jax
 from jax.sharding import NamedSharding
 
 from distmap import errors
-from distmap._src.named import NamedArray
+from distmap._src import mesh as mesh_lib
+from distmap._src.named import NamedArray, is_named_array
 
 
 def _one(x: Any, title: str = "NamedArray") -> str:
@@ -55,7 +56,7 @@ def _describe(names: tuple[str, ...], sizes: tuple[int, ...], dtype: Any, shardi
     lines = [head]
     width = max([len(n) for n in names] + [6])
     for name, size, part in zip(names, sizes, spec):
-        axes = () if part is None else ((part,) if isinstance(part, str) else tuple(part))
+        axes = mesh_lib.entry_axes(part)
         if axes and mesh is not None:
             ways = 1
             for a in axes:
@@ -81,7 +82,7 @@ def _arrays(tree: Any) -> list[tuple[str, Any]]:
     """The NamedArrays and unnamed arrays of ``tree``, each with its path (empty for ``tree`` itself)."""
     if isinstance(tree, NamedArray) or _is_array(tree):
         return [("", tree)]
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda v: isinstance(v, NamedArray))
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_named_array)
     return [(jax.tree_util.keystr(p), v) for p, v in flat if isinstance(v, NamedArray) or _is_array(v)]
 
 

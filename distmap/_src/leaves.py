@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from distmap._src.axis import Axis
-from distmap._src.named import NamedArray, _wrap
+from distmap._src.named import NamedArray, is_named_array, wrap
 
 Kind = Any  # tuple[Axis, ...] for a NamedArray, True for an unnamed array, a Static for anything else
 
@@ -36,10 +36,6 @@ class Static:
 _ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
 
 
-def is_named(x: Any) -> bool:
-    return isinstance(x, NamedArray)
-
-
 def is_array(x: Any) -> bool:
     """JAX arrays (tracers included) and numpy arrays; not Python scalars."""
     return isinstance(x, _ARRAY_TYPES)
@@ -47,7 +43,7 @@ def is_array(x: Any) -> bool:
 
 def split(tree: Any) -> tuple[Any, list[Kind], list[Any]]:
     """``(treedef, kinds, arrays)``: NamedArrays count as leaves; ``arrays`` holds the array of each array leaf."""
-    leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=is_named)
+    leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=is_named_array)
     kinds: list[Kind] = []
     arrays: list[Any] = []
     for leaf in leaves:  # one pass: this runs on every map's outputs while it traces
@@ -70,7 +66,7 @@ def rebuild(kinds: Sequence[Kind], arrays: Sequence[Any], front: tuple[Axis, ...
         if k is True:
             out.append(next(it))
         elif type(k) is tuple:
-            out.append(_wrap(next(it), front + k))
+            out.append(wrap(next(it), front + k))
         else:
             out.append(k.value)
     return out

@@ -17,7 +17,8 @@ from jax.sharding import PartitionSpec
 
 from distmap import errors
 from distmap._src.axis import Axis, AxisSelection, parse_selection
-from distmap._src.named import NamedArray, _wrap
+from distmap._src.mesh import entry_axes, spec_entry
+from distmap._src.named import NamedArray, wrap
 from distmap._src.partitioning import auto_sharded
 
 _LETTERS = string.ascii_letters
@@ -77,7 +78,7 @@ def _contract(
         preferred_element_type=preferred_element_type,
         **extra,
     )
-    return auto_sharded(_wrap(result, tuple(union[n][0] for n in out_names)))
+    return auto_sharded(wrap(result, tuple(union[n][0] for n in out_names)))
 
 
 def _explicit_out_sharding(arrays: Sequence[NamedArray], out_names: Sequence[str]) -> Any:
@@ -110,11 +111,11 @@ def _explicit_out_sharding(arrays: Sequence[NamedArray], out_names: Sequence[str
     parts = []
     for n in out_names:
         p = by_name.get(n)
-        axes = () if p is None else ((p,) if isinstance(p, str) else tuple(p))
+        axes = entry_axes(p)
         if any(a in used for a in axes):
             axes = ()
         used.update(axes)
-        parts.append(None if not axes else (axes[0] if len(axes) == 1 else axes))
+        parts.append(spec_entry(axes))
     return PartitionSpec(*parts)
 
 

@@ -15,14 +15,13 @@ import jax.numpy as jnp
 
 from distmap import errors
 from distmap._src.axis import AxisSelection
-from distmap._src.named import NamedArray, _wrap, binary_op
-from distmap._src.ops import _as_named, _broadcast_operands, _check_named
-from distmap._src.reductions import _dims
+from distmap._src.named import NamedArray, wrap, binary_op
+from distmap._src.operands import as_named, axis_dims, broadcast_operands, check_named
 
 
 def _apply(jfn: Callable[..., Any], x: Any, fn: str, **kwargs: Any) -> NamedArray:
-    x = _as_named(x, fn)
-    return _wrap(jfn(x.array, **kwargs), x.axes)
+    x = as_named(x, fn)
+    return wrap(jfn(x.array, **kwargs), x.axes)
 
 
 def _unary(jfn: Callable[[Any], Any], name: str, summary: str, example_in: str, example_out: str):
@@ -123,7 +122,7 @@ def gelu(x: NamedArray | Any, approximate: bool = True) -> NamedArray:
 
 def _binary_math(op: Callable[[Any, Any], Any], a: Any, b: Any, fn: str) -> NamedArray:
     if not isinstance(a, NamedArray) and not isinstance(b, NamedArray):
-        a = _as_named(a, fn, "the first argument")
+        a = as_named(a, fn, "the first argument")
     return binary_op(op, a, b, fn)
 
 
@@ -173,10 +172,10 @@ def clip(x: NamedArray | Any, lo: NamedArray | Any = None, hi: NamedArray | Any 
         >>> distmap.clip(x, 0.0, 1.0).array.tolist()
         [0.0, 0.5, 1.0]
     """
-    axes, (a, l, h) = _broadcast_operands((("x", x), ("lo", lo), ("hi", hi)), "clip", allow_none=True)
+    axes, (a, l, h) = broadcast_operands((("x", x), ("lo", lo), ("hi", hi)), "clip", allow_none=True)
     if a is None:
         raise errors.ArgumentTypeError("clip: x must be a NamedArray or a scalar, got None.")
-    return _wrap(jnp.clip(a, l, h), axes)
+    return wrap(jnp.clip(a, l, h), axes)
 
 
 def softmax(x: NamedArray, axis: AxisSelection | None) -> NamedArray:
@@ -188,8 +187,8 @@ def softmax(x: NamedArray, axis: AxisSelection | None) -> NamedArray:
         >>> p.array.tolist()
         [[0.25, 0.25, 0.25, 0.25], [0.25, 0.25, 0.25, 0.25]]
     """
-    x = _check_named(x, "softmax")
-    return _wrap(jax.nn.softmax(x.array, axis=_dims(x, axis, "softmax")), x.axes)
+    x = check_named(x, "softmax")
+    return wrap(jax.nn.softmax(x.array, axis=axis_dims(x, axis, "softmax")), x.axes)
 
 
 def log_softmax(x: NamedArray, axis: AxisSelection | None) -> NamedArray:
@@ -200,8 +199,8 @@ def log_softmax(x: NamedArray, axis: AxisSelection | None) -> NamedArray:
         >>> distmap.exp(distmap.log_softmax(distmap.zeros({"vocab": 2}), "vocab")).array.tolist()
         [0.5, 0.5]
     """
-    x = _check_named(x, "log_softmax")
-    return _wrap(jax.nn.log_softmax(x.array, axis=_dims(x, axis, "log_softmax")), x.axes)
+    x = check_named(x, "log_softmax")
+    return wrap(jax.nn.log_softmax(x.array, axis=axis_dims(x, axis, "log_softmax")), x.axes)
 
 
 __all__ = [name for name, *_ in _UNARY] + [

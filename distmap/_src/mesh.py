@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from distmap import errors
 from distmap._src import jax_compat
 from distmap._src.axis import Axis, axis_name
-from distmap._src.named import NamedArray
+from distmap._src.named import NamedArray, is_named_array
 
 MeshAxes = Union[str, Sequence[str], None]
 AxisMappingLike = Union[Mapping[str, MeshAxes], Sequence[tuple[str, MeshAxes]]]
@@ -251,18 +251,21 @@ def make_mesh(
     return jax.make_mesh(tuple(sizes), tuple(names), axis_types=tuple(axis_types), devices=devs)
 
 
-def _resolve_mapping(axis_mapping: AxisMappingLike | AxisMapping | None, fn: str) -> AxisMapping:
+def resolve_mapping(axis_mapping: AxisMappingLike | AxisMapping | None, fn: str) -> AxisMapping:
+    """``axis_mapping`` as an AxisMapping, else the current one; ``MeshError`` naming ``fn`` where there is neither."""
     mapping = current_axis_mapping() if axis_mapping is None else as_axis_mapping(axis_mapping)
     if mapping is None:
         raise errors.MeshError(f"{fn}: no axis mapping given and none is current (use distmap.axis_mapping(...)).")
     return mapping
 
 
-def _pspec(x: NamedArray, mapping: AxisMapping, mesh: Any, *, fn: str = "pspec_for") -> PartitionSpec:
-    return _pspec_of_axes(x.axes, mapping, mesh, fn=fn)
+def named_pspec(x: NamedArray, mapping: AxisMapping, mesh: Any, *, fn: str = "pspec_for") -> PartitionSpec:
+    """The PartitionSpec that ``mapping`` gives ``x``'s axes (sizes checked against ``mesh`` where given)."""
+    return pspec_of_axes(x.axes, mapping, mesh, fn=fn)
 
 
-def _pspec_of_axes(axes_of_x: tuple[Axis, ...], mapping: AxisMapping, mesh: Any, *, fn: str) -> PartitionSpec:
+def pspec_of_axes(axes_of_x: tuple[Axis, ...], mapping: AxisMapping, mesh: Any, *, fn: str) -> PartitionSpec:
+    """:func:`named_pspec` for axes alone: an uneven split of a stored array raises, naming ``fn`` and the axis."""
     found = mapping.resolve(tuple(a.name for a in axes_of_x), mesh)
     parts = []
     for ax in axes_of_x:
@@ -277,8 +280,32 @@ def _pspec_of_axes(axes_of_x: tuple[Axis, ...], mapping: AxisMapping, mesh: Any,
                     f"whole on every device, or pad it to a multiple of {n}. (distmap.vmap maps uneven axes by "
                     "padding; a stored array cannot be split unevenly.)"
                 )
-        parts.append(None if not axes else (axes[0] if len(axes) == 1 else axes))
+        parts.append(spec_entry(axes))
     return PartitionSpec(*parts)
+
+
+def entry_axes(entry: Any) -> tuple[str, ...]:
+    """The mesh axes one ``PartitionSpec`` entry names: ``None`` -> ``()``, ``"data"`` -> ``("data",)``.
+
+    Example:
+        >>> entry_axes(None), entry_axes("data"), entry_axes(("data", "model"))
+        ((), ('data',), ('data', 'model'))
+    """
+    if entry is None:
+        return ()
+    return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def spec_entry(axes: Sequence[str]) -> Any:
+    """The ``PartitionSpec`` entry that splits over ``axes``: the inverse of :func:`entry_axes`.
+
+    Example:
+        >>> spec_entry(()), spec_entry(("data",)), spec_entry(("data", "model"))
+        (None, 'data', ('data', 'model'))
+    """
+    if not axes:
+        return None
+    return axes[0] if len(axes) == 1 else tuple(axes)
 
 
 def _is_mesh(x: Any) -> bool:
@@ -307,7 +334,8 @@ def given_or_current_mesh(mesh: Any, fn: str) -> Any:
     return mesh
 
 
-def _check_mapping_arg(axis_mapping: Any, fn: str) -> None:
+def check_mapping_arg(axis_mapping: Any, fn: str) -> None:
+    """Refuse a Mesh given where the axis mapping goes (Haliax's argument order is ``(x, axis_mapping, mesh)``)."""
     if _is_mesh(axis_mapping):
         raise errors.MeshError(
             f"{fn}: the axis_mapping argument is a Mesh; the order is {fn}(x, axis_mapping, mesh), as in Haliax "
@@ -331,9 +359,7 @@ def typed_part(spec: PartitionSpec, mesh: Any, *, explicit: bool) -> PartitionSp
     is_explicit = lambda a: kinds.get(a) == jax.sharding.AxisType.Explicit  # noqa: E731
     parts = []
     for p in spec:
-        axes = () if p is None else ((p,) if isinstance(p, str) else tuple(p))
-        kept = tuple(a for a in axes if is_explicit(a) == explicit)
-        parts.append(None if not kept else (kept[0] if len(kept) == 1 else kept))
+        parts.append(spec_entry(tuple(a for a in entry_axes(p) if is_explicit(a) == explicit)))
     return PartitionSpec(*parts)
 
 
@@ -386,14 +412,14 @@ def pspec_for(
         >>> distmap.pspec_for(x, {"batch": "data"}) is None   # x lies on a device already: keep it
         True
     """
-    _check_mapping_arg(axis_mapping, "pspec_for")
+    check_mapping_arg(axis_mapping, "pspec_for")
     if isinstance(mesh, bool):
         raise errors.MeshError(
             f"pspec_for(x, axis_mapping, mesh): the third argument is the mesh, got {mesh!r}; pass Haliax's "
             f"preserve_existing_shardings={mesh!r} by keyword."
         )
     mesh = check_mesh(mesh, "pspec_for")
-    mapping = _resolve_mapping(axis_mapping, "pspec_for")
+    mapping = resolve_mapping(axis_mapping, "pspec_for")
     preserve = preserve_existing_shardings
 
     def names_spec(names: Sequence[str], value: Any) -> PartitionSpec | None:
@@ -403,14 +429,14 @@ def pspec_for(
                 f"pspec_for: a field declared with axis_names={tuple(names)} holds an array of shape {shape}; "
                 f"it needs one name per dimension."
             )
-        spec = _pspec_of_axes(tuple(map(Axis, names, shape)), mapping, mesh, fn="pspec_for")
+        spec = pspec_of_axes(tuple(map(Axis, names, shape)), mapping, mesh, fn="pspec_for")
         return None if preserve and _has_sharding(value) else spec
 
     def leaf_spec(leaf: Any) -> Any:
         if isinstance(leaf, NamedArray):
             if not hasattr(leaf.array, "shape"):
                 return None
-            spec = _pspec(leaf, mapping, mesh)  # checked (mesh axes, sizes) even where the layout is kept
+            spec = named_pspec(leaf, mapping, mesh)  # checked (mesh axes, sizes) even where the layout is kept
             return None if preserve and _has_sharding(leaf.array) else spec
         if _named_fields(leaf):
             return module_specs(leaf)
@@ -494,10 +520,7 @@ def physical_axis_name(axis: Any, axis_mapping: AxisMappingLike | AxisMapping | 
     if mapping is None:
         return None
     name = axis_name(axis)
-    axes = mapping.resolve((name,)).get(name, ())
-    if not axes:
-        return None
-    return axes[0] if len(axes) == 1 else axes
+    return spec_entry(mapping.resolve((name,)).get(name, ()))
 
 
 def physical_axis_size(axis: Any, axis_mapping: AxisMappingLike | AxisMapping | None = None, mesh: Mesh | None = None) -> int | None:
@@ -556,19 +579,19 @@ def shard(x: Any, axis_mapping: AxisMappingLike | AxisMapping | None = None, mes
         >>> tuple(y.array.sharding.spec)
         ('data',)
     """
-    _check_mapping_arg(axis_mapping, "shard")
+    check_mapping_arg(axis_mapping, "shard")
     mesh = check_mesh(mesh, "shard")
     mesh = mesh if mesh is not None else current_mesh()
     if mesh is None:
         raise errors.MeshError("shard: no mesh given and none set with jax.set_mesh.")
-    mapping = _resolve_mapping(axis_mapping, "shard")
+    mapping = resolve_mapping(axis_mapping, "shard")
 
     def one(leaf: Any) -> Any:
         if not isinstance(leaf, NamedArray):
             return leaf
-        return NamedArray(place(leaf.array, _pspec(leaf, mapping, mesh, fn="shard"), mesh), leaf.axes)
+        return NamedArray(place(leaf.array, named_pspec(leaf, mapping, mesh, fn="shard"), mesh), leaf.axes)
 
-    return jax.tree_util.tree_map(one, x, is_leaf=lambda v: isinstance(v, NamedArray))
+    return jax.tree_util.tree_map(one, x, is_leaf=is_named_array)
 
 
 def place(arr: Any, spec: PartitionSpec, mesh: Any) -> Any:
@@ -595,5 +618,5 @@ def loop_pspec(x: NamedArray, mapping: AxisMapping, mesh: Any) -> PartitionSpec 
         axes = found.get(ax.name, ())
         if axes and ax.size % math.prod(mesh.shape[a] for a in axes):
             return None
-        parts.append(None if not axes else (axes[0] if len(axes) == 1 else axes))
+        parts.append(spec_entry(axes))
     return PartitionSpec(*parts)

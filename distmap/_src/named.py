@@ -66,7 +66,7 @@ class NamedArray:
         if shape != tuple(a.size for a in axes):
             raise errors.ShapeMismatchError(
                 f"NamedArray: array of shape {shape} does not match axes "
-                f"{_fmt_axes(axes)} (shape {tuple(a.size for a in axes)})."
+                f"{format_axes(axes)} (shape {tuple(a.size for a in axes)})."
             )
         object.__setattr__(self, "array", array)
         object.__setattr__(self, "axes", axes)
@@ -80,11 +80,11 @@ class NamedArray:
         raise AttributeError(f"NamedArray is immutable; cannot delete {name!r}.")
 
     def __repr__(self) -> str:
-        return f"NamedArray({_fmt_axes(self.axes)}, {self.array!r})"
+        return f"NamedArray({format_axes(self.axes)}, {self.array!r})"
 
     def __reduce__(self):
-        # copy, deepcopy and pickle rebuild through _wrap (the slots are read-only to setattr).
-        return _wrap, (self.array, self.axes)
+        # copy, deepcopy and pickle rebuild through wrap (the slots are read-only to setattr).
+        return wrap, (self.array, self.axes)
 
     @property
     def axis_names(self) -> tuple[str, ...]:
@@ -116,7 +116,7 @@ class NamedArray:
     def __bool__(self) -> bool:
         if self.size != 1:
             raise errors.ArgumentTypeError(
-                f"the truth value of a NamedArray with axes {_fmt_axes(self.axes)} is ambiguous; reduce it first, "
+                f"the truth value of a NamedArray with axes {format_axes(self.axes)} is ambiguous; reduce it first, "
                 "e.g. x.any() or x.all() (or x.any('axis') for one axis)."
             )
         return bool(self.array)
@@ -163,7 +163,7 @@ class NamedArray:
                 f"(axes {self.axis_names})."
             )
         if len(inputs) == 1:
-            return _wrap(fn(self.array), self.axes)
+            return wrap(fn(self.array), self.axes)
         if len(inputs) == 2:
             return binary_op(fn, inputs[0], inputs[1], ufunc.__name__)
         raise errors.ArgumentTypeError(f"np.{ufunc.__name__} on a NamedArray: only ufuncs of one or two operands are supported.")
@@ -270,7 +270,7 @@ class NamedArray:
         perm = tuple(perm)
         if perm == tuple(range(self.ndim)):
             return self
-        return _wrap(jnp.transpose(self.array, perm), tuple(self.axes[i] for i in perm))
+        return wrap(jnp.transpose(self.array, perm), tuple(self.axes[i] for i in perm))
 
     def rename(self, mapping: Mapping[AxisSelector, str | Axis]) -> "NamedArray":
         """Rename axes: ``x.rename({"old": "new"})``; sizes are kept."""
@@ -292,17 +292,17 @@ class NamedArray:
                 )
             new[i] = Axis(to_name, new[i].size)
         _check_unique(tuple(a.name for a in new), "rename")
-        return _wrap(self.array, tuple(new))
+        return wrap(self.array, tuple(new))
 
     def astype(self, dtype: Any) -> "NamedArray":
         """The same axes, the data converted to ``dtype``."""
-        return _wrap(self.array.astype(check_dtype(dtype, "astype")), self.axes)
+        return wrap(self.array.astype(check_dtype(dtype, "astype")), self.axes)
 
     def scalar(self) -> jax.Array:
         """The 0-d JAX array held by an array of size one (any axes of size 1 are dropped)."""
         if self.size != 1:
             raise errors.ShapeMismatchError(
-                f"scalar(): array has axes {_fmt_axes(self.axes)} (size {self.size}); reduce or index it to size 1 first."
+                f"scalar(): array has axes {format_axes(self.axes)} (size {self.size}); reduce or index it to size 1 first."
             )
         return jnp.reshape(self.array, ())
 
@@ -340,16 +340,16 @@ class NamedArray:
 
     # -------------------------------------------------------------- operators
     def __neg__(self) -> "NamedArray":
-        return _wrap(-self.array, self.axes)
+        return wrap(-self.array, self.axes)
 
     def __pos__(self) -> "NamedArray":
         return self
 
     def __abs__(self) -> "NamedArray":
-        return _wrap(jnp.abs(self.array), self.axes)
+        return wrap(jnp.abs(self.array), self.axes)
 
     def __invert__(self) -> "NamedArray":
-        return _wrap(~self.array, self.axes)
+        return wrap(~self.array, self.axes)
 
     def __matmul__(self, other: Any) -> "NamedArray":
         raise errors.ArgumentTypeError(
@@ -435,7 +435,7 @@ jax.tree_util.register_pytree_with_keys(
 
 
 # ------------------------------------------------------------------- helpers
-def _wrap(array: Any, axes: tuple[Axis, ...]) -> NamedArray:
+def wrap(array: Any, axes: tuple[Axis, ...]) -> NamedArray:
     """Build a NamedArray without validation, for results whose axes are known to be right."""
     out = _new(NamedArray)
     _set_array(out, array)
@@ -447,13 +447,13 @@ def _wrap(array: Any, axes: tuple[Axis, ...]) -> NamedArray:
 def _stale(x: NamedArray) -> None:
     """Raise for a NamedArray whose data no longer has its axes' rank: what a raw ``jax.vmap`` leaves."""
     raise errors.ShapeMismatchError(
-        f"this NamedArray has axes {_fmt_axes(x.axes)} but its data has shape {tuple(x.array.shape)}: it was "
+        f"this NamedArray has axes {format_axes(x.axes)} but its data has shape {tuple(x.array.shape)}: it was "
         "probably passed through jax.vmap (or another transformation that maps the data but not the names). "
         "Map by name with distmap.vmap(fn, axis) instead."
     )
 
 
-def _fmt_axes(axes: Sequence[Axis]) -> str:
+def format_axes(axes: Sequence[Axis]) -> str:
     return "{" + ", ".join(f"{a.name!r}: {a.size}" for a in axes) + "}"
 
 
@@ -499,10 +499,6 @@ def as_jax_array(value: Any, fn: str) -> jax.Array:
     return jnp.asarray(value)
 
 
-def is_named(x: Any) -> bool:
-    return isinstance(x, NamedArray)
-
-
 def named(array: Any, axes: AxisSelection) -> NamedArray:
     """Give an array names: ``axes`` is a name, an ``Axis``, or a sequence or mapping of them.
 
@@ -535,7 +531,7 @@ def named(array: Any, axes: AxisSelection) -> NamedArray:
                 f"named(): axis {name!r} was given size {size} but the array has size {dim} there (shape {shape})."
             )
         out.append(Axis(name, dim))
-    return _wrap(array, tuple(out))
+    return wrap(array, tuple(out))
 
 
 def broadcast_axes(*axes_lists: Sequence[Axis], where: str = "broadcast") -> tuple[Axis, ...]:
@@ -575,7 +571,7 @@ def align(x: NamedArray, axes: tuple[Axis, ...], what: str = "the operand") -> j
         if axes[i].size != a.size:
             raise errors.AxisSizeError(
                 f"{what} has axis {a.name!r} of size {a.size}, but it has size {axes[i].size} in the target "
-                f"{_fmt_axes(axes)}; arrays combined by name must agree on each shared axis."
+                f"{format_axes(axes)}; arrays combined by name must agree on each shared axis."
             )
     order = sorted(range(x.ndim), key=lambda i: pos[x.axes[i].name])
     arr = x.array
@@ -631,16 +627,16 @@ def binary_op(op: Callable[[Any, Any], Any], a: Any, b: Any, name: str = "op") -
     b_named = isinstance(b, NamedArray)
     if a_named and b_named:
         if a.axes == b.axes:
-            return _wrap(op(a.array, b.array), a.axes)
+            return wrap(op(a.array, b.array), a.axes)
         axes = broadcast_axes(a.axes, b.axes, where=f"operator {name!r}")
-        return _wrap(op(align(a, axes), align(b, axes)), axes)
+        return wrap(op(align(a, axes), align(b, axes)), axes)
     if a_named and not a.axes and _unnamed_nonscalar(b):
         return op(a.array, b)
     if b_named and not b.axes and _unnamed_nonscalar(a):
         return op(a, b.array)
     if a_named:
-        return _wrap(op(a.array, scalar_operand(b, f"operator {name!r}: the right operand")), a.axes)
-    return _wrap(op(scalar_operand(a, f"operator {name!r}: the left operand"), b.array), b.axes)
+        return wrap(op(a.array, scalar_operand(b, f"operator {name!r}: the right operand")), a.axes)
+    return wrap(op(scalar_operand(a, f"operator {name!r}: the left operand"), b.array), b.axes)
 
 
 def _index(x: NamedArray, pairs: list[tuple[Any, Any]]) -> NamedArray:
@@ -682,4 +678,4 @@ def _index(x: NamedArray, pairs: list[tuple[Any, Any]]) -> NamedArray:
                 f"indexing axis {ax.name!r}: expected an int, a slice or a 0-d integer array, got "
                 f"{type(ix).__name__} {ix!r}; use distmap.take for array indices."
             )
-    return _wrap(x.array[tuple(idx)], tuple(a for a in new_axes if a is not None))
+    return wrap(x.array[tuple(idx)], tuple(a for a in new_axes if a is not None))

@@ -26,7 +26,8 @@ from distmap._src.axis import (
     parse_selection,
     to_axes,
 )
-from distmap._src.named import NamedArray, _fmt_axes, _wrap, align, check_dtype, scalar_operand
+from distmap._src.named import NamedArray, format_axes, wrap, align, check_dtype, scalar_operand
+from distmap._src.operands import as_named, broadcast_operands, check_named, check_subset, single_axis
 
 
 # --------------------------------------------------------------- constructors
@@ -39,7 +40,7 @@ def zeros(axes: SizedAxes, dtype: Any = None) -> NamedArray:
         {'batch': 2, 'feature': 3}
     """
     ax = to_axes(axes, what="zeros(axes=...)")
-    return _wrap(jnp.zeros(tuple(a.size for a in ax), check_dtype(dtype, "zeros")), ax)
+    return wrap(jnp.zeros(tuple(a.size for a in ax), check_dtype(dtype, "zeros")), ax)
 
 
 def ones(axes: SizedAxes, dtype: Any = None) -> NamedArray:
@@ -51,7 +52,7 @@ def ones(axes: SizedAxes, dtype: Any = None) -> NamedArray:
         Array([1., 1.], dtype=float32)
     """
     ax = to_axes(axes, what="ones(axes=...)")
-    return _wrap(jnp.ones(tuple(a.size for a in ax), check_dtype(dtype, "ones")), ax)
+    return wrap(jnp.ones(tuple(a.size for a in ax), check_dtype(dtype, "ones")), ax)
 
 
 def full(axes: SizedAxes, fill_value: Any, dtype: Any = None) -> NamedArray:
@@ -66,10 +67,10 @@ def full(axes: SizedAxes, fill_value: Any, dtype: Any = None) -> NamedArray:
     """
     ax = to_axes(axes, what="full(axes=...)")
     if isinstance(fill_value, NamedArray):
-        fill_value = align(_check_subset(fill_value, ax, "full", "fill_value"), ax)
+        fill_value = align(check_subset(fill_value, ax, "full", "fill_value"), ax)
     else:
-        fill_value = _scalar_operand(fill_value, "full", "fill_value")
-    return _wrap(jnp.full(tuple(a.size for a in ax), fill_value, check_dtype(dtype, "full")), ax)
+        fill_value = scalar_operand(fill_value, "full: fill_value")
+    return wrap(jnp.full(tuple(a.size for a in ax), fill_value, check_dtype(dtype, "full")), ax)
 
 
 def arange(axis: Axis, *, start: int = 0, step: int = 1, dtype: Any = None) -> NamedArray:
@@ -83,11 +84,11 @@ def arange(axis: Axis, *, start: int = 0, step: int = 1, dtype: Any = None) -> N
     axes = to_axes(axis, what="arange(axis=...)")
     if len(axes) != 1:
         raise errors.AxisSelectorError(
-            f"arange: expected one axis (an Axis or {{name: size}}), got {len(axes)}: {_fmt_axes(axes)}; "
+            f"arange: expected one axis (an Axis or {{name: size}}), got {len(axes)}: {format_axes(axes)}; "
             "build one arange per axis and combine them by name."
         )
     (ax,) = axes
-    return _wrap(jnp.arange(start, start + step * ax.size, step, dtype=check_dtype(dtype, "arange"))[: ax.size], (ax,))
+    return wrap(jnp.arange(start, start + step * ax.size, step, dtype=check_dtype(dtype, "arange"))[: ax.size], (ax,))
 
 
 def zeros_like(x: NamedArray, dtype: Any = None) -> NamedArray:
@@ -98,8 +99,8 @@ def zeros_like(x: NamedArray, dtype: Any = None) -> NamedArray:
         >>> distmap.zeros_like(distmap.ones({"batch": 2}, dtype=int)).array
         Array([0, 0], dtype=int32)
     """
-    x = _check_named(x, "zeros_like")
-    return _wrap(jnp.zeros_like(x.array, dtype=check_dtype(dtype, "zeros_like")), x.axes)
+    x = check_named(x, "zeros_like")
+    return wrap(jnp.zeros_like(x.array, dtype=check_dtype(dtype, "zeros_like")), x.axes)
 
 
 def ones_like(x: NamedArray, dtype: Any = None) -> NamedArray:
@@ -110,8 +111,8 @@ def ones_like(x: NamedArray, dtype: Any = None) -> NamedArray:
         >>> distmap.ones_like(distmap.zeros({"batch": 2})).array
         Array([1., 1.], dtype=float32)
     """
-    x = _check_named(x, "ones_like")
-    return _wrap(jnp.ones_like(x.array, dtype=check_dtype(dtype, "ones_like")), x.axes)
+    x = check_named(x, "ones_like")
+    return wrap(jnp.ones_like(x.array, dtype=check_dtype(dtype, "ones_like")), x.axes)
 
 
 def full_like(x: NamedArray, fill_value: Any, dtype: Any = None) -> NamedArray:
@@ -125,12 +126,12 @@ def full_like(x: NamedArray, fill_value: Any, dtype: Any = None) -> NamedArray:
         >>> distmap.full_like(distmap.zeros({"batch": 2}), 3).array
         Array([3., 3.], dtype=float32)
     """
-    x = _check_named(x, "full_like")
+    x = check_named(x, "full_like")
     if isinstance(fill_value, NamedArray):
-        fill_value = align(_check_subset(fill_value, x.axes, "full_like", "fill_value"), x.axes)
+        fill_value = align(check_subset(fill_value, x.axes, "full_like", "fill_value"), x.axes)
     else:
-        fill_value = _scalar_operand(fill_value, "full_like", "fill_value")
-    return _wrap(jnp.full_like(x.array, fill_value, dtype=check_dtype(dtype, "full_like")), x.axes)
+        fill_value = scalar_operand(fill_value, "full_like: fill_value")
+    return wrap(jnp.full_like(x.array, fill_value, dtype=check_dtype(dtype, "full_like")), x.axes)
 
 
 # ------------------------------------------------------- joining and cutting
@@ -150,7 +151,7 @@ def stack(axis: AxisSelector, arrays: Sequence[NamedArray]) -> NamedArray:
         >>> y.array.tolist()
         [[0, 0], [1, 1], [2, 2]]
     """
-    name = axis_name(_single(axis, "stack"))
+    name = axis_name(single_axis(axis, "stack"))
     arrays = _named_list(arrays, "stack")
     if isinstance(axis, Axis) and axis.size != len(arrays):
         raise errors.AxisSizeError(
@@ -162,7 +163,7 @@ def stack(axis: AxisSelector, arrays: Sequence[NamedArray]) -> NamedArray:
             f"stack: the new axis {name!r} is already an axis of the arrays {first.axis_names}; pick another name."
         )
     parts = [_matching_array(first.axes, a, i, "stack") for i, a in enumerate(arrays)]
-    return _wrap(jnp.stack(parts, axis=0), (Axis(name, len(arrays)),) + first.axes)
+    return wrap(jnp.stack(parts, axis=0), (Axis(name, len(arrays)),) + first.axes)
 
 
 def concatenate(axis: AxisSelector, arrays: Sequence[NamedArray]) -> NamedArray:
@@ -179,7 +180,7 @@ def concatenate(axis: AxisSelector, arrays: Sequence[NamedArray]) -> NamedArray:
         >>> distmap.concatenate("seq", [a, b]).shape
         {'batch': 2, 'seq': 4}
     """
-    name = axis_name(_single(axis, "concatenate"))
+    name = axis_name(single_axis(axis, "concatenate"))
     arrays = _named_list(arrays, "concatenate")
     for i, a in enumerate(arrays):
         if name not in a.axis_names:
@@ -195,7 +196,7 @@ def concatenate(axis: AxisSelector, arrays: Sequence[NamedArray]) -> NamedArray:
         )
     pos = arrays[0].axis_names.index(name)
     out_axes = ref[:pos] + (Axis(name, total),) + ref[pos + 1 :]
-    return _wrap(jnp.concatenate(parts, axis=pos), out_axes)
+    return wrap(jnp.concatenate(parts, axis=pos), out_axes)
 
 
 def unstack(x: NamedArray, axis: AxisSelector) -> list[NamedArray]:
@@ -207,11 +208,11 @@ def unstack(x: NamedArray, axis: AxisSelector) -> list[NamedArray]:
         >>> [r.array.tolist() for r in distmap.unstack(x, "row")]
         [[1, 2], [3, 4]]
     """
-    x = _check_named(x, "unstack")
-    i = x.axis_indices(_single(axis, "unstack"))
+    x = check_named(x, "unstack")
+    i = x.axis_indices(single_axis(axis, "unstack"))
     arr = jnp.moveaxis(x.array, i, 0)  # type: ignore[arg-type]
     rest = x.axes[:i] + x.axes[i + 1 :]  # type: ignore[operator]
-    return [_wrap(arr[k], rest) for k in range(x.axes[i].size)]  # type: ignore[index]
+    return [wrap(arr[k], rest) for k in range(x.axes[i].size)]  # type: ignore[index]
 
 
 def split(x: NamedArray, axis: AxisSelector, new_axes: Sequence[Axis]) -> list[NamedArray]:
@@ -227,8 +228,8 @@ def split(x: NamedArray, axis: AxisSelector, new_axes: Sequence[Axis]) -> list[N
         >>> head.array.tolist(), tail.shape
         ([0, 1], {'rest': 3})
     """
-    x = _check_named(x, "split")
-    i = x.axis_indices(_single(axis, "split"))
+    x = check_named(x, "split")
+    i = x.axis_indices(single_axis(axis, "split"))
     ax = x.axes[i]  # type: ignore[index]
     if isinstance(new_axes, (Axis, str, Mapping)) or not isinstance(new_axes, Iterable):
         raise errors.AxisSelectorError(
@@ -243,7 +244,7 @@ def split(x: NamedArray, axis: AxisSelector, new_axes: Sequence[Axis]) -> list[N
     total = sum(p.size for p in pieces)
     if total != ax.size:
         raise errors.AxisSizeError(
-            f"split: the pieces {_fmt_axes(pieces)} add up to {total}, but axis {ax.name!r} has size {ax.size}."
+            f"split: the pieces {format_axes(pieces)} add up to {total}, but axis {ax.name!r} has size {ax.size}."
         )
     others = {a.name for a in x.axes if a.name != ax.name}
     for p in pieces:
@@ -253,7 +254,7 @@ def split(x: NamedArray, axis: AxisSelector, new_axes: Sequence[Axis]) -> list[N
             )
     bounds = np.cumsum([p.size for p in pieces])[:-1].tolist()
     parts = jnp.split(x.array, bounds, axis=i) if pieces else []
-    return [_wrap(arr, x.axes[:i] + (p,) + x.axes[i + 1 :]) for arr, p in zip(parts, pieces)]  # type: ignore[operator]
+    return [wrap(arr, x.axes[:i] + (p,) + x.axes[i + 1 :]) for arr, p in zip(parts, pieces)]  # type: ignore[operator]
 
 
 # ------------------------------------------------------------------- indexing
@@ -281,8 +282,8 @@ def take(x: NamedArray, axis: AxisSelector, index: Any) -> NamedArray:
         >>> distmap.take(logits, "vocab", labels).array.tolist()
         [1.0, 3.0]
     """
-    x = _check_named(x, "take")
-    i = x.axis_indices(_single(axis, "take"))
+    x = check_named(x, "take")
+    i = x.axis_indices(single_axis(axis, "take"))
     ax = x.axes[i]  # type: ignore[index]
     if not isinstance(index, NamedArray):
         if isinstance(index, (bool, np.bool_)):
@@ -315,7 +316,7 @@ def take(x: NamedArray, axis: AxisSelector, index: Any) -> NamedArray:
     new = tuple(a for a in index.axes if a.name not in others)
     out_axes = x.axes[:i] + new + x.axes[i + 1 :]  # type: ignore[operator]
     if not shared:
-        return _wrap(x.array[(slice(None),) * i + (index.array,)], out_axes)  # type: ignore[operator]
+        return wrap(x.array[(slice(None),) * i + (index.array,)], out_axes)  # type: ignore[operator]
     # Shared axes: index every dimension with an integer array laid out against the result.
     pos = {a.name: k for k, a in enumerate(out_axes)}
     idx = []
@@ -326,7 +327,7 @@ def take(x: NamedArray, axis: AxisSelector, index: Any) -> NamedArray:
             shape = [1] * len(out_axes)
             shape[pos[a.name]] = a.size
             idx.append(jnp.arange(a.size).reshape(shape))
-    return _wrap(x.array[tuple(idx)], out_axes)
+    return wrap(x.array[tuple(idx)], out_axes)
 
 
 # ----------------------------------------------------------------- broadcasting
@@ -344,7 +345,7 @@ def broadcast_axis(x: NamedArray | Any, axes: SizedAxes) -> NamedArray:
         >>> distmap.broadcast_axis(x, {"batch": 2, "feature": 3}).shape
         {'batch': 2, 'feature': 3}
     """
-    x = _as_named(x, "broadcast_axis")
+    x = as_named(x, "broadcast_axis")
     present = x.shape
     add = []
     for a in to_axes(axes, what="broadcast_axis(axes=...)"):
@@ -358,7 +359,7 @@ def broadcast_axis(x: NamedArray | Any, axes: SizedAxes) -> NamedArray:
     if not add:
         return x
     out_axes = tuple(add) + x.axes
-    return _wrap(jnp.broadcast_to(x.array, tuple(a.size for a in out_axes)), out_axes)
+    return wrap(jnp.broadcast_to(x.array, tuple(a.size for a in out_axes)), out_axes)
 
 
 def broadcast_to(x: NamedArray | Any, axes: AxisSelection) -> NamedArray:
@@ -374,7 +375,7 @@ def broadcast_to(x: NamedArray | Any, axes: AxisSelection) -> NamedArray:
         >>> y.shape
         {'feature': 3, 'batch': 2}
     """
-    x = _as_named(x, "broadcast_to")
+    x = as_named(x, "broadcast_to")
     present = {a.name: a for a in x.axes}
     target = []
     for name, size in parse_selection(axes, what="broadcast_to(axes=...)"):
@@ -399,7 +400,7 @@ def broadcast_to(x: NamedArray | Any, axes: AxisSelection) -> NamedArray:
             f"broadcast_to: x has axes {extra} that are not among the target axes {tuple(a.name for a in out_axes)}; "
             "broadcasting only adds axes (reduce or index the others away first)."
         )
-    return _wrap(jnp.broadcast_to(align(x, out_axes), tuple(a.size for a in out_axes)), out_axes)
+    return wrap(jnp.broadcast_to(align(x, out_axes), tuple(a.size for a in out_axes)), out_axes)
 
 
 # ----------------------------------------------------------------- reshaping
@@ -418,7 +419,7 @@ def flatten_axes(x: NamedArray, axes: AxisSelection, new_axis: AxisSelector) -> 
         >>> distmap.flatten_axes(x, ("feature", "batch"), "fb").shape
         {'seq': 3, 'fb': 8}
     """
-    x = _check_named(x, "flatten_axes")
+    x = check_named(x, "flatten_axes")
     old = x.resolve_axis(axes)
     old = (old,) if isinstance(old, Axis) else old
     if not old:
@@ -429,7 +430,7 @@ def flatten_axes(x: NamedArray, axes: AxisSelection, new_axis: AxisSelector) -> 
     name = axis_name(new_axis)
     if isinstance(new_axis, Axis) and new_axis.size != size:
         raise errors.AxisSizeError(
-            f"flatten_axes: {new_axis!r} was asked for, but the merged axes {_fmt_axes(old)} have {size} elements."
+            f"flatten_axes: {new_axis!r} was asked for, but the merged axes {format_axes(old)} have {size} elements."
         )
     old_names = {a.name for a in old}
     remaining = [k for k, a in enumerate(x.axes) if a.name not in old_names]
@@ -445,7 +446,7 @@ def flatten_axes(x: NamedArray, axes: AxisSelection, new_axis: AxisSelector) -> 
     out_axes = (
         tuple(x.axes[k] for k in before) + (Axis(name, size),) + tuple(x.axes[k] for k in after)
     )
-    return _wrap(jnp.reshape(moved.array, tuple(a.size for a in out_axes)), out_axes)
+    return wrap(jnp.reshape(moved.array, tuple(a.size for a in out_axes)), out_axes)
 
 
 def unflatten_axis(x: NamedArray, axis: AxisSelector, new_axes: SizedAxes) -> NamedArray:
@@ -460,8 +461,8 @@ def unflatten_axis(x: NamedArray, axis: AxisSelector, new_axes: SizedAxes) -> Na
         >>> distmap.unflatten_axis(x, "token", {"batch": 2, "seq": 3}).shape
         {'batch': 2, 'seq': 3, 'feature': 4}
     """
-    x = _check_named(x, "unflatten_axis")
-    i = x.axis_indices(_single(axis, "unflatten_axis"))
+    x = check_named(x, "unflatten_axis")
+    i = x.axis_indices(single_axis(axis, "unflatten_axis"))
     ax = x.axes[i]  # type: ignore[index]
     new = to_axes(new_axes, what="unflatten_axis(new_axes=...)")
     size = 1
@@ -469,7 +470,7 @@ def unflatten_axis(x: NamedArray, axis: AxisSelector, new_axes: SizedAxes) -> Na
         size *= a.size
     if size != ax.size:
         raise errors.AxisSizeError(
-            f"unflatten_axis: the new axes {_fmt_axes(new)} have {size} elements, but axis {ax.name!r} has size "
+            f"unflatten_axis: the new axes {format_axes(new)} have {size} elements, but axis {ax.name!r} has size "
             f"{ax.size}."
         )
     others = {a.name for a in x.axes if a.name != ax.name}
@@ -479,7 +480,7 @@ def unflatten_axis(x: NamedArray, axis: AxisSelector, new_axes: SizedAxes) -> Na
             f"unflatten_axis: new axes {clash} clash with other axes of x {x.axis_names}."
         )
     out_axes = x.axes[:i] + new + x.axes[i + 1 :]  # type: ignore[operator]
-    return _wrap(jnp.reshape(x.array, tuple(a.size for a in out_axes)), out_axes)
+    return wrap(jnp.reshape(x.array, tuple(a.size for a in out_axes)), out_axes)
 
 
 def rearrange(x: NamedArray, order: Sequence[AxisSelector | Any]) -> NamedArray:
@@ -493,7 +494,7 @@ def rearrange(x: NamedArray, order: Sequence[AxisSelector | Any]) -> NamedArray:
         >>> distmap.rearrange(x, (..., "a")).axis_names
         ('b', 'c', 'a')
     """
-    return _check_named(x, "rearrange").rearrange(order)
+    return check_named(x, "rearrange").rearrange(order)
 
 
 def rename(x: NamedArray, mapping: Mapping[AxisSelector, str | Axis]) -> NamedArray:
@@ -504,7 +505,7 @@ def rename(x: NamedArray, mapping: Mapping[AxisSelector, str | Axis]) -> NamedAr
         >>> distmap.rename(distmap.zeros({"a": 1, "b": 2}), {"a": "x"}).shape
         {'x': 1, 'b': 2}
     """
-    return _check_named(x, "rename").rename(mapping)
+    return check_named(x, "rename").rename(mapping)
 
 
 # ------------------------------------------------------------------ selection
@@ -520,31 +521,15 @@ def where(condition: NamedArray | Any, x: NamedArray | Any, y: NamedArray | Any)
         >>> distmap.where(x > 0, x, 0.0).array.tolist()
         [0.0, 2.0, 0.0]
     """
-    axes, (c, a, b) = _broadcast_operands(
+    axes, (c, a, b) = broadcast_operands(
         (("condition", condition), ("x", x), ("y", y)), "where"
     )
-    return _wrap(jnp.where(c, a, b), axes)
+    return wrap(jnp.where(c, a, b), axes)
 
 
 # -------------------------------------------------------------------- helpers
-def _check_named(x: Any, fn: str, what: str = "x") -> NamedArray:
-    if not isinstance(x, NamedArray):
-        raise errors.ArgumentTypeError(
-            f"{fn}: {what} must be a NamedArray, got {type(x).__name__}; give an array names with distmap.named."
-        )
-    return x
 
 
-def _single(axis: Any, fn: str) -> AxisSelector:
-    if not isinstance(axis, (Axis, str)):
-        hint = ""
-        if isinstance(axis, (list, tuple)) and any(isinstance(a, NamedArray) for a in axis):
-            hint = f" (the axis comes first: {fn}(axis, arrays))"
-        shown = axis if not isinstance(axis, (list, tuple)) else f"of length {len(axis)}"
-        raise errors.AxisSelectorError(
-            f"{fn}: axis must be one Axis or axis name, got {type(axis).__name__} {shown}{hint}."
-        )
-    return axis
 
 
 def _named_list(arrays: Any, fn: str) -> list[NamedArray]:
@@ -581,62 +566,8 @@ def _matching_array(ref: tuple[Axis, ...], x: NamedArray, i: int, fn: str, free:
     return x._permute(perm).array
 
 
-def _check_subset(x: NamedArray, axes: tuple[Axis, ...], fn: str, what: str) -> NamedArray:
-    by_name = {a.name: a.size for a in axes}
-    for a in x.axes:
-        if a.name not in by_name:
-            raise errors.AxisNotFoundError(
-                f"{fn}: {what} has axis {a.name!r}, which is not among the result's axes {tuple(by_name)}."
-            )
-        if by_name[a.name] != a.size:
-            raise errors.AxisSizeError(
-                f"{fn}: axis {a.name!r} has size {a.size} in {what} but size {by_name[a.name]} in the result."
-            )
-    return x
 
 
-def _scalar_operand(x: Any, fn: str, what: str) -> Any:
-    """A Python/numpy scalar or a 0-d array, returned as is; anything else raises."""
-    return scalar_operand(x, f"{fn}: {what}")
 
 
-def _as_named(x: Any, fn: str, what: str = "x") -> NamedArray:
-    """``x`` if named; a scalar or 0-d array as a NamedArray with no axes."""
-    if isinstance(x, NamedArray):
-        return x
-    return _wrap(jnp.asarray(_scalar_operand(x, fn, what)), ())
 
-
-def _broadcast_operands(
-    operands: Sequence[tuple[str, Any]], fn: str, *, allow_none: bool = False
-) -> tuple[tuple[Axis, ...], list[Any]]:
-    """Line up ``(label, operand)`` pairs by name for an elementwise ``fn``.
-
-    Returns the union of the named operands' axes (in order of first appearance) and
-    the operands, NamedArrays as arrays aligned to that union and scalars as they are.
-    With ``allow_none``, ``None`` operands pass through (optional bounds such as ``clip``'s).
-    """
-    seen: dict[str, tuple[Axis, str]] = {}
-    out_axes: list[Axis] = []
-    for label, op in operands:
-        if isinstance(op, NamedArray):
-            for a in op.axes:
-                prev = seen.get(a.name)
-                if prev is None:
-                    seen[a.name] = (a, label)
-                    out_axes.append(a)
-                elif prev[0].size != a.size:
-                    raise errors.AxisSizeError(
-                        f"{fn}: axis {a.name!r} has size {prev[0].size} in {prev[1]} but size {a.size} in {label}; "
-                        "arrays combined by name must agree on each shared axis."
-                    )
-    axes = tuple(out_axes)
-    arrays = []
-    for label, op in operands:
-        if isinstance(op, NamedArray):
-            arrays.append(align(op, axes))
-        elif op is None and allow_none:
-            arrays.append(None)
-        else:
-            arrays.append(_scalar_operand(op, fn, label))
-    return axes, arrays

@@ -27,7 +27,7 @@ import jax
 from distmap import errors
 from distmap._src import mesh as mesh_lib
 from distmap._src.map import frames
-from distmap._src.named import NamedArray, _wrap
+from distmap._src.named import NamedArray, is_named_array, wrap
 
 
 def auto_sharded(x: Any, mesh: Any = None) -> Any:
@@ -49,11 +49,11 @@ def auto_sharded(x: Any, mesh: Any = None) -> Any:
         if type(leaf) is not NamedArray or not leaf.axes:
             return leaf
         spec = mesh_lib.loop_pspec(leaf, mapping, mesh)
-        return leaf if spec is None else _wrap(mesh_lib.place(leaf.array, spec, mesh), leaf.axes)
+        return leaf if spec is None else wrap(mesh_lib.place(leaf.array, spec, mesh), leaf.axes)
 
     if type(x) is NamedArray:
         return one(x)
-    return jax.tree_util.tree_map(one, x, is_leaf=lambda v: isinstance(v, NamedArray))
+    return jax.tree_util.tree_map(one, x, is_leaf=is_named_array)
 
 
 def set_mesh(mesh: Any) -> Any:

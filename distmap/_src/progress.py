@@ -65,11 +65,13 @@ from typing import Any, TypeVar
 
 from distmap import errors
 from distmap._src import exits
-from distmap._src.exits import EXIT_DIVERGED, EXIT_PEER_FAILED, EXIT_STALLED
+from distmap._src.consistency import ranks_text
+from distmap._src.jax_internals import rank_records
+from distmap._src.launch import contract
+from distmap._src.launch.contract import EXIT_DIVERGED, EXIT_PEER_FAILED, EXIT_STALLED
 
 #: Environment variable a launcher sets: seconds without progress before a stall is
 #: reported (a float; ``0`` turns the watch off). Set by ``--stall_timeout``.
-STALL_TIMEOUT_ENV = "DISTMAP_STALL_TIMEOUT"
 
 
 _PREFIX = "distmap/watch/"
@@ -89,17 +91,17 @@ def stall_timeout_from_env() -> float | None:
         >>> stall_timeout_from_env() is None
         True
     """
-    raw = os.environ.get(STALL_TIMEOUT_ENV, "").strip()
+    raw = os.environ.get(contract.STALL_TIMEOUT, "").strip()
     if not raw:
         return None
     try:
         value = float(raw)
     except ValueError:
         raise errors.DistributedError(
-            f"environment variable {STALL_TIMEOUT_ENV}={raw!r} is not a number of seconds (0 turns the watch off)."
+            f"environment variable {contract.STALL_TIMEOUT}={raw!r} is not a number of seconds (0 turns the watch off)."
         ) from None
     if not value >= 0 or value == float("inf"):
-        raise errors.DistributedError(f"environment variable {STALL_TIMEOUT_ENV}={raw!r}: expected seconds >= 0 (0: off).")
+        raise errors.DistributedError(f"environment variable {contract.STALL_TIMEOUT}={raw!r}: expected seconds >= 0 (0: off).")
     return value
 
 
@@ -169,11 +171,7 @@ class _Watch:
             try:
                 self.beat += 1
                 self.client.key_value_set(_PREFIX + str(self.rank), self.record(), allow_overwrite=True)
-                records = {}
-                for key, value in self.client.key_value_dir_get(_PREFIX):
-                    tail = key.rsplit("/", 1)[-1]
-                    if tail.isdigit():
-                        records[int(tail)] = json.loads(value)
+                records = rank_records(self.client, _PREFIX)
                 failed = exits.failure_notices(self.client)
             except Exception:  # noqa: BLE001 - the service is gone (the run is ending) or busy: try again
                 continue
@@ -198,7 +196,7 @@ class _Watch:
         gone = [r for r in range(self.n) if r != self.rank and r in self.seen_beats
                 and records.get(r, {}).get("state") == "run" and now - self.seen_beats[r][1] > self.gone_after]
         if gone:
-            return ("gone", gone, f"{_ranks(gone)} stopped reporting for over {self.gone_after:g} s: the process "
+            return ("gone", gone, f"{ranks_text(gone)} stopped reporting for over {self.gone_after:g} s: the process "
                     "ended without leaving the run (os._exit, a signal, killed) or is frozen.")
         if len(records) < self.n:
             return None  # some ranks have not published yet
@@ -218,11 +216,11 @@ class _Watch:
             ahead = sorted(r for r, c in counts.items() if c == top)
             left = [r for r in behind if r in done]
             if left:
-                return ("diverged", left, f"{_ranks(left)} left the run after {low} multi-process launches while "
-                        f"{_ranks(ahead)} launched {top} and wait{'s' if len(ahead) == 1 else ''} for the rest "
+                return ("diverged", left, f"{ranks_text(left)} left the run after {low} multi-process launches while "
+                        f"{ranks_text(ahead)} launched {top} and wait{'s' if len(ahead) == 1 else ''} for the rest "
                         f"(last launches: {_last_texts(records, behind + ahead)}).")
-            return ("stalled", behind, f"{_ranks(behind)} stopped making progress: no multi-process launch for over "
-                    f"{self.stall_timeout:g} s at launch {low}, while {_ranks(ahead)} launched {top} and "
+            return ("stalled", behind, f"{ranks_text(behind)} stopped making progress: no multi-process launch for over "
+                    f"{self.stall_timeout:g} s at launch {low}, while {ranks_text(ahead)} launched {top} and "
                     f"wait{'s' if len(ahead) == 1 else ''} for {'it' if len(behind) == 1 else 'them'} "
                     f"(last launches: {_last_texts(records, behind + ahead)}).")
         if not done and not self.warned_idle:
@@ -270,10 +268,6 @@ class _Watch:
         os._exit(EXIT_PEER_FAILED)
 
 
-def _ranks(ranks: list[int]) -> str:
-    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
-
-
 def _last_texts(records: Mapping[int, Mapping[str, Any]], ranks: list[int]) -> str:
     parts = []
     for r in ranks:
@@ -298,8 +292,8 @@ def _divergence(records: Mapping[int, Mapping[str, Any]]) -> tuple[list[int], st
         shown = []
         for rs in ordered:
             text = next((rings[r][c][1] for r in rs if rings[r][c][1]), "")
-            shown.append(f"{_ranks(rs)}: {text or '(description no longer kept)'}")
-        return culprits, (f"{_ranks(culprits)} diverged: the multi-process launches differ from launch {c} on "
+            shown.append(f"{ranks_text(rs)}: {text or '(description no longer kept)'}")
+        return culprits, (f"{ranks_text(culprits)} diverged: the multi-process launches differ from launch {c} on "
                           f"({'; '.join(shown)}). Every rank must launch the same computations in the same order.")
     return None
 
@@ -408,23 +402,23 @@ def verify(label: str = "", *, timeout: float | None = None) -> int:
     got: dict[int, Any] = {watch.rank: mine}
     end = time.monotonic() + wait
     while True:
-        got.update(_read(watch.client, prefix))
+        got.update(rank_records(watch.client, prefix))
         missing = [r for r in range(watch.n) if r not in got]
         if not missing:
             break
         # A rank that launched more than this one did before this check, and has not reached
         # it: it is blocked in a launch this rank never makes (or this rank skipped one).
-        records = _read(watch.client, _PREFIX)
+        records = rank_records(watch.client, _PREFIX)
         ahead = {r: int(v["count"]) for r, v in records.items() if r in missing and int(v["count"]) > mine["count"]}
         if ahead:
-            got.update(_read(watch.client, prefix))  # it may have reached the check in between
+            got.update(rank_records(watch.client, prefix))  # it may have reached the check in between
             ahead = {r: c for r, c in ahead.items() if r not in got}
         if ahead:
             by_count = {**{r: int(v["count"]) for r, v in got.items()}, **ahead}
             _raise_count_mismatch(where, by_count, {**got, **{r: records[r] for r in ahead}}, waiting=True)
         if time.monotonic() > end:
             raise errors.DivergenceError(
-                f"{where}: {_ranks(missing)} did not reach this check within {wait:g} s (they are stuck, or launched a "
+                f"{where}: {ranks_text(missing)} did not reach this check within {wait:g} s (they are stuck, or launched a "
                 "different sequence of checks).", missing)
         time.sleep(0.02)
     counts = {r: int(v["count"]) for r, v in got.items()}
@@ -436,25 +430,16 @@ def verify(label: str = "", *, timeout: float | None = None) -> int:
     return watch.count
 
 
-def _read(client: Any, prefix: str) -> dict[int, Any]:
-    out = {}
-    for key, value in client.key_value_dir_get(prefix):
-        tail = key.rsplit("/", 1)[-1]
-        if tail.isdigit():
-            out[int(tail)] = json.loads(value)
-    return out
-
-
 def _raise_count_mismatch(where: str, counts: Mapping[int, int], got: Mapping[int, Any], *, waiting: bool) -> None:
     by: dict[int, list[int]] = {}
     for r, c in sorted(counts.items()):
         by.setdefault(c, []).append(r)
     ordered = sorted(by.items(), key=lambda kv: (-len(kv[1]), kv[1][0]))  # the largest group is taken as right
     culprits = sorted(r for _, rs in ordered[1:] for r in rs)
-    shown = "; ".join(f"{_ranks(rs)}: {c}" for c, rs in ordered)
+    shown = "; ".join(f"{ranks_text(rs)}: {c}" for c, rs in ordered)
     late = " (the ranks with more launches wait in one the others never made)" if waiting else ""
     raise errors.DivergenceError(
-        f"{where}: {_ranks(culprits)} diverged: the ranks launched different numbers of multi-process computations "
+        f"{where}: {ranks_text(culprits)} diverged: the ranks launched different numbers of multi-process computations "
         f"before this check ({shown}){late}; last launches: {_last_texts(got, sorted(got))}. Their collectives were "
         "paired with the wrong partners, so no result since the last good check can be trusted.", culprits)
 
@@ -527,7 +512,6 @@ __all__ = [
     "EXIT_DIVERGED",
     "EXIT_PEER_FAILED",
     "EXIT_STALLED",
-    "STALL_TIMEOUT_ENV",
     "active",
     "count_maps_at_execution",
     "finish",

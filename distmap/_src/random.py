@@ -16,8 +16,8 @@ import jax.numpy as jnp
 
 from distmap import errors
 from distmap._src.axis import Axis, AxisSelector, SizedAxes, to_axes
-from distmap._src.named import NamedArray, _wrap, align
-from distmap._src.ops import _check_subset, _scalar_operand, _single
+from distmap._src.named import NamedArray, align, scalar_operand, wrap
+from distmap._src.operands import check_subset, single_axis
 from distmap._src.partitioning import auto_sharded
 
 
@@ -48,8 +48,8 @@ def _check_key(key: Any, fn: str) -> Any:
 
 def _param(value: Any, axes: tuple[Axis, ...], fn: str, what: str) -> Any:
     if isinstance(value, NamedArray):
-        return align(_check_subset(value, axes, fn, what), axes)
-    return _scalar_operand(value, fn, what)
+        return align(check_subset(value, axes, fn, what), axes)
+    return scalar_operand(value, f"{fn}: {what}")
 
 
 def _dtype(dtype: Any, kinds: Any, fn: str, what: str) -> Any:
@@ -80,7 +80,7 @@ def normal(key: Any, axes: SizedAxes, dtype: Any = jnp.float32) -> NamedArray:
     """
     ax = to_axes(axes, what="normal(axes=...)")
     dtype = _dtype(dtype, (jnp.floating, jnp.complexfloating), "normal", "a float or complex dtype")
-    return auto_sharded(_wrap(jax.random.normal(_check_key(key, "normal"), _shape(ax), dtype), ax))
+    return auto_sharded(wrap(jax.random.normal(_check_key(key, "normal"), _shape(ax), dtype), ax))
 
 
 def uniform(
@@ -103,7 +103,7 @@ def uniform(
     dtype = _dtype(dtype, (jnp.floating,), "uniform", "a float dtype")
     lo = _param(minval, ax, "uniform", "minval")
     hi = _param(maxval, ax, "uniform", "maxval")
-    return auto_sharded(_wrap(jax.random.uniform(_check_key(key, "uniform"), _shape(ax), dtype, lo, hi), ax))
+    return auto_sharded(wrap(jax.random.uniform(_check_key(key, "uniform"), _shape(ax), dtype, lo, hi), ax))
 
 
 def randint(
@@ -125,7 +125,7 @@ def randint(
     dtype = _dtype(dtype, (jnp.integer,), "randint", "an integer dtype")
     lo = _param(minval, ax, "randint", "minval")
     hi = _param(maxval, ax, "randint", "maxval")
-    return auto_sharded(_wrap(jax.random.randint(_check_key(key, "randint"), _shape(ax), lo, hi, dtype), ax))
+    return auto_sharded(wrap(jax.random.randint(_check_key(key, "randint"), _shape(ax), lo, hi, dtype), ax))
 
 
 def bernoulli(key: Any, axes: SizedAxes, p: NamedArray | float = 0.5) -> NamedArray:
@@ -138,7 +138,7 @@ def bernoulli(key: Any, axes: SizedAxes, p: NamedArray | float = 0.5) -> NamedAr
     """
     ax = to_axes(axes, what="bernoulli(axes=...)")
     prob = _param(p, ax, "bernoulli", "p")
-    return auto_sharded(_wrap(jax.random.bernoulli(_check_key(key, "bernoulli"), prob, _shape(ax)), ax))
+    return auto_sharded(wrap(jax.random.bernoulli(_check_key(key, "bernoulli"), prob, _shape(ax)), ax))
 
 
 def categorical(key: Any, logits: NamedArray, axis: AxisSelector) -> NamedArray:
@@ -154,9 +154,9 @@ def categorical(key: Any, logits: NamedArray, axis: AxisSelector) -> NamedArray:
         raise errors.ArgumentTypeError(
             f"categorical: logits must be a NamedArray, got {type(logits).__name__}; name its axes with distmap.named."
         )
-    i = logits.axis_indices(_single(axis, "categorical"))
+    i = logits.axis_indices(single_axis(axis, "categorical"))
     rest = logits.axes[:i] + logits.axes[i + 1 :]  # type: ignore[operator]
-    return auto_sharded(_wrap(jax.random.categorical(_check_key(key, "categorical"), logits.array, axis=i), rest))
+    return auto_sharded(wrap(jax.random.categorical(_check_key(key, "categorical"), logits.array, axis=i), rest))
 
 
 __all__ = ["normal", "uniform", "randint", "bernoulli", "categorical"]

@@ -17,25 +17,13 @@ import jax
 import jax.numpy as jnp
 
 from distmap import errors
-from distmap._src.axis import Axis, AxisSelection, AxisSelector, parse_selection
-from distmap._src.named import NamedArray, _wrap, align
+from distmap._src.axis import Axis, AxisSelection, AxisSelector
+from distmap._src.named import NamedArray, wrap, align
+from distmap._src.operands import axis_dims, check_named
 
 
-def _check_named(x: Any, fn: str) -> NamedArray:
-    if not isinstance(x, NamedArray):
-        raise errors.ArgumentTypeError(
-            f"{fn}: expected a NamedArray, got {type(x).__name__}; give an array names with distmap.named."
-        )
-    return x
 
 
-def _dims(x: NamedArray, axis: AxisSelection | None, fn: str = "axis") -> tuple[int, ...]:
-    if axis is None:
-        return tuple(range(x.ndim))
-    if isinstance(axis, (str, Axis)):
-        return (x.axis_indices(axis),)  # type: ignore[return-value]
-    parse_selection(axis, what=f"{fn}(axis=...)")  # a bad selection is named by the function it was given to
-    return x.axis_indices(axis)  # type: ignore[return-value]  # checks sizes given with the names
 
 
 def _where(x: NamedArray, where: NamedArray | None, fn: str) -> jax.Array | None:
@@ -113,14 +101,14 @@ def _reducer(
         _check_keywords(kw, allowed, name)
         if not isinstance(x, NamedArray):
             return _reduce_unnamed(jfn, name, x, axis, fixed, kw)
-        dims = _dims(x, axis, name)
+        dims = axis_dims(x, axis, name)
         if takes_where:
             kw["where"] = _where(x, kw.get("where"), name)
             # max and min have no identity, so jnp asks for ``initial`` with a mask; supply the dtype's extreme.
             if lowest is not None and kw["where"] is not None and kw.get("initial") is None:
                 kw["initial"] = _extreme(x.dtype, lowest)
         kept = tuple(a for i, a in enumerate(x.axes) if i not in dims)
-        return _wrap(jfn(x.array, axis=dims, **fixed, **kw), kept)
+        return wrap(jfn(x.array, axis=dims, **fixed, **kw), kept)
 
     reduce.__name__ = name
     reduce.__qualname__ = name
@@ -148,15 +136,15 @@ logsumexp = _reducer(jax.nn.logsumexp, "logsumexp", takes_where=False)
 
 def _arg_reducer(jfn: Callable[..., jax.Array], name: str):
     def reduce(x: NamedArray, axis: AxisSelector | None = None) -> NamedArray:
-        x = _check_named(x, name)
+        x = check_named(x, name)
         if axis is None:
-            return _wrap(jfn(x.array.reshape(-1)), ())
+            return wrap(jfn(x.array.reshape(-1)), ())
         if not isinstance(axis, (str, Axis)):
             raise errors.AxisSelectorError(
                 f"{name}: axis must be one Axis or name (or None for the flattened index), got {axis!r}."
             )
         i = x.axis_indices(axis)
-        return _wrap(jfn(x.array, axis=i), tuple(a for j, a in enumerate(x.axes) if j != i))
+        return wrap(jfn(x.array, axis=i), tuple(a for j, a in enumerate(x.axes) if j != i))
 
     reduce.__name__ = name
     reduce.__qualname__ = name

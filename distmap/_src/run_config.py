@@ -45,8 +45,6 @@ class DistributedConfig:
 #: Environment variables for JAX's own time-outs (whole seconds), passed to
 #: ``jax.distributed.initialize``: the shutdown barrier at exit (JAX's default 300 s) and the
 #: heartbeat after which the coordination service declares a silent rank dead (100 s).
-SHUTDOWN_TIMEOUT_ENV = "DISTMAP_SHUTDOWN_TIMEOUT"
-HEARTBEAT_TIMEOUT_ENV = "DISTMAP_HEARTBEAT_TIMEOUT"
 
 
 def env_int(name: str) -> int | None:
@@ -102,7 +100,7 @@ def differences(requested: DistributedConfig, before: DistributedConfig) -> list
 def jax_timeouts() -> dict[str, int]:
     """JAX's shutdown and heartbeat time-outs from the environment, where this JAX takes them."""
     out = {}
-    for env, arg in ((SHUTDOWN_TIMEOUT_ENV, "shutdown_timeout_seconds"), (HEARTBEAT_TIMEOUT_ENV, "heartbeat_timeout_seconds")):
+    for env, arg in ((contract.SHUTDOWN_TIMEOUT, "shutdown_timeout_seconds"), (contract.HEARTBEAT_TIMEOUT, "heartbeat_timeout_seconds")):
         value = env_int(env)
         if value is None:
             continue
@@ -149,8 +147,6 @@ def requested_config(
 
 
 __all__ = [
-    "HEARTBEAT_TIMEOUT_ENV",
-    "SHUTDOWN_TIMEOUT_ENV",
     "DistributedConfig",
     "differences",
     "env_float",

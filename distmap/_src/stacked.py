@@ -27,13 +27,12 @@ import numpy as np
 
 from distmap import errors
 from distmap._src.map import checkpoint as ckpt
-from distmap._src import leaves as leaves_lib
 from distmap._src.axis import Axis, SizedAxes, to_axes
 from distmap._src.leaves import is_array
 from distmap._src.map import scan as scan_lib
 from distmap._src.map import specs
 from distmap._src.map.api import vmap
-from distmap._src.named import NamedArray, _wrap
+from distmap._src.named import NamedArray, is_named_array, wrap
 
 M = TypeVar("M", bound=eqx.Module)
 
@@ -70,7 +69,7 @@ def _is_key(leaf: Any) -> bool:
 
 def _check_keys(axis: Axis, args: tuple, kwargs: dict, what: str) -> None:
     """Refuse a single PRNG key: vmap would give it to every copy, making ``axis.size`` identical copies."""
-    flat, _ = jax.tree_util.tree_flatten_with_path((args, kwargs), is_leaf=leaves_lib.is_named)
+    flat, _ = jax.tree_util.tree_flatten_with_path((args, kwargs), is_leaf=is_named_array)
     for path, leaf in flat:
         one_typed = _is_key(leaf) and leaf.ndim == 0
         one_raw = is_array(leaf) and leaf.shape == (2,) and leaf.dtype == np.uint32 and axis.size != 2
@@ -266,7 +265,7 @@ class Stacked(eqx.Module, Generic[M]):
                     f"Stacked.from_state_dict: {key!r} is not a field of this {self.axis.size}-layer stack "
                     f"(per-layer fields: {sorted(known)})."
                 )
-        leaves, treedef = jax.tree_util.tree_flatten_with_path(self.stacked, is_leaf=leaves_lib.is_named)
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(self.stacked, is_leaf=is_named_array)
         new = []
         for path, leaf in leaves:
             name = _path_name(path)
@@ -291,7 +290,7 @@ class Stacked(eqx.Module, Generic[M]):
                     f"field has shape {arr.shape}."
                 )
             value = value.astype(arr.dtype)
-            new.append(_wrap(value, leaf.axes) if isinstance(leaf, NamedArray) else value)
+            new.append(wrap(value, leaf.axes) if isinstance(leaf, NamedArray) else value)
         stacked = jax.tree_util.tree_unflatten(treedef, new)
         return Stacked(stacked, self.axis, self.checkpoint, self.unroll)
 
@@ -371,7 +370,7 @@ def _path_name(path: Sequence[Any]) -> str:
 
 def _flat_arrays(module: Any, prefix: str) -> dict[str, Any]:
     out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(module, is_leaf=leaves_lib.is_named)[0]:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(module, is_leaf=is_named_array)[0]:
         if isinstance(leaf, NamedArray):
             leaf = leaf.array
         elif not is_array(leaf):
@@ -446,13 +445,13 @@ class BlockSeq(eqx.Module, Generic[M]):
 
     def stack(self) -> Stacked[M]:
         """The layers stacked into a :class:`Stacked` along ``axis`` (with the same checkpoint policy)."""
-        leaves = [jax.tree_util.tree_flatten(b, is_leaf=leaves_lib.is_named) for b in self.blocks]
+        leaves = [jax.tree_util.tree_flatten(b, is_leaf=is_named_array) for b in self.blocks]
         treedef = leaves[0][1]
         out = []
         for parts in zip(*(lv for lv, _ in leaves)):
             first = parts[0]
             if isinstance(first, NamedArray):
-                out.append(_wrap(jnp.stack([p.array for p in parts]), (self.axis,) + first.axes))
+                out.append(wrap(jnp.stack([p.array for p in parts]), (self.axis,) + first.axes))
             elif is_array(first):
                 out.append(jnp.stack(parts))
             else:
@@ -577,15 +576,15 @@ def _take_named(args: tuple, kwargs: dict, name: str, i: int) -> tuple[tuple, di
             return leaf[name, i]
         return leaf
 
-    return jax.tree_util.tree_map(one, (args, kwargs), is_leaf=leaves_lib.is_named)
+    return jax.tree_util.tree_map(one, (args, kwargs), is_leaf=is_named_array)
 
 
 def _stack_outputs(outs: list[Any], axis: Axis) -> Any:
     def stack(*parts: Any) -> Any:
         if isinstance(parts[0], NamedArray):
-            return _wrap(jnp.stack([p.array for p in parts]), (axis,) + parts[0].axes)
+            return wrap(jnp.stack([p.array for p in parts]), (axis,) + parts[0].axes)
         if is_array(parts[0]):
             return jnp.stack(parts)
         return parts[0]
 
-    return jax.tree_util.tree_map(stack, *outs, is_leaf=leaves_lib.is_named)
+    return jax.tree_util.tree_map(stack, *outs, is_leaf=is_named_array)

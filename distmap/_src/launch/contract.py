@@ -24,6 +24,15 @@ of them is set, JAX's own cluster detection (SLURM, TPU VMs, Kubernetes, MPI) is
                                sharded maps in the same order (``--check_collectives``).
 =============================  ===========================================================
 
+A program (not a launcher) may also set these, read by ``initialize``:
+
+=============================  ===========================================================
+``DISTMAP_FAST_EXIT``          ``0``: a failing rank waits in JAX's shutdown barrier
+                               instead of exiting at once with its own status.
+``DISTMAP_SHUTDOWN_TIMEOUT``   seconds for JAX's ``shutdown_timeout_seconds``.
+``DISTMAP_HEARTBEAT_TIMEOUT``  seconds for JAX's ``heartbeat_timeout_seconds``.
+=============================  ===========================================================
+
 Example:
     >>> spec = RankSpec(coordinator="127.0.0.1:1234", num_processes=2, process_id=1, run_id="r1",
     ...                 cpu_devices=4)
@@ -51,6 +60,9 @@ RUN_ID = "DISTMAP_RUN_ID"
 ATTEMPT = "DISTMAP_ATTEMPT"
 RUN_DIR = "DISTMAP_RUN_DIR"
 CHECK_COLLECTIVES = "DISTMAP_CHECK_COLLECTIVES"
+FAST_EXIT = "DISTMAP_FAST_EXIT"
+SHUTDOWN_TIMEOUT = "DISTMAP_SHUTDOWN_TIMEOUT"
+HEARTBEAT_TIMEOUT = "DISTMAP_HEARTBEAT_TIMEOUT"
 
 #: Every variable of the contract, in the order the table above lists them.
 ENV_VARS = (
@@ -67,6 +79,8 @@ ENV_VARS = (
     RUN_DIR,
     CHECK_COLLECTIVES,
 )
+#: The variables a program may set for itself (the second table above).
+PROGRAM_ENV_VARS = (FAST_EXIT, SHUTDOWN_TIMEOUT, HEARTBEAT_TIMEOUT)
 
 #: Exit status of a rank whose processes did not all join within the start-up time-out
 #: (``EX_TEMPFAIL``). JAX would otherwise abort the process with SIGABRT and no explanation.
@@ -218,6 +232,10 @@ __all__ = [
     "COORDINATOR_BIND",
     "CPU_DEVICES",
     "ENV_VARS",
+    "FAST_EXIT",
+    "HEARTBEAT_TIMEOUT",
+    "PROGRAM_ENV_VARS",
+    "SHUTDOWN_TIMEOUT",
     "EXIT_DIVERGED",
     "EXIT_INIT_TIMEOUT",
     "EXIT_PEER_FAILED",

@@ -20,7 +20,7 @@ from distmap import errors
 from distmap._src import leaves as leaves_lib
 from distmap._src.map import frames
 from distmap._src.map.plan import Plan
-from distmap._src.named import _wrap
+from distmap._src.named import wrap
 
 FrameFor = Callable[[int, int], frames.MapFrame]
 
@@ -54,7 +54,7 @@ def run(
         full = list(leaves)
         for j, i in enumerate(plan.arrays):
             inner = plan.inner[i]
-            full[i] = dyn[j] if inner is None else _wrap(dyn[j], inner)
+            full[i] = dyn[j] if inner is None else wrap(dyn[j], inner)
         a, k = jax.tree_util.tree_unflatten(plan.treedef, full)
         out = fn(*a, **k)
         out_tree, out_kinds, out_arrays = leaves_lib.split(out)

@@ -30,7 +30,8 @@ import numpy as np
 
 from distmap import errors
 from distmap._src.axis import Axis
-from distmap._src.leaves import is_array, is_named
+from distmap._src.leaves import is_array
+from distmap._src.named import is_named_array
 from distmap._src.map import specs
 from distmap._src.map.statics import static_key
 from distmap._src.named import NamedArray
@@ -213,7 +214,7 @@ def resolve(request: Request, args: Sequence[Any], kwargs: Mapping[str, Any]) ->
     """
     args = tuple(args)
     kwargs = dict(kwargs)
-    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=is_named)
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs), is_leaf=is_named_array)
     key = (request.key(), treedef, tuple([leaf.axes if type(leaf) is NamedArray else _signature(leaf) for leaf in leaves]))
     plan = _PLANS.get(key)
     if plan is None:

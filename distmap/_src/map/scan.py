@@ -39,7 +39,7 @@ from distmap._src.map import checkpoint as ckpt
 from distmap._src.map import frames
 from distmap._src.map import plan as plan_lib
 from distmap._src.map import specs
-from distmap._src.named import NamedArray, _wrap
+from distmap._src.named import NamedArray, is_named_array, wrap
 
 
 def scan(
@@ -216,9 +216,9 @@ class _Layout:
             if type(leaf) is not NamedArray:
                 return leaf
             spec = mesh_lib.loop_pspec(leaf, self.mapping, self.mesh)
-            return leaf if spec is None else _wrap(mesh_lib.place(leaf.array, spec, self.mesh), leaf.axes)
+            return leaf if spec is None else wrap(mesh_lib.place(leaf.array, spec, self.mesh), leaf.axes)
 
-        return jax.tree_util.tree_map(one, tree, is_leaf=leaves_lib.is_named)
+        return jax.tree_util.tree_map(one, tree, is_leaf=is_named_array)
 
 
 def _layout(what: str, name: str, mapping: Any, given: Any, trees: Sequence[Any]) -> _Layout | None:
@@ -268,7 +268,7 @@ def _layout(what: str, name: str, mapping: Any, given: Any, trees: Sequence[Any]
 def _axis_names(trees: Sequence[Any]) -> set[str]:
     """The names of every axis of every NamedArray in ``trees``."""
     out: set[str] = set()
-    for leaf in jax.tree_util.tree_leaves(tuple(trees), is_leaf=leaves_lib.is_named):
+    for leaf in jax.tree_util.tree_leaves(tuple(trees), is_leaf=is_named_array):
         if type(leaf) is NamedArray:
             out.update(ax.name for ax in leaf.axes)
     return out
@@ -311,7 +311,7 @@ class Sliced:
                 parts.append(v)
             else:
                 s = next(it)
-                parts.append(s if v is True else _wrap(s, v))
+                parts.append(s if v is True else wrap(s, v))
         return jax.tree_util.tree_unflatten(self.treedef, parts)
 
     def index(self, i: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -386,7 +386,7 @@ def _length_message(msg: str, name: str, xs: Sequence[Any], kxs: Mapping[str, An
     m = _SIZES.search(msg)
     if m is None:
         return msg
-    flat, _ = jax.tree_util.tree_flatten_with_path((tuple(xs), dict(kxs)), is_leaf=leaves_lib.is_named)
+    flat, _ = jax.tree_util.tree_flatten_with_path((tuple(xs), dict(kxs)), is_leaf=is_named_array)
     by_path = {specs.path_str(p): leaf for p, leaf in flat}
 
     def one(path: str, size: str) -> str:
@@ -492,7 +492,7 @@ def _run(fn, label, what, request, init, xs, kxs, policy, reverse, unroll, retur
 
 
 def _signature(tree: Any) -> tuple[Any, list[Any]]:
-    leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=leaves_lib.is_named)
+    leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=is_named_array)
     return treedef, [_leaf_sig(leaf) for leaf in leaves]
 
 
@@ -538,7 +538,7 @@ def _check_carry(what, label, name, tree_in, sig_in, new_carry) -> None:
         else:
             detail = f"{_show(a)} -> {_show(b)}"
         if paths is None:
-            flat, _ = jax.tree_util.tree_flatten_with_path(new_carry, is_leaf=leaves_lib.is_named)
+            flat, _ = jax.tree_util.tree_flatten_with_path(new_carry, is_leaf=is_named_array)
             paths = ["carry" + jax.tree_util.keystr(p) for p, _ in flat]
         raise errors.MappingError(
             f"{what} over {name!r}: {label} changed {paths[i]}: {detail} (before -> after one step). The carry "

@@ -54,7 +54,9 @@ from distmap._src.mesh import (
     as_axis_mapping,
     current_axis_mapping,
     current_mesh,
+    entry_axes,
     has_explicit_axes,
+    spec_entry,
     typed_part,
 )
 
@@ -162,7 +164,7 @@ def from_inputs(plan: Plan, leaves: list[Any], mesh: Any) -> Lowering | None:
             d = row[level]
             if d is None or name in found or spec[d] is None:
                 continue
-            axes = (spec[d],) if isinstance(spec[d], str) else tuple(spec[d])
+            axes = entry_axes(spec[d])
             if not axes or any(a in v for v in found.values() for a in axes):
                 continue
             found[name] = axes
@@ -413,12 +415,6 @@ def _path(plan: Plan, leaves: list[Any], i: int) -> str:
     return specs.leaf_paths(args, kwargs)[i]
 
 
-def _one_spec(axes: tuple[str, ...] | None) -> Any:
-    if not axes:
-        return None
-    return axes[0] if len(axes) == 1 else axes
-
-
 def _spec_for(row, ndim: int, plan: Plan, lowering: Lowering, levels) -> PartitionSpec:
     """The spec splitting the dimensions of ``row`` at ``levels`` over their mesh axes."""
     parts: list[Any] = [None] * ndim
@@ -426,7 +422,7 @@ def _spec_for(row, ndim: int, plan: Plan, lowering: Lowering, levels) -> Partiti
         d = row[level]
         axes = lowering.axes_of(plan.names[level])
         if d is not None and axes:
-            parts[d] = _one_spec(axes)
+            parts[d] = spec_entry(axes)
     return PartitionSpec(*parts)
 
 
@@ -482,7 +478,7 @@ def _run(static: _Static, fn_arrays: list[Any], values: list[Any], fixed: list[A
         out_info[:] = [out_tree, [k[len(names) :] if type(k) is tuple else k for k in out_kinds]]
         return tuple(out_arrays)
 
-    out_spec = PartitionSpec(*[_one_spec(splits[l].mesh_axes) if l in splits else None for l in range(len(names))])
+    out_spec = PartitionSpec(*[spec_entry(splits[l].mesh_axes) if l in splits else None for l in range(len(names))])
     mapped = jax.shard_map(
         body, mesh=mesh, in_specs=tuple(in_specs + fn_specs), out_specs=out_spec, check_vma=False
     )
@@ -517,7 +513,7 @@ def _cut_back(arr: jax.Array, splits: dict[int, Split], uneven: list[int], mesh:
         return arr
     if has_explicit_axes(mesh):
         # An Explicit-typed array cannot hold an uneven split: gather those dims first (one all-gather).
-        parts = [None if l in uneven else (_one_spec(splits[l].mesh_axes) if l in splits else None) for l in range(levels)]
+        parts = [None if l in uneven else (spec_entry(splits[l].mesh_axes) if l in splits else None) for l in range(levels)]
         arr = jax.sharding.reshard(arr, _sharding(mesh, typed_part(PartitionSpec(*parts), mesh, explicit=True)))
     for l in uneven:
         arr = splits[l].cut(arr, l)

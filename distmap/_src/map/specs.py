@@ -22,7 +22,8 @@ import jax
 import numpy as np
 
 from distmap import errors
-from distmap._src.leaves import is_array, is_named
+from distmap._src.leaves import is_array
+from distmap._src.named import is_named_array
 from distmap._src.named import NamedArray
 
 InAxisSpec = Union[int, None, Callable[[Any], Union[int, None]]]
@@ -80,7 +81,7 @@ def _per_leaf(spec: Any, subtree: Any, where: str) -> list[Any]:
     if is_spec_leaf(spec):
         if type(subtree) is NamedArray or is_array(subtree):  # one leaf: no need to flatten
             return [spec]
-        n = len(jax.tree_util.tree_leaves(subtree, is_leaf=is_named))
+        n = len(jax.tree_util.tree_leaves(subtree, is_leaf=is_named_array))
         return [spec] * n
     try:
         holders = jax.tree_util.tree_map(
@@ -251,5 +252,5 @@ def path_str(path: Sequence[Any]) -> str:
 
 def leaf_paths(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[str]:
     """Readable paths of every leaf of ``(args, kwargs)``, computed only when an error needs them."""
-    flat, _ = jax.tree_util.tree_flatten_with_path((tuple(args), dict(kwargs)), is_leaf=is_named)
+    flat, _ = jax.tree_util.tree_flatten_with_path((tuple(args), dict(kwargs)), is_leaf=is_named_array)
     return [path_str(p) for p, _ in flat]
