@@ -25,19 +25,19 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-import argparse  # noqa: E402
-import re  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-import types  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import re
+import statistics
+import time
+import types
+from typing import Any
 
-import equinox as eqx  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import distmap  # noqa: E402
+import distmap
 
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 PARAMS = {"embed": "data", "mlp": "model", "heads": "model"}
@@ -70,8 +70,8 @@ def haliax_names() -> Any:
 
 def build(lib: Any, sizes: dict[str, int], weights: dict[str, np.ndarray]) -> tuple[Any, Any]:
     """The decoder and its training step, written once in ``lib``'s names, with the given weights."""
-    A = {n: lib.Axis(n, s) for n, s in sizes.items()}  # noqa: N806
-    Embed, Heads, Head, Mlp, Pos, KPos, Layer = (A[n] for n in ("embed", "heads", "head", "mlp", "position",  # noqa: N806
+    A = {n: lib.Axis(n, s) for n, s in sizes.items()}
+    Embed, Heads, Head, Mlp, Pos, KPos, Layer = (A[n] for n in ("embed", "heads", "head", "mlp", "position",
                                                                  "key_position", "layer"))
 
     class Linear(eqx.Module):
@@ -147,8 +147,8 @@ def _collectives(hlo: str) -> dict[str, int]:
 
 def _inputs(sizes: dict[str, int], seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    L, D, H, Dh, M = (sizes[n] for n in ("layer", "embed", "heads", "head", "mlp"))  # noqa: N806
-    B, S = sizes["batch"], sizes["position"]  # noqa: N806
+    L, D, H, Dh, M = (sizes[n] for n in ("layer", "embed", "heads", "head", "mlp"))
+    B, S = sizes["batch"], sizes["position"]
 
     def w(*shape, scale):
         return (rng.standard_normal(shape) * scale).astype(np.float32)

@@ -197,7 +197,7 @@ def normalise_hlo(text: str) -> str:
             lines.append(line)
             continue
         if in_tables:
-            if line.startswith("%") or line.startswith("ENTRY"):
+            if line.startswith(("%", "ENTRY")):
                 in_tables = False
             else:
                 continue  # FileNames / FunctionNames / FileLocations / StackFrames
@@ -211,7 +211,7 @@ def normalise_hlo(text: str) -> str:
 
     out = []
     for line in text.splitlines():
-        if line.startswith("%") or line.startswith("ENTRY"):  # a computation's signature
+        if line.startswith(("%", "ENTRY")):  # a computation's signature
             line = _SIG_PARAM.sub(lambda m: m.group(1) + canon(m.group(2)) + m.group(3), line)
         line = _NAME.sub(lambda m: "%" + canon(m.group(1)), line)
         out.append(line)
@@ -229,7 +229,7 @@ def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, reps: int,
                 clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median seconds per call of each thunk, timed by ``clock`` in alternating rounds of ``reps`` calls."""
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for k, f in fns.items():  # warm up
+    for f in fns.values():  # warm up
         jax.block_until_ready(f())
     for _ in range(rounds):
         for k, f in fns.items():

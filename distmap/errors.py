@@ -65,7 +65,7 @@ class DistributedError(DistmapError, RuntimeError):
 class DivergenceError(DistributedError):
     """The ranks of a run launched different multi-process computations; ``ranks`` are those at fault."""
 
-    def __init__(self, message: str, ranks: "list[int] | tuple[int, ...]" = ()) -> None:
+    def __init__(self, message: str, ranks: list[int] | tuple[int, ...] = ()) -> None:
         super().__init__(message)
         self.ranks = tuple(ranks)
 

@@ -31,8 +31,8 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # runs from a checkout too
 
-import distmap.flags  # noqa: E402
-from distmap import distributed  # noqa: E402  (at the top: a rank that exits non-zero then exits at once)
+import distmap.flags
+from distmap import distributed  # at the top: a rank that exits non-zero then exits at once
 
 distmap.flags.define_mesh_flags(mesh="data=-1", axis_mapping="batch=data")
 _STEPS = flags.DEFINE_integer("steps", 40, "Training steps.")

@@ -19,7 +19,7 @@ import sys
 # agent uses this checkout's distmap, installed or not, over any other. Importing it loads no JAX.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distmap._src.launch import agent  # noqa: E402
+from distmap._src.launch import agent
 
 if __name__ == "__main__":
     sys.exit(agent.main(sys.argv))

@@ -28,9 +28,9 @@ from absl import flags
 # launcher uses this checkout's distmap, installed or not, over any other. Importing it loads no JAX.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distmap._src import flags as distmap_flags  # noqa: E402
-from distmap._src.launch import cli, k8s, shell  # noqa: E402
-from distmap._src.launch.ports import pick_port  # noqa: E402
+from distmap._src import flags as distmap_flags
+from distmap._src.launch import cli, k8s, shell
+from distmap._src.launch.ports import pick_port
 
 cli.define_common_flags(init_timeout=600.0)
 _APPLY = flags.DEFINE_bool("apply", False, "Pipe the manifests to kubectl apply -f -.")

@@ -26,9 +26,9 @@ from absl import flags
 # launcher uses this checkout's distmap, installed or not, over any other. Importing it loads no JAX.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distmap._src import flags as distmap_flags  # noqa: E402
-from distmap._src.launch import cli, local  # noqa: E402
-from distmap._src.launch.ports import free_port  # noqa: E402
+from distmap._src import flags as distmap_flags
+from distmap._src.launch import cli, local
+from distmap._src.launch.ports import free_port
 
 cli.define_common_flags(devices_per_process=1)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 2, "Processes to start on this machine.", lower_bound=1)

@@ -34,8 +34,8 @@ from absl import flags
 # launcher uses this checkout's distmap, installed or not, over any other. Importing it loads no JAX.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distmap._src import flags as distmap_flags  # noqa: E402
-from distmap._src.launch import cli, slurm  # noqa: E402
+from distmap._src import flags as distmap_flags
+from distmap._src.launch import cli, slurm
 
 cli.define_common_flags(init_timeout=300.0)
 _NODES = flags.DEFINE_integer("nodes", 1, "Nodes to allocate.", lower_bound=1)

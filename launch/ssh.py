@@ -30,9 +30,9 @@ from absl import flags
 # launcher uses this checkout's distmap, installed or not, over any other. Importing it loads no JAX.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distmap._src import flags as distmap_flags  # noqa: E402
-from distmap._src.launch import cli, shell, ssh  # noqa: E402
-from distmap._src.launch.ports import pick_port  # noqa: E402
+from distmap._src import flags as distmap_flags
+from distmap._src.launch import cli, shell, ssh
+from distmap._src.launch.ports import pick_port
 
 cli.define_common_flags(init_timeout=120.0)
 _HOSTS = flags.DEFINE_list("hosts", None, "ssh destinations, rank 0 on the first: host1,user@host2,...")

@@ -33,8 +33,8 @@ from absl import flags
 # launcher uses this checkout's distmap, installed or not, over any other. Importing it loads no JAX.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distmap._src import flags as distmap_flags  # noqa: E402
-from distmap._src.launch import cli, tpu_vm  # noqa: E402
+from distmap._src import flags as distmap_flags
+from distmap._src.launch import cli, tpu_vm
 
 cli.define_common_flags(init_timeout=300.0, devices_per_process=False)
 _NAMES = flags.DEFINE_list("tpu_names", None, "The TPU VM of each slice (or one prefix with --num_slices).")

@@ -36,7 +36,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distmap import distributed  # noqa: E402
+from distmap import distributed
 
 
 def run(mode: str, steps: int) -> int:

@@ -52,7 +52,7 @@ def same(got, want, what):
 def outcome(thunk):
     try:
         return thunk(), None
-    except Exception as e:  # the class is what must agree
+    except Exception as e:  # noqa: BLE001 - any error: the class is what must agree
         return None, type(e)
 
 

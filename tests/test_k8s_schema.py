@@ -53,7 +53,7 @@ def _check(manifest: dict, versions=VERSIONS) -> None:
             kubernetes_validate.validate(manifest, version, strict=True)
         except kubernetes_validate.ValidationError as e:
             where = ".".join(str(p) for p in e.path)
-            raise AssertionError(f"{manifest['kind']} is not valid Kubernetes {version} at {where}: {e.message}")
+            raise AssertionError(f"{manifest['kind']} is not valid Kubernetes {version} at {where}: {e.message}") from e
 
 
 def _documents(text: str) -> list[dict]:

@@ -127,7 +127,7 @@ def test_after_sigint_ranks_get_sigterm_and_the_grace_period_and_no_restart(tmp_
     run = _Launch(["--num_processes=2", "--grace_period=20", "--max_restarts=2", f"--log_dir={tmp_path}",
                    "--run_id=int", "--", PY, "-c", clean])
     try:
-        run.wait_for(lambda l: "up" in l, count=2, timeout=30)
+        run.wait_for(lambda text: "up" in text, count=2, timeout=30)
         run.proc.send_signal(signal.SIGINT)
         rc, err = run.finish(timeout=30)
     finally:
@@ -171,8 +171,8 @@ def test_max_restarts_restarts_the_whole_group(tmp_path):
         calls.append(attempt)
         # Rank 1 fails on the first two attempts; rank 0 waits for it.
         return [
-            _py(0, "import time; time.sleep(0.4 if %d == 2 else 30)" % attempt),
-            _py(1, "import sys; print('attempt %d'); sys.exit(0 if %d == 2 else 4)" % (attempt, attempt)),
+            _py(0, f"import time; time.sleep(0.4 if {attempt} == 2 else 30)"),
+            _py(1, f"import sys; print('attempt {attempt}'); sys.exit(0 if {attempt} == 2 else 4)"),
         ]
 
     err = io.StringIO()
@@ -264,7 +264,7 @@ def test_run_local_gives_each_rank_its_env_and_a_fresh_port_per_attempt(tmp_path
     assert res.exit_code == 0
     envs = [line.split()[3:] for line in out.getvalue().splitlines() if " ENV " in line]
     by_attempt = {}
-    for rank, n, coord, cpus, attempt, platforms, stall in envs:
+    for _rank, n, coord, cpus, attempt, platforms, stall in envs:
         assert n == "2" and cpus == "3" and platforms == "cpu" and coord.startswith("127.0.0.1:") and stall == "7.5"
         by_attempt.setdefault(attempt, set()).add(coord)
     assert set(by_attempt) == {"0", "1"}
@@ -402,7 +402,7 @@ def test_a_signal_to_the_launcher_leaves_no_process_behind(tmp_path, sig):
     run = _Launch(["--num_processes=2", "--grace_period=1", f"--log_dir={tmp_path}", "--", PY, "-c", _STUBBORN_RANK])
     pids: list[int] = []
     try:
-        for line in run.wait_for(lambda l: "PIDS" in l, count=2, timeout=30):
+        for line in run.wait_for(lambda text: "PIDS" in text, count=2, timeout=30):
             pids += [int(p) for p in line.split("PIDS")[1].split()]
         assert all(_alive(p) for p in pids)
         t0 = time.monotonic()
@@ -423,7 +423,7 @@ def test_nothing_outlives_a_launcher_killed_outright(tmp_path):
     run = _Launch(["--num_processes=2", f"--log_dir={tmp_path}", "--", "sh", "-c", wrapper])
     pids: list[int] = []
     try:
-        for line in run.wait_for(lambda l: "PIDS" in l, count=2, timeout=30):
+        for line in run.wait_for(lambda text: "PIDS" in text, count=2, timeout=30):
             pids += [int(p) for p in line.split("PIDS")[1].split()]
         run.proc.kill()  # the launcher cannot clean up; its watchdog ends every rank's process group
         run.proc.wait()

@@ -106,7 +106,7 @@ class TestDot:
     def test_many_axes(self):
         # more axis names than the 52 ASCII letters einsum has
         names = [f"ax{i}" for i in range(60)]
-        ones = distmap.ones({n: 1 for n in names})
+        ones = distmap.ones(dict.fromkeys(names, 1))
         r = distmap.dot(ones, ones, axis=names[:30])
         assert r.axis_names == tuple(names[30:])
         assert float(r.array.sum()) == 1.0
@@ -239,7 +239,8 @@ def test_dot_over_an_axis_split_on_an_explicit_mesh(jit):
     xa, wa = rng.normal(size=(8, 4)).astype(np.float32), rng.normal(size=(4, 6)).astype(np.float32)
     x = distmap.shard(distmap.named(xa, ("batch", "embed")), {"batch": "data", "embed": "model"}, mesh)
     w = distmap.shard(distmap.named(wa, ("embed", "hidden")), {"embed": "model"}, mesh)
-    f = (lambda a, b: distmap.dot(a, b, axis="embed"))
+    def f(a, b):
+        return distmap.dot(a, b, axis="embed")
     with jax.set_mesh(mesh):
         y = (jax.jit(f) if jit else f)(x, w)
     assert y.axis_names == ("batch", "hidden")

@@ -298,7 +298,7 @@ def test_resource_axis_constants(mesh42):
     assert distmap.shard(x, mapping, mesh42).array.sharding.spec == P("data", "model")
     import enum
 
-    class Phys(str, enum.Enum):  # an enum of names, as some Haliax code defines them
+    class Phys(str, enum.Enum):  # noqa: UP042 - an enum of names, as some Haliax code defines them
         DATA = "data"
 
     spec = _pspec(x, {"batch": Phys.DATA}, mesh42)

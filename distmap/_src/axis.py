@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 from distmap import errors
 
@@ -37,7 +37,7 @@ class Axis(_AxisFields):
 
     __slots__ = ()
 
-    def __new__(cls, name: str, size: int) -> "Axis":
+    def __new__(cls, name: str, size: int) -> Axis:
         if not isinstance(name, str) or not name:
             raise errors.AxisSelectorError(f"an axis name must be a non-empty str, got {name!r}.")
         if isinstance(size, bool):
@@ -53,15 +53,15 @@ class Axis(_AxisFields):
         return tuple.__new__(cls, (name, size))
 
     @classmethod
-    def _make(cls, iterable) -> "Axis":  # type: ignore[override]
+    def _make(cls, iterable) -> Axis:  # type: ignore[override]
         # NamedTuple's _make (and so _replace) would skip the checks in __new__.
         return cls(*iterable)
 
-    def resize(self, size: int) -> "Axis":
+    def resize(self, size: int) -> Axis:
         """The same name with another size."""
         return Axis(self.name, size)
 
-    def alias(self, name: str) -> "Axis":
+    def alias(self, name: str) -> Axis:
         """Another name with the same size."""
         return Axis(name, self.size)
 
@@ -69,13 +69,13 @@ class Axis(_AxisFields):
         return f"Axis(name={self.name!r}, size={self.size})"
 
 
-AxisSelector = Union[Axis, str]
+AxisSelector = Axis | str
 """One axis, by ``Axis`` or by name."""
 
-AxisSelection = Union[AxisSelector, Sequence[AxisSelector], Mapping[str, Union[int, None]]]
+AxisSelection = AxisSelector | Sequence[AxisSelector] | Mapping[str, int | None]
 """Several axes: a selector, a sequence of selectors, or a ``{name: size | None}`` mapping."""
 
-SizedAxes = Union[Axis, Sequence[Axis], Mapping[str, int]]
+SizedAxes = Axis | Sequence[Axis] | Mapping[str, int]
 """Axes with sizes, as constructors such as :func:`distmap.zeros` need them."""
 
 AxisSpec = SizedAxes

@@ -220,7 +220,9 @@ def _check_perm(perm: Any, n: int, names: tuple[str, ...]) -> tuple[tuple[int, i
         seen = [p[k] for p in pairs]
         dup = sorted({v for v in seen if seen.count(v) > 1})
         if dup:
-            raise errors.MappingError(f"{what}: {which} {dup[0]} appears more than once in perm; each element sends and receives at most once.")
+            raise errors.MappingError(
+                f"{what}: {which} {dup[0]} appears more than once in perm; each element sends and receives at most once."
+            )
     return pairs
 
 

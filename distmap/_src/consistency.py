@@ -191,7 +191,7 @@ def check_consistency(config: Mapping[str, Any] | None = None, *, timeout: float
         left_ms = max(int((end - time.monotonic()) * 1000), 1)
         try:
             reports[rank] = json.loads(client.blocking_key_value_get(prefix + str(rank), left_ms))
-        except Exception as e:  # noqa: BLE001 - JAX raises its runtime error on DEADLINE_EXCEEDED
+        except Exception as e:  # JAX raises its runtime error on DEADLINE_EXCEEDED
             if "DEADLINE_EXCEEDED" not in str(e) and "timed out" not in str(e).lower():
                 raise errors.DistributedError(f"start-up check: could not read rank {rank}'s fingerprint: {e}") from e
             missing.append(rank)

@@ -14,7 +14,8 @@ Once :func:`install` ran (``distmap.distributed.initialize`` does it in multi-pr
   ``sys.exit`` up before it evaluates the call's argument, so in ``sys.exit(main())``, and in
   absl's ``app.run(main)`` (which ends with ``sys.exit(main(argv))``), a status *returned* by
   a ``main`` that calls ``initialize()`` goes to Python's own ``sys.exit``: end such a
-  ``main`` with ``sys.exit(code)``, or write ``code = main(); sys.exit(code)``. A failing rank publishes a notice in the coordination service's key-value store (so the
+  ``main`` with ``sys.exit(code)``, or write ``code = main(); sys.exit(code)``. A failing rank
+  publishes a notice in the coordination service's key-value store (so the
   other ranks' progress watch learns which rank failed and why), then Python exits as usual
   up to the ``atexit`` handlers. The handlers registered *after* ``initialize`` (a checkpoint
   writer made in ``main``) run; then this module's handler ends the process with the failing

@@ -358,7 +358,8 @@ def axis_mapping_from_flags(
         ...     axis_mapping_from_flags(fv, axis_names=("batch", "feature"))
         ... except ValueError as e:
         ...     print(e)
-        --axis_mapping=btach=data names the axis 'btach', which none of this program's arrays has (its axes: batch, feature); a rule for it would split nothing.
+        --axis_mapping=btach=data names the axis 'btach', which none of this program's arrays has
+        (its axes: batch, feature); a rule for it would split nothing.
     """
     value = _value(flag_values, "axis_mapping")
     if value is None:

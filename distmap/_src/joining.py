@@ -312,7 +312,7 @@ class _JoinMarkers:
     num_processes: int
 
     @staticmethod
-    def here(requested: DistributedConfig) -> "_JoinMarkers | None":
+    def here(requested: DistributedConfig) -> _JoinMarkers | None:
         run_dir = os.environ.get(contract.RUN_DIR, "")
         if not run_dir or not os.path.isdir(run_dir) or requested.process_id is None or not requested.num_processes:
             return None

@@ -13,7 +13,7 @@ import contextvars
 import dataclasses
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import jax
 import numpy as np
@@ -24,8 +24,8 @@ from distmap._src import jax_compat
 from distmap._src.axis import Axis, axis_name
 from distmap._src.named import NamedArray, is_named_array
 
-MeshAxes = Union[str, Sequence[str], None]
-AxisMappingLike = Union[Mapping[str, MeshAxes], Sequence[tuple[str, MeshAxes]]]
+MeshAxes = str | Sequence[str] | None
+AxisMappingLike = Mapping[str, MeshAxes] | Sequence[tuple[str, MeshAxes]]
 
 
 class AxisMapping:
@@ -523,7 +523,9 @@ def physical_axis_name(axis: Any, axis_mapping: AxisMappingLike | AxisMapping | 
     return spec_entry(mapping.resolve((name,)).get(name, ()))
 
 
-def physical_axis_size(axis: Any, axis_mapping: AxisMappingLike | AxisMapping | None = None, mesh: Mesh | None = None) -> int | None:
+def physical_axis_size(
+    axis: Any, axis_mapping: AxisMappingLike | AxisMapping | None = None, mesh: Mesh | None = None
+) -> int | None:
     """How many devices the named ``axis`` is split over (the product of its mesh axes' sizes on the mesh,
     given or current), or None where the mapping does not split it.
 

@@ -148,7 +148,7 @@ class NamedArray:
             raise ValueError("np.asarray(NamedArray, copy=False): the data lives in a JAX array, so a copy is needed.")
         return np.asarray(self.array, dtype=dtype)
 
-    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> "NamedArray":
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> NamedArray:
         """numpy ufuncs act elementwise by name, as the operators do: ``np.float32(2) * x``, ``np.exp(x)``.
 
         The jnp function of the same name does the work, so the result is a NamedArray. ufunc
@@ -229,7 +229,7 @@ class NamedArray:
         return tuple(self._index_of(n if s is None else Axis(n, s)) for n, s in parse_selection(sel))
 
     # ----------------------------------------------------------- restructuring
-    def rearrange(self, order: Sequence[AxisSelector | Any]) -> "NamedArray":
+    def rearrange(self, order: Sequence[AxisSelector | Any]) -> NamedArray:
         """Permute axes to ``order``: every axis once, or with ``...`` standing for the rest.
 
         Example:
@@ -266,13 +266,13 @@ class NamedArray:
             perm = idx
         return self._permute(perm)
 
-    def _permute(self, perm: Sequence[int]) -> "NamedArray":
+    def _permute(self, perm: Sequence[int]) -> NamedArray:
         perm = tuple(perm)
         if perm == tuple(range(self.ndim)):
             return self
         return wrap(jnp.transpose(self.array, perm), tuple(self.axes[i] for i in perm))
 
-    def rename(self, mapping: Mapping[AxisSelector, str | Axis]) -> "NamedArray":
+    def rename(self, mapping: Mapping[AxisSelector, str | Axis]) -> NamedArray:
         """Rename axes: ``x.rename({"old": "new"})``; sizes are kept."""
         if not isinstance(mapping, Mapping):
             raise errors.AxisSelectorError(
@@ -294,7 +294,7 @@ class NamedArray:
         _check_unique(tuple(a.name for a in new), "rename")
         return wrap(self.array, tuple(new))
 
-    def astype(self, dtype: Any) -> "NamedArray":
+    def astype(self, dtype: Any) -> NamedArray:
         """The same axes, the data converted to ``dtype``."""
         return wrap(self.array.astype(check_dtype(dtype, "astype")), self.axes)
 
@@ -310,7 +310,7 @@ class NamedArray:
         """The single element as a Python scalar (size-one arrays only; not under tracing)."""
         return self.scalar().item()
 
-    def __getitem__(self, key: Any) -> "NamedArray":
+    def __getitem__(self, key: Any) -> NamedArray:
         """Index by name: ``x["batch", 0]``, ``x["batch", 1:3, "feature", 2]`` or ``x[{"batch": 0}]``.
 
         An integer drops the axis; a slice keeps it (resized). A Python int out of range raises
@@ -339,19 +339,19 @@ class NamedArray:
         return _index(self, pairs)
 
     # -------------------------------------------------------------- operators
-    def __neg__(self) -> "NamedArray":
+    def __neg__(self) -> NamedArray:
         return wrap(-self.array, self.axes)
 
-    def __pos__(self) -> "NamedArray":
+    def __pos__(self) -> NamedArray:
         return self
 
-    def __abs__(self) -> "NamedArray":
+    def __abs__(self) -> NamedArray:
         return wrap(jnp.abs(self.array), self.axes)
 
-    def __invert__(self) -> "NamedArray":
+    def __invert__(self) -> NamedArray:
         return wrap(~self.array, self.axes)
 
-    def __matmul__(self, other: Any) -> "NamedArray":
+    def __matmul__(self, other: Any) -> NamedArray:
         raise errors.ArgumentTypeError(
             f"x @ y on NamedArrays: a contraction needs the axes to sum over by name; use "
             f"distmap.dot(x, y, axis=...) (x has axes {self.axis_names}) or distmap.einsum."

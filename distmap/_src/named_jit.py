@@ -115,7 +115,7 @@ class NamedJit:
             return jax.set_mesh(given)
         return contextlib.nullcontext()
 
-    def lower(self, *args: Any, **kwargs: Any) -> "Lowered":
+    def lower(self, *args: Any, **kwargs: Any) -> Lowered:
         """The computation lowered for these arguments: JAX's ``Lowered`` (``.as_text()``, ``.cost_analysis()``),
         whose ``.compile()`` gives a function taking the same arguments as this one."""
         with self._on_mesh():
@@ -139,9 +139,9 @@ class NamedJit:
     def _donation(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         """Per argument, a donation prefix (a bool, a callable or a pytree of them)."""
         if self.donate == "all":
-            return (True,) * len(args), {k: True for k in kwargs}
+            return (True,) * len(args), dict.fromkeys(kwargs, True)
         if self.donate == "all-except-first":
-            return (False,) + (True,) * (len(args) - 1), {k: True for k in kwargs}
+            return (False,) + (True,) * (len(args) - 1), dict.fromkeys(kwargs, True)
         d = self.donate_args
         if d is None or isinstance(d, bool) or callable(d):
             per_arg = (False if d is None else d,) * len(args)
@@ -169,7 +169,7 @@ class Lowered:
     def __init__(self, lowered: Any, prepare: Callable[..., Any]):
         self._lowered, self._prepare = lowered, prepare
 
-    def compile(self, *args: Any, **kwargs: Any) -> "Compiled":
+    def compile(self, *args: Any, **kwargs: Any) -> Compiled:
         return Compiled(self._lowered.compile(*args, **kwargs), self._prepare)
 
     def __getattr__(self, name: str) -> Any:

@@ -68,7 +68,9 @@ def set_mesh(mesh: Any) -> Any:
         {'data': 1}
     """
     if not isinstance(mesh, jax.sharding.Mesh):
-        raise errors.MeshError(f"set_mesh: expected a jax.sharding.Mesh (e.g. from distmap.make_mesh), got {type(mesh).__name__} {mesh!r}.")
+        raise errors.MeshError(
+            f"set_mesh: expected a jax.sharding.Mesh (e.g. from distmap.make_mesh), got {type(mesh).__name__} {mesh!r}."
+        )
     return jax.set_mesh(mesh)
 
 

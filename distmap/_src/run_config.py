@@ -100,7 +100,10 @@ def differences(requested: DistributedConfig, before: DistributedConfig) -> list
 def jax_timeouts() -> dict[str, int]:
     """JAX's shutdown and heartbeat time-outs from the environment, where this JAX takes them."""
     out = {}
-    for env, arg in ((contract.SHUTDOWN_TIMEOUT, "shutdown_timeout_seconds"), (contract.HEARTBEAT_TIMEOUT, "heartbeat_timeout_seconds")):
+    for env, arg in (
+        (contract.SHUTDOWN_TIMEOUT, "shutdown_timeout_seconds"),
+        (contract.HEARTBEAT_TIMEOUT, "heartbeat_timeout_seconds"),
+    ):
         value = env_int(env)
         if value is None:
             continue

@@ -44,7 +44,7 @@ def _builder(module: Any, what: str) -> Callable[..., Any]:
         for klass in module.__mro__:
             found = klass.__dict__.get("init")
             if isinstance(found, (staticmethod, classmethod)):
-                return getattr(module, "init")
+                return module.init
         return module
     if not callable(module):
         raise TypeError(
@@ -135,7 +135,7 @@ class Stacked(eqx.Module, Generic[M]):
         gradient_checkpointing: ckpt.CheckpointSpec = None,
         prevent_cse: bool | None = None,
         **vmap_options: Any,
-    ) -> Callable[..., "Stacked[M]"]:
+    ) -> Callable[..., Stacked[M]]:
         """A constructor that builds ``axis.size`` copies of ``module`` by vmapping it over ``axis``.
 
         ``module`` is an equinox Module class (its ``init`` static or class method when it has
@@ -227,7 +227,7 @@ class Stacked(eqx.Module, Generic[M]):
         sliced = _sliced(self)
         return [sliced.index(i)[0][0] for i in range(self.axis.size)]
 
-    def as_block_seq(self) -> "BlockSeq[M]":
+    def as_block_seq(self) -> BlockSeq[M]:
         """The same layers as a :class:`BlockSeq`: a Python loop giving the same results, layer by layer."""
         return BlockSeq(self.unstacked(), self.axis, self.checkpoint)
 
@@ -240,7 +240,8 @@ class Stacked(eqx.Module, Generic[M]):
 
         Example:
             >>> import distmap, equinox as eqx, jax
-            >>> net = distmap.Stacked.init(distmap.Axis("layer", 2), eqx.nn.Linear)(3, 4, key=jax.random.split(jax.random.key(0), 2))
+            >>> keys = jax.random.split(jax.random.key(0), 2)
+            >>> net = distmap.Stacked.init(distmap.Axis("layer", 2), eqx.nn.Linear)(3, 4, key=keys)
             >>> sorted(net.to_state_dict())
             ['layers.0.bias', 'layers.0.weight', 'layers.1.bias', 'layers.1.weight']
         """
@@ -249,7 +250,7 @@ class Stacked(eqx.Module, Generic[M]):
             out.update(_flat_arrays(layer, f"{prefix}.{i}" if prefix else str(i)))
         return out
 
-    def from_state_dict(self, state: Mapping[str, Any], prefix: str = "layers") -> "Stacked[M]":
+    def from_state_dict(self, state: Mapping[str, Any], prefix: str = "layers") -> Stacked[M]:
         """This stack with its arrays read from ``state`` (the inverse of :meth:`to_state_dict`).
 
         Every per-layer name must be present with the shape this stack has; names under ``prefix``
@@ -420,7 +421,7 @@ class BlockSeq(eqx.Module, Generic[M]):
         gradient_checkpointing: ckpt.CheckpointSpec = None,
         prevent_cse: bool | None = None,
         **options: Any,
-    ) -> Callable[..., "BlockSeq[M]"]:
+    ) -> Callable[..., BlockSeq[M]]:
         """Like :meth:`Stacked.init`, building each layer by its own call (arguments sliced as ``Stacked.init`` maps them).
 
         ``checkpoint`` (or ``gradient_checkpointing``) applies to ``fold``/``scan`` as in ``Stacked``: each layer

@@ -71,7 +71,7 @@ def define_common_flags(
     init_timeout: float | None = 60.0,
     grace_period: float = 30.0,
     log_dir: str = "runs",
-    devices_per_process: int | None | bool = None,
+    devices_per_process: int | bool | None = None,
 ) -> None:
     """Define the launcher flags every launcher shares (defaults adjustable per launcher).
 

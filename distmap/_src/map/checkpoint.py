@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import jax
 from jax.ad_checkpoint import checkpoint_name
@@ -157,7 +157,7 @@ class Checkpoint:
         return LoopCheckpoint(every, True, self.jax_policy(), self.prevent_cse, tag=False)
 
 
-SaveChoice = Union[bool, Literal["offload"]]
+SaveChoice = bool | Literal["offload"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,13 +223,14 @@ class ScanCheckpointPolicy:
             raise errors.MappingError(f"ScanCheckpointPolicy(nested=...): expected a bool or a positive int, got {n!r}.")
 
     @staticmethod
-    def from_bool_or_str(spec: bool | str) -> "ScanCheckpointPolicy":
+    def from_bool_or_str(spec: bool | str) -> ScanCheckpointPolicy:
         """Haliax's shorthands: True (carries only), False (no checkpointing), ``"offload"`` (carries and
         inputs to host memory), ``"recompute"``/``"full"`` (recompute everything), ``"save_all"``, ``"nested"``.
 
         Example:
             >>> ScanCheckpointPolicy.from_bool_or_str(True)
-            ScanCheckpointPolicy(save_carries=True, save_inputs=False, save_block_internals=False, offload_block_internals=(), prevent_cse=False, disable=False, simple=True, nested=False)
+            ScanCheckpointPolicy(save_carries=True, save_inputs=False, save_block_internals=False,
+                                 offload_block_internals=(), prevent_cse=False, disable=False, simple=True, nested=False)
         """
         if spec is True:
             return ScanCheckpointPolicy(simple=True)
@@ -287,7 +288,7 @@ class ScanCheckpointPolicy:
         return LoopCheckpoint(every, True, policy, self.prevent_cse, tag=policy is not None)
 
 
-CheckpointSpec = Union[None, bool, str, int, Checkpoint, ScanCheckpointPolicy]
+CheckpointSpec = bool | str | int | Checkpoint | ScanCheckpointPolicy | None
 
 _NAMED = {
     "none": None,

@@ -63,7 +63,7 @@ _LIBRARY_DIRS = _library_dirs()
 
 def _is_user_file(filename: str) -> bool:
     """Written by the user (a script, a notebook, the user's project), not by an installed library."""
-    return not (filename.startswith(_LIBRARY_DIRS) or filename.startswith("<frozen"))
+    return not filename.startswith((*_LIBRARY_DIRS, "<frozen"))
 
 
 def _is_user_function(f: types.FunctionType) -> bool:
@@ -201,7 +201,7 @@ class _Walk:
                 self.slot(_Slot("kwdefaults", obj))
             for cell in obj.__closure__ or ():
                 try:
-                    cell.cell_contents
+                    cell.cell_contents  # noqa: B018 - read only to learn whether the cell is empty
                 except ValueError:  # an empty cell (a name the enclosing scope binds later): nothing to read
                     self.keys.append(("empty cell", Identity(cell)))
                     continue

@@ -199,7 +199,7 @@ def _sharding_of(arr: Any) -> NamedSharding | None:
     if _is_tracer(arr):
         try:
             sharding = getattr(jax.typeof(arr), "sharding", None)
-        except Exception:  # an aval without sharding (older tracers)
+        except Exception:  # noqa: BLE001 - an aval without sharding (older tracers)
             return None
     else:
         sharding = getattr(arr, "sharding", None)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 import types
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import jax
 import numpy as np
@@ -26,7 +26,7 @@ from distmap._src.leaves import is_array
 from distmap._src.named import is_named_array
 from distmap._src.named import NamedArray
 
-InAxisSpec = Union[int, None, Callable[[Any], Union[int, None]]]
+InAxisSpec = int | Callable[[Any], int | None] | None
 """The spec of one unnamed leaf: a dimension, ``None``, or a callable returning one of those."""
 
 
@@ -208,7 +208,9 @@ def call_specs(
     return pos_specs, kw_specs
 
 
-def leaf_specs(args: Sequence[Any], kwargs: Mapping[str, Any], arg_specs: Sequence[Any], kwarg_specs: Mapping[str, Any]) -> list[Any]:
+def leaf_specs(
+    args: Sequence[Any], kwargs: Mapping[str, Any], arg_specs: Sequence[Any], kwarg_specs: Mapping[str, Any]
+) -> list[Any]:
     """Specs for every leaf of ``(args, kwargs)`` in ``jax.tree_util`` flatten order (NamedArrays as leaves)."""
     out: list[Any] = []
     for i, a in enumerate(args):

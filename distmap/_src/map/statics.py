@@ -47,7 +47,7 @@ class _ByValue:
             return True
         try:
             return bool(self.value == other.value)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any __eq__ of the user's, or an array's ambiguous truth value
             return False
 
     def __hash__(self) -> int:

@@ -246,7 +246,7 @@ def _suffix_products(sizes: Sequence[int]) -> list[int]:
 
 
 def _completable(src_of: np.ndarray) -> bool:
-    return len(set(int(s) for s in src_of if s >= 0)) == int((src_of >= 0).sum())
+    return len({int(s) for s in src_of if s >= 0}) == int((src_of >= 0).sum())
 
 
 def _complete(src_of: np.ndarray) -> list[tuple[int, int]]:
