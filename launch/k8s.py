@@ -34,8 +34,7 @@ from distmap._src.launch.ports import pick_port
 
 cli.define_common_flags(init_timeout=600.0)
 _APPLY = flags.DEFINE_bool("apply", False, "Pipe the manifests to kubectl apply -f -.")
-_IMAGE = flags.DEFINE_string("image", None, "Container image with the code and its Python environment.")
-flags.mark_flag_as_required("image")
+_IMAGE = flags.DEFINE_string("image", None, "Container image with the code and its Python environment.", required=True)
 cli.check_flag("image", k8s.check_image)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 2, "Pods (one process each).", lower_bound=1)
 _GPUS = flags.DEFINE_integer("gpus_per_process", 0, "nvidia.com/gpu per pod.", lower_bound=0)

@@ -53,7 +53,7 @@ _BIND = flags.DEFINE_string("coordinator_bind_host", None,
 _SBATCH = flags.DEFINE_multi_string("sbatch_option", [], "More #SBATCH options, e.g. --sbatch_option=--exclusive.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the tasks start (#SBATCH --chdir). Default: this directory.")
 for _name in ("time", "partition", "account", "job_name", "sbatch_option", "workdir", "log_dir"):
-    cli.check_flag(_name, lambda v, n=_name: slurm.check_directive(v, "--" + n))
+    cli.check_flag(_name, lambda v, n=_name: slurm.check_directive(v, "--" + n))  # type: ignore[misc]  # mypy cannot type a lambda with a default
 cli.check_flag("coordinator_bind_host", lambda v: slurm.check_directive(v, "--coordinator_bind_host"))
 flags.adopt_module_key_flags(cli)
 flags.adopt_module_key_flags(distmap_flags)

@@ -61,7 +61,9 @@ def main(argv: list[str]) -> None:
     program = cli.program_from_argv(argv)
     fv = flags.FLAGS
     options = cli.options_from_flags()
-    hosts = ssh.check_hosts(_HOSTS.value or ssh.read_hostfile(_HOSTFILE.value))
+    # --hosts= (an empty list) is "given" to absl too: read the file only where it was named.
+    hostfile = _HOSTFILE.value
+    hosts = ssh.check_hosts(ssh.read_hostfile(hostfile) if hostfile is not None else _HOSTS.value or [])
     gpu_ids = [int(i) for i in _GPU_IDS.value] if _GPU_IDS.value else None
     per_process = len(gpu_ids) // _PER_HOST.value if gpu_ids else fv.devices_per_process
     cli.check_mesh_fits(

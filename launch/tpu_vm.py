@@ -37,13 +37,12 @@ from distmap._src import flags as distmap_flags
 from distmap._src.launch import cli, tpu_vm
 
 cli.define_common_flags(init_timeout=300.0, devices_per_process=False)
-_NAMES = flags.DEFINE_list("tpu_names", None, "The TPU VM of each slice (or one prefix with --num_slices).")
-flags.mark_flag_as_required("tpu_names")
+_NAMES = flags.DEFINE_list("tpu_names", None, "The TPU VM of each slice (or one prefix with --num_slices).",
+                           required=True)
 cli.check_flag("tpu_names", tpu_vm.check_tpu_name)
 _NUM_SLICES = flags.DEFINE_integer("num_slices", None, "Slices NAME-0 .. NAME-(N-1) of --tpu_names=NAME (a queued "
                                    "resource's nodes).", lower_bound=1)
-_ZONE = flags.DEFINE_string("zone", None, "The TPU VMs' zone.")
-flags.mark_flag_as_required("zone")
+_ZONE = flags.DEFINE_string("zone", None, "The TPU VMs' zone.", required=True)
 cli.check_flag("zone", tpu_vm.check_zone)
 _PROJECT = flags.DEFINE_string("project", None, "The TPU VMs' project (default: gcloud's).")
 cli.check_flag("project", tpu_vm.check_project)

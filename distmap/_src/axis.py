@@ -53,7 +53,7 @@ class Axis(_AxisFields):
         return tuple.__new__(cls, (name, size))
 
     @classmethod
-    def _make(cls, iterable) -> Axis:  # type: ignore[override]
+    def _make(cls, iterable) -> Axis:  # type: ignore[override]  # typeshed types _make generic in cls
         # NamedTuple's _make (and so _replace) would skip the checks in __new__.
         return cls(*iterable)
 

@@ -234,7 +234,7 @@ def _dim_of(leaf: Any, selector: Any, fn: str, arg: str) -> int:
                 f"{fn}: {arg} must name an axis of the NamedArray (axes {leaf.axis_names}), got {selector!r}."
             )
         try:
-            return leaf.axis_indices(selector)  # type: ignore[return-value]  (one selector: one index)
+            return leaf.axis_indices(selector)
         except errors.AxisNotFoundError as e:
             raise errors.AxisNotFoundError(f"{fn}: {arg}={selector!r}: {e}") from None
     if isinstance(selector, bool) or not isinstance(selector, (int, np.integer)):

@@ -208,7 +208,7 @@ def _hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
     _fail(code, f"an uncaught {kind.__name__}")
 
 
-def _exit(status: Any = None) -> None:
+def _exit(status: Any = None) -> NoReturn:
     code = exit_code(status)
     if code and not is_stop(code) and _STATE.installed and threading.current_thread() is threading.main_thread():
         _fail(code, f"sys.exit({status!r})")

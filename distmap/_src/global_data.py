@@ -34,11 +34,11 @@ from distmap._src.named import NamedArray, is_named_array, wrap
 
 
 def _mesh(mesh: Mesh | None, fn: str) -> Mesh:
-    mesh = check_mesh(mesh, fn)
-    mesh = mesh if mesh is not None else current_mesh()
-    if not isinstance(mesh, Mesh):
+    given = check_mesh(mesh, fn)
+    found = given if given is not None else current_mesh()
+    if not isinstance(found, Mesh):
         raise errors.MeshError(f"{fn}: no concrete mesh given and none set with jax.set_mesh.")
-    return mesh
+    return found
 
 
 def _local_devices_along(mesh: Mesh, part: Any) -> tuple[tuple[str, ...], int, int]:

@@ -156,18 +156,16 @@ def initialize(
         return config
 
     if requested.coordinator_address is not None:
-        missing = [n for n, v in (("num_processes", requested.num_processes), ("process_id", requested.process_id)) if v is None]
-        if missing:
+        num, pid = requested.num_processes, requested.process_id
+        if num is None or pid is None:
+            missing = [n for n, v in (("num_processes", num), ("process_id", pid)) if v is None]
             raise errors.DistributedError(
                 f"initialize: coordinator {requested.coordinator_address!r} given but not {' and '.join(missing)} "
                 f"(arguments, or {contract.NUM_PROCESSES} / {contract.PROCESS_ID})."
             )
         run_config.split_address(requested.coordinator_address, "coordinator_address")
-        if not 0 <= requested.process_id < requested.num_processes:  # type: ignore[operator]
-            raise errors.DistributedError(
-                f"initialize: process_id={requested.process_id} is not in 0..{requested.num_processes - 1} "  # type: ignore[operator]
-                f"(num_processes={requested.num_processes})."
-            )
+        if not 0 <= pid < num:
+            raise errors.DistributedError(f"initialize: process_id={pid} is not in 0..{num - 1} (num_processes={num}).")
     if jax_internals.backend_started():
         raise errors.DistributedError(
             "distmap.distributed.initialize() must run before anything starts JAX's backend (jax.devices(), "

@@ -113,7 +113,7 @@ def visualize_shardings(tree: Any) -> None:
         title = path or ("NamedArray" if isinstance(x, NamedArray) else "array")
         if isinstance(arr, jax.core.Tracer):
             jax.debug.inspect_array_sharding(
-                arr, callback=lambda sharding, n=names, s=sizes, d=arr.dtype, t=title: print(_describe(n, s, d, sharding, t))
+                arr, callback=lambda sharding, n=names, s=sizes, d=arr.dtype, t=title: print(_describe(n, s, d, sharding, t))  # type: ignore[misc]  # mypy cannot type a lambda with a default
             )
         else:
             print(_describe(names, sizes, arr.dtype, arr.sharding, title))

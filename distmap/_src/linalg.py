@@ -29,7 +29,7 @@ def _subscript(k: int) -> str:
     return _LETTERS[k] if k < len(_LETTERS) else chr(0x4E00 + k - len(_LETTERS))
 
 
-def _check_arrays(arrays: Sequence[Any], fn: str) -> list[NamedArray]:
+def _check_arrays(arrays: Sequence[Any], fn: str) -> tuple[NamedArray, ...]:
     if not arrays:
         raise errors.ArgumentTypeError(f"{fn}: needs at least one NamedArray.")
     for i, a in enumerate(arrays):
@@ -38,7 +38,7 @@ def _check_arrays(arrays: Sequence[Any], fn: str) -> list[NamedArray]:
             if isinstance(a, (str, Axis)) and fn == "dot":
                 hint = " (the axes to contract go in the keyword argument: dot(x, y, axis=...))"
             raise errors.ArgumentTypeError(f"{fn}: arrays[{i}] must be a NamedArray, got {type(a).__name__} {a!r}{hint}.")
-    return list(arrays)
+    return tuple(arrays)
 
 
 def _union(arrays: Sequence[NamedArray], fn: str) -> dict[str, tuple[Axis, int]]:
@@ -95,7 +95,7 @@ def _explicit_out_sharding(arrays: Sequence[NamedArray], out_names: Sequence[str
     for x in arrays:
         sharding = getattr(jax.typeof(x.array), "sharding", None)
         spec = getattr(sharding, "spec", None)
-        if not spec or not any(p is not None for p in spec):
+        if sharding is None or not spec or not any(p is not None for p in spec):
             continue
         mesh = sharding.mesh
         for a, p in zip(x.axes, spec):
@@ -142,7 +142,7 @@ def dot(
         >>> distmap.dot(x, w, axis=None).array
         Array(24., dtype=float32)
     """
-    arrays = _check_arrays(arrays, "dot")  # type: ignore[assignment]
+    arrays = _check_arrays(arrays, "dot")
     union = _union(arrays, "dot")
     if axis is None:
         contracted = set(union)
@@ -213,7 +213,7 @@ def einsum(
             f"einsum: the first argument is the spec, a str such as 'batch embed, embed hidden -> batch hidden'; "
             f"got {type(spec).__name__}."
         )
-    arrays = _check_arrays(arrays, "einsum")  # type: ignore[assignment]
+    arrays = _check_arrays(arrays, "einsum")
     if spec.count("->") > 1:
         raise errors.AxisSelectorError(f"einsum: the spec {spec!r} has more than one '->'.")
     lhs, arrow, rhs = spec.partition("->")

@@ -155,9 +155,10 @@ def axis_mapping(mapping: AxisMappingLike | AxisMapping) -> Iterator[AxisMapping
         ...     distmap.current_axis_mapping()
         AxisMapping({'batch': ('data',)})
     """
-    token = _CURRENT.set(as_axis_mapping(mapping))
+    current = as_axis_mapping(mapping)
+    token = _CURRENT.set(current)
     try:
-        yield _CURRENT.get()
+        yield current
     finally:
         _CURRENT.reset(token)
 
@@ -566,7 +567,9 @@ def round_axis_for_partitioning(axis: Any, axis_mapping: AxisMappingLike | AxisM
     return axis.resize(-(-axis.size // n) * n)
 
 
-def shard(x: Any, axis_mapping: AxisMappingLike | AxisMapping | None = None, mesh: Mesh | None = None) -> Any:
+def shard(
+    x: Any, axis_mapping: AxisMappingLike | AxisMapping | None = None, mesh: Mesh | jax.sharding.AbstractMesh | None = None
+) -> Any:
     """Place (outside ``jit``) or constrain (inside) every NamedArray of ``x`` by its axis names.
 
     ``shard(x, axis_mapping, mesh)``, as in Haliax; each defaults to the current one

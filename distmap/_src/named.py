@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numbers
 import operator
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, overload
 
 import jax
 import jax.numpy as jnp
@@ -200,6 +200,11 @@ class NamedArray:
                 return False
         return True
 
+    @overload
+    def resolve_axis(self, sel: AxisSelector) -> Axis: ...
+    @overload
+    def resolve_axis(self, sel: AxisSelection) -> Axis | tuple[Axis, ...]: ...
+
     def resolve_axis(self, sel: AxisSelection) -> Axis | tuple[Axis, ...]:
         """The ``Axis`` (or tuple of them, for a selection) that ``sel`` names here.
 
@@ -221,6 +226,11 @@ class NamedArray:
         for a in ax:
             out *= a.size
         return out
+
+    @overload
+    def axis_indices(self, sel: AxisSelector) -> int: ...
+    @overload
+    def axis_indices(self, sel: AxisSelection) -> int | tuple[int, ...]: ...
 
     def axis_indices(self, sel: AxisSelection) -> int | tuple[int, ...]:
         """The positional dimension(s) of the named axis or axes."""
@@ -418,13 +428,12 @@ def _flatten_with_keys(x: NamedArray):
     return ((_ARRAY_KEY, x.array),), x.axes
 
 
-def _unflatten(axes: tuple[Axis, ...], children: Sequence[Any]) -> NamedArray:
-    if type(children) is not tuple:
-        children = tuple(children)
+def _unflatten(axes: tuple[Axis, ...], children: Iterable[Any]) -> NamedArray:
+    kids = children if type(children) is tuple else tuple(children)
     out = _new(NamedArray)
-    _set_array(out, children[0])
+    _set_array(out, kids[0])
     _set_axes(out, axes)
-    _set_tree(out, (children, axes))
+    _set_tree(out, (kids, axes))
     return out
 
 

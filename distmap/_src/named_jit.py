@@ -119,7 +119,7 @@ class NamedJit:
         """The computation lowered for these arguments: JAX's ``Lowered`` (``.as_text()``, ``.cost_analysis()``),
         whose ``.compile()`` gives a function taking the same arguments as this one."""
         with self._on_mesh():
-            return Lowered(self.jitted.lower(*self._prepare(args, kwargs)), self._prepare)
+            return Lowered(self.jitted.lower(*self._prepare(args, kwargs)), self._prepare)  # type: ignore[attr-defined]  # filter_jit's wrapper has .lower (typed as a bare Callable)
 
     def _prepare(self, args: tuple, kwargs: dict) -> tuple[Any, Any]:
         inner = self.fixed["axis_mapping"] or mesh_lib.current_axis_mapping()

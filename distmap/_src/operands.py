@@ -95,7 +95,7 @@ def broadcast_operands(
                         "arrays combined by name must agree on each shared axis."
                     )
     axes = tuple(out_axes)
-    arrays = []
+    arrays: list[Any] = []
     for label, op in operands:
         if isinstance(op, NamedArray):
             arrays.append(align(op, axes))
@@ -111,6 +111,7 @@ def axis_dims(x: NamedArray, axis: AxisSelection | None, fn: str = "axis") -> tu
     if axis is None:
         return tuple(range(x.ndim))
     if isinstance(axis, (str, Axis)):
-        return (x.axis_indices(axis),)  # type: ignore[return-value]
+        return (x.axis_indices(axis),)
     parse_selection(axis, what=f"{fn}(axis=...)")  # a bad selection is named by the function it was given to
-    return x.axis_indices(axis)  # type: ignore[return-value]  # checks sizes given with the names
+    dims = x.axis_indices(axis)  # checks sizes given with the names
+    return dims if isinstance(dims, tuple) else (dims,)

@@ -189,7 +189,7 @@ def concatenate(axis: AxisSelector, arrays: Sequence[NamedArray]) -> NamedArray:
             )
     ref = arrays[0].axes
     parts = [_matching_array(ref, a, i, "concatenate", free=name) for i, a in enumerate(arrays)]
-    total = sum(a.resolve_axis(name).size for a in arrays)  # type: ignore[union-attr]
+    total = sum(a.resolve_axis(name).size for a in arrays)
     if isinstance(axis, Axis) and axis.size != total:
         raise errors.AxisSizeError(
             f"concatenate: {axis!r} was asked for, but the arrays' {name!r} sizes add up to {total}."
@@ -210,9 +210,9 @@ def unstack(x: NamedArray, axis: AxisSelector) -> list[NamedArray]:
     """
     x = check_named(x, "unstack")
     i = x.axis_indices(single_axis(axis, "unstack"))
-    arr = jnp.moveaxis(x.array, i, 0)  # type: ignore[arg-type]
-    rest = x.axes[:i] + x.axes[i + 1 :]  # type: ignore[operator]
-    return [wrap(arr[k], rest) for k in range(x.axes[i].size)]  # type: ignore[index]
+    arr = jnp.moveaxis(x.array, i, 0)
+    rest = x.axes[:i] + x.axes[i + 1 :]
+    return [wrap(arr[k], rest) for k in range(x.axes[i].size)]
 
 
 def split(x: NamedArray, axis: AxisSelector, new_axes: Sequence[Axis]) -> list[NamedArray]:
@@ -230,7 +230,7 @@ def split(x: NamedArray, axis: AxisSelector, new_axes: Sequence[Axis]) -> list[N
     """
     x = check_named(x, "split")
     i = x.axis_indices(single_axis(axis, "split"))
-    ax = x.axes[i]  # type: ignore[index]
+    ax = x.axes[i]
     if isinstance(new_axes, (Axis, str, Mapping)) or not isinstance(new_axes, Iterable):
         raise errors.AxisSelectorError(
             f"split: new_axes must be a sequence of Axis (one per piece), got {new_axes!r}."
@@ -254,7 +254,7 @@ def split(x: NamedArray, axis: AxisSelector, new_axes: Sequence[Axis]) -> list[N
             )
     bounds = np.cumsum([p.size for p in pieces])[:-1].tolist()
     parts = jnp.split(x.array, bounds, axis=i) if pieces else []
-    return [wrap(arr, x.axes[:i] + (p,) + x.axes[i + 1 :]) for arr, p in zip(parts, pieces)]  # type: ignore[operator]
+    return [wrap(arr, x.axes[:i] + (p,) + x.axes[i + 1 :]) for arr, p in zip(parts, pieces)]
 
 
 # ------------------------------------------------------------------- indexing
@@ -284,7 +284,7 @@ def take(x: NamedArray, axis: AxisSelector, index: Any) -> NamedArray:
     """
     x = check_named(x, "take")
     i = x.axis_indices(single_axis(axis, "take"))
-    ax = x.axes[i]  # type: ignore[index]
+    ax = x.axes[i]
     if not isinstance(index, NamedArray):
         if isinstance(index, (bool, np.bool_)):
             raise errors.AxisSelectorError(f"take: a bool is not an index (axis {ax.name!r}).")
@@ -314,9 +314,9 @@ def take(x: NamedArray, axis: AxisSelector, index: Any) -> NamedArray:
                 )
             shared.append(a.name)
     new = tuple(a for a in index.axes if a.name not in others)
-    out_axes = x.axes[:i] + new + x.axes[i + 1 :]  # type: ignore[operator]
+    out_axes = x.axes[:i] + new + x.axes[i + 1 :]
     if not shared:
-        return wrap(x.array[(slice(None),) * i + (index.array,)], out_axes)  # type: ignore[operator]
+        return wrap(x.array[(slice(None),) * i + (index.array,)], out_axes)
     # Shared axes: index every dimension with an integer array laid out against the result.
     pos = {a.name: k for k, a in enumerate(out_axes)}
     idx = []
@@ -463,7 +463,7 @@ def unflatten_axis(x: NamedArray, axis: AxisSelector, new_axes: SizedAxes) -> Na
     """
     x = check_named(x, "unflatten_axis")
     i = x.axis_indices(single_axis(axis, "unflatten_axis"))
-    ax = x.axes[i]  # type: ignore[index]
+    ax = x.axes[i]
     new = to_axes(new_axes, what="unflatten_axis(new_axes=...)")
     size = 1
     for a in new:
@@ -479,7 +479,7 @@ def unflatten_axis(x: NamedArray, axis: AxisSelector, new_axes: SizedAxes) -> Na
         raise errors.DuplicateAxisError(
             f"unflatten_axis: new axes {clash} clash with other axes of x {x.axis_names}."
         )
-    out_axes = x.axes[:i] + new + x.axes[i + 1 :]  # type: ignore[operator]
+    out_axes = x.axes[:i] + new + x.axes[i + 1 :]
     return wrap(jnp.reshape(x.array, tuple(a.size for a in out_axes)), out_axes)
 
 

@@ -359,7 +359,7 @@ def watched(fn: _F, name: str | None = None) -> _F:
             watch.note("call", label)
         return fn(*args, **kwargs)
 
-    return call  # type: ignore[return-value]
+    return call  # type: ignore[return-value]  # fn's own type: a wrapper with its signature (functools.wraps)
 
 
 def verify(label: str = "", *, timeout: float | None = None) -> int:
@@ -397,7 +397,7 @@ def verify(label: str = "", *, timeout: float | None = None) -> int:
     wait = max(watch.stall_timeout, 10.0) if timeout is None else float(timeout)
     where = f"verify #{seq}" + (f" ({label})" if label else "")
     prefix = f"distmap/verify/{seq}/"
-    mine = {"count": watch.count, "fp": watch.fp, "ring": watch.recent()}
+    mine: dict[str, Any] = {"count": watch.count, "fp": watch.fp, "ring": watch.recent()}
     watch.client.key_value_set(prefix + str(watch.rank), json.dumps(mine))
     got: dict[int, Any] = {watch.rank: mine}
     end = time.monotonic() + wait

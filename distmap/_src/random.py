@@ -155,7 +155,7 @@ def categorical(key: Any, logits: NamedArray, axis: AxisSelector) -> NamedArray:
             f"categorical: logits must be a NamedArray, got {type(logits).__name__}; name its axes with distmap.named."
         )
     i = logits.axis_indices(single_axis(axis, "categorical"))
-    rest = logits.axes[:i] + logits.axes[i + 1 :]  # type: ignore[operator]
+    rest = logits.axes[:i] + logits.axes[i + 1 :]
     return auto_sharded(wrap(jax.random.categorical(_check_key(key, "categorical"), logits.array, axis=i), rest))
 
 

@@ -44,7 +44,7 @@ def _builder(module: Any, what: str) -> Callable[..., Any]:
         for klass in module.__mro__:
             found = klass.__dict__.get("init")
             if isinstance(found, (staticmethod, classmethod)):
-                return module.init
+                return found.__get__(None, module)  # module.init, as attribute look-up binds it
         return module
     if not callable(module):
         raise TypeError(
@@ -316,7 +316,7 @@ def _loop(stack: Stacked, fn: Callable[..., Any], what: str, returns_y: bool,
     # (type(unroll) in the key: lru_cache would take True for 1)
     unroll = stack.unroll if unroll is None else scan_lib.check_unroll(unroll, what)
     looped = _stack_loop(fn, type(stack.stacked).__name__, stack.axis, what, stack.checkpoint, unroll,
-                         type(unroll), returns_y)
+                         type(unroll), returns_y)  # type: ignore[arg-type]  # a class is hashable (mypy: not type[int])
     stacked = stack.stacked
     return lambda x, *args, **kwargs: looped(x, stacked, *args, **kwargs)
 
@@ -448,7 +448,7 @@ class BlockSeq(eqx.Module, Generic[M]):
         """The layers stacked into a :class:`Stacked` along ``axis`` (with the same checkpoint policy)."""
         leaves = [jax.tree_util.tree_flatten(b, is_leaf=is_named_array) for b in self.blocks]
         treedef = leaves[0][1]
-        out = []
+        out: list[Any] = []
         for parts in zip(*(lv for lv, _ in leaves)):
             first = parts[0]
             if isinstance(first, NamedArray):
@@ -488,7 +488,7 @@ class BlockSeq(eqx.Module, Generic[M]):
             return carry, ys
 
         every = 1 if lowered is None else lowered.every
-        if every > 1:  # blocks of `every` layers, each kept only by its incoming carry
+        if lowered is not None and every > 1:  # blocks of `every` layers, each kept only by its incoming carry
             group = eqx.filter_checkpoint(group, prevent_cse=lowered.prevent_cse)
 
         def run(x: Any, *args: Any, **kwargs: Any) -> Any:
@@ -542,7 +542,7 @@ class BlockSeq(eqx.Module, Generic[M]):
         """The carry after each layer of :meth:`fold` (the last one is ``fold``'s result)."""
         out = []
 
-        def record(m: M, c: Any, *a: Any, **k: Any) -> Any:
+        def record(m: Any, c: Any, *a: Any, **k: Any) -> Any:  # a layer (a callable Module)
             c = m(c, *a, **k)
             out.append(c)
             return c

@@ -164,15 +164,19 @@ def define_common_flags(
 def options_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> SupervisorOptions:
     """The supervisor options the shared flags ask for (a new run id where none was given)."""
     fv = flag_values
-    run_id = {"run_id": fv["run_id"].value} if fv["run_id"].value else {}
+
+    def value(name: str) -> Any:  # absl types every Flag.value as Optional; these flags have defaults
+        return fv[name].value
+
+    run_id = {"run_id": value("run_id")} if value("run_id") else {}
     return SupervisorOptions(
-        timeout=fv["timeout"].value,
-        grace_period=fv["grace_period"].value,
-        max_restarts=fv["max_restarts"].value,
-        restart_backoff=fv["restart_backoff"].value,
-        log_dir=fv["log_dir"].value or _DEFAULT_LOG_DIR,
-        tail_lines=fv["tail_lines"].value,
-        console=fv["console"].value,
+        timeout=value("timeout"),
+        grace_period=value("grace_period"),
+        max_restarts=value("max_restarts"),
+        restart_backoff=value("restart_backoff"),
+        log_dir=value("log_dir") or _DEFAULT_LOG_DIR,
+        tail_lines=value("tail_lines"),
+        console=value("console"),
         **run_id,
     )
 

@@ -109,7 +109,7 @@ def check_label(key: str, value: str, flag: str = "--node_selector") -> tuple[st
 
 def parse_labels(items: Sequence[str], flag: str = "--node_selector") -> dict[str, str]:
     """``["KEY=VALUE", ...]`` as checked labels."""
-    out = {}
+    out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:

@@ -322,7 +322,7 @@ def plan(job: TpuJob, workers: Sequence[int] | None = None, *, attempt: int = 0,
     if port is None:
         port = job.coordinator_port + attempt if job.coordinator_port is not None else pick_port()
     coordinator = coordinator or job.coordinator_address or COORDINATOR_PLACEHOLDER
-    run = []
+    run: list[Worker] = []
     for i, (n, count) in enumerate(zip(names, workers)):
         script = run_script(job, slice_env(job, names, i, attempt, port, coordinator), grace)
         run += [Worker(len(run) + w, _ssh(job, n, w, script), label=f"{n} worker {w}", log_name=f"{n}.worker_{w}",

@@ -137,6 +137,6 @@ def _wraps(mapped: Callable[..., Any], fn: Callable[..., Any]) -> Callable[..., 
             setattr(mapped, attr, getattr(fn, attr))
         except AttributeError:
             pass
-    mapped.__wrapped__ = fn  # type: ignore[attr-defined]
+    mapped.__wrapped__ = fn  # type: ignore[attr-defined]  # a function takes attributes; mypy knows no __wrapped__
     return mapped
     return mapped

@@ -236,7 +236,7 @@ class ScanCheckpointPolicy:
             return ScanCheckpointPolicy(simple=True)
         if spec is False:
             return ScanCheckpointPolicy(save_inputs=True, save_block_internals=True, disable=True)
-        shorthands = {
+        shorthands: dict[str, dict[str, Any]] = {
             "offload": dict(save_carries="offload", save_inputs="offload"),
             "recompute": dict(save_carries=False),
             "full": dict(save_carries=False),

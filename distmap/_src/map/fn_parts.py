@@ -81,7 +81,7 @@ def _is_user_object(obj: Any) -> bool:
         module = sys.modules.get(cls.__module__)
         filename = getattr(module, "__file__", None) or "<user>"  # __main__ of a notebook has no file
         known = (
-            cls.__new__ is object.__new__
+            cls.__new__ is object.__new__  # type: ignore[comparison-overlap]  # mypy sees two unrelated signatures
             and "__dict__" in dir(cls)
             and not isinstance(obj, type)
             and _is_user_file(filename)

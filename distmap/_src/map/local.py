@@ -80,14 +80,13 @@ def run(
         # refused alike on one device and on a mesh; the loop runs where this part is larger.
         if chunk_size is not None and chunk_size < plan.sizes[lvl]:
             frame = dataclasses.replace(frame, chunked=True)
-        chunked = chunk_size is not None and chunk_size < size
 
         def body(*d: Any) -> tuple[Any, ...]:
             return frames.traced_in(frame, level, lvl + 1, d)
 
         in_axes = plan.in_axes[lvl]
-        if chunked:
-            return _chunked_call(body, dyn, in_axes, size, chunk_size)  # type: ignore[arg-type]
+        if chunk_size is not None and chunk_size < size:
+            return _chunked_call(body, dyn, in_axes, size, chunk_size)
         return jax.vmap(body, in_axes=in_axes, axis_name=frame.vmap_name, axis_size=size)(*dyn)
 
     out_arrays = level(0, arrays)
@@ -98,7 +97,7 @@ def run(
 def _chunked_call(body, dyn: Sequence[Any], in_axes: Sequence[int | None], size: int, chunk: int):
     """``jax.vmap(body)`` over ``size`` elements, at most ``chunk`` at a time, in a sequential loop."""
     mapped_idx = [i for i, ax in enumerate(in_axes) if ax is not None]
-    xs = [jnp.moveaxis(dyn[i], in_axes[i], 0) for i in mapped_idx]
+    xs = [jnp.moveaxis(dyn[i], ax, 0) for i, ax in enumerate(in_axes) if ax is not None]
     if not xs:
         xs = [jnp.zeros((size,), jnp.int8)]  # only the loop's length matters
 

@@ -59,7 +59,7 @@ class Request:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         chunk_size: int | None,
-        fn: Callable[..., Any],
+        fn: Callable[..., Any] | None,
     ):
         self.axes = axes
         self.names = tuple(n for n, _ in axes)
@@ -85,7 +85,7 @@ class Request:
     def binding(self) -> specs.Binding | None:
         """``fn``'s parameters, or None where its signature cannot be read."""
         if self._binding is _UNREAD:
-            self._binding = specs.binding_of(self.fn)
+            self._binding = specs.binding_of(self.fn) if self.fn is not None else None
         return self._binding
 
 
@@ -162,6 +162,7 @@ class Plan:
         self.arrays = tuple(i for i, row in enumerate(dims) if row is not None)
         self.traced = tuple(i for i, (row, k) in enumerate(zip(dims, kinds)) if row is not None or type(k) is Scalar)
         rows = [dims[i] for i in self.arrays]
+        self.in_axes: tuple[tuple[int | None, ...], ...]
         if len(names) == 1:  # the common case: dimensions as given
             self.in_axes = (tuple(row[0] for row in rows),)
         else:
@@ -262,7 +263,7 @@ def _resolve(request: Request, args: tuple, kwargs: dict, leaves: list[Any], tre
         t = type(leaf)
         if t is NamedArray:
             axes = leaf.axes
-            row = [None] * levels
+            row: list[int | None] = [None] * levels
             kept = []
             for d, ax in enumerate(axes):
                 if ax.name in names:
@@ -279,12 +280,12 @@ def _resolve(request: Request, args: tuple, kwargs: dict, leaves: list[Any], tre
             leaf_specs = _leaf_specs(request, args, kwargs)
         spec = leaf_specs[i]
         if is_array(leaf):
-            row = _array_dims(spec, leaf, names, lambda level, i=i: where(i, names[level]))
-            for level, d in enumerate(row):
-                if d is not None:
-                    found[level].append((leaf.shape[d], i))
+            leaf_dims = _array_dims(spec, leaf, names, lambda level, i=i: where(i, names[level]))  # type: ignore[misc]  # mypy cannot type a lambda with a default
+            for level, dim in enumerate(leaf_dims):
+                if dim is not None:
+                    found[level].append((leaf.shape[dim], i))
             kinds.append(True)
-            dims.append(row)
+            dims.append(leaf_dims)
             inner.append(None)
         else:
             _check_unmappable(spec, leaf, where(i, names[0]))
@@ -299,7 +300,7 @@ def _traceable(x: Any) -> bool:
     """Whether ``jax.jit`` can trace the Python scalar ``x``: an int must fit the default integer type."""
     if type(x) is not int:
         return True
-    bits = 64 if jax.config.jax_enable_x64 else 32
+    bits = 64 if jax.config.read("jax_enable_x64") else 32
     return -(2 ** (bits - 1)) <= x < 2 ** (bits - 1)
 
 

@@ -288,7 +288,7 @@ def check_unroll(unroll: Any, what: str) -> int | bool:
 
 
 def _fn_name(fn: Any) -> str:
-    return getattr(fn, "__qualname__", None) or getattr(type(fn), "__qualname__", repr(fn))
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
 
 
 class Sliced:

@@ -100,8 +100,9 @@ def resolve(names: Sequence[str], mesh: Any, axis_mapping: Any) -> Lowering | No
     """The mesh lowering for a map over ``names``, or None when it runs on one device."""
     if mesh is not None and not isinstance(mesh, (Mesh, jax.sharding.AbstractMesh)):
         raise errors.MeshError(f"vmap(mesh=...): expected a jax.sharding.Mesh, got {type(mesh).__name__}.")
+    mapping: AxisMapping | None
     if axis_mapping is not None:
-        mapping: AxisMapping | None = as_axis_mapping(axis_mapping)
+        mapping = as_axis_mapping(axis_mapping)
         check_mapping_keys(
             mapping, names, "vmap", f"this map is over {tuple(names)}; an axis mapping given to vmap splits only the mapped axes"
         )
@@ -153,6 +154,7 @@ def from_inputs(plan: Plan, leaves: list[Any], mesh: Any) -> Lowering | None:
     the_mesh = None
     for i in plan.arrays:
         row = plan.dims[i]
+        assert row is not None  # an array leaf has its row of dims
         if row.count(None) == len(row):
             continue  # not mapped: its layout says nothing about the mapped axes
         (arr,) = plan.unwrap(leaves, (i,))
@@ -171,6 +173,7 @@ def from_inputs(plan: Plan, leaves: list[Any], mesh: Any) -> Lowering | None:
             the_mesh = the_mesh if the_mesh is not None else sharding.mesh
     if not found:
         return None
+    assert the_mesh is not None  # set with the first entry of found
     if mesh is None:
         mesh = current_mesh()
     if mesh is None or tuple(mesh.axis_names) != tuple(the_mesh.axis_names):
@@ -395,6 +398,7 @@ def _place(plan: Plan, lowering: Lowering, values: list[Any], leaves: list[Any])
             padded.append(frozenset())
             continue
         row = plan.dims[i]
+        assert row is not None  # an array leaf has its row of dims
         if multi_process and (isinstance(arr, jax.Array) or any(d is not None for d in row)):
             # Each process holds its own such array: placing it as if it were the global value
             # would silently mix different data (a host array) or fail inside JAX (a local jax.Array).
@@ -468,9 +472,10 @@ def _run(static: _Static, fn_arrays: list[Any], values: list[Any], fixed: list[A
             takes.append(())
             continue
         row, pads = plan.dims[i], static.padded[array_pos[i]]
+        assert row is not None  # an array leaf has its row of dims
         ready = [l for l, s in splits.items() if not s.padded or l in pads]
         in_specs.append(_spec_for(row, np.ndim(values[v]), plan, lowering, ready))
-        takes.append(tuple((row[l], s) for l, s in splits.items() if row[l] is not None and l not in ready))
+        takes.append(tuple((d, s) for l, s in splits.items() if (d := row[l]) is not None and l not in ready))
     fn_specs = [PartitionSpec()] * len(fn_arrays)  # fn sees its arrays whole on every device
 
     vmap_names = {n: (n if n not in mesh.axis_names else f"{n}:local") for n in names}
@@ -511,7 +516,7 @@ def _run(static: _Static, fn_arrays: list[Any], values: list[Any], fixed: list[A
     check = sys.modules.get("distmap._src.collective_check")
     if check is not None and _spans_processes(mesh):
         operands = check.traced_map(_launch_key(static.label, plan, lowering, values), mesh, operands)
-    out_arrays = mapped(*operands)
+    out_arrays: Sequence[Any] = mapped(*operands)
     out_tree, out_kinds = out_info
     uneven = [l for l, s in splits.items() if s.padded]
     out_arrays = [_cut_back(a, splits, uneven, mesh, len(names)) for a in out_arrays]

@@ -167,18 +167,18 @@ def call_specs(
     used_kwargs: set[str] = set()
 
     def pick(position: int | None, name: str | None, what: str) -> Any:
-        by_pos = position is not None and position < len(args_spec)
-        by_name = name is not None and name in kwargs_spec
-        if by_pos and by_name:
+        by_pos = position if position is not None and position < len(args_spec) else None
+        by_name = name if name is not None and name in kwargs_spec else None
+        if by_pos is not None and by_name is not None:
             raise errors.MappingError(
                 f"vmap: {what} has a spec in args[{position}] and another in kwargs[{name!r}]; give one."
             )
-        if by_pos:
-            used_args.add(position)  # type: ignore[arg-type]
-            return args_spec[position]  # type: ignore[index]
-        if by_name:
-            used_kwargs.add(name)  # type: ignore[arg-type]
-            return kwargs_spec[name]  # type: ignore[index]
+        if by_pos is not None:
+            used_args.add(by_pos)
+            return args_spec[by_pos]
+        if by_name is not None:
+            used_kwargs.add(by_name)
+            return kwargs_spec[by_name]
         return default
 
     for p in range(n_args):

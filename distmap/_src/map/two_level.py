@@ -25,7 +25,7 @@ How each primitive uses the parts (``k`` shards of ``L`` elements):
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -77,8 +77,8 @@ def _explicit_typed(a: jax.Array) -> bool:
 
 # -- reduce ---------------------------------------------------------------------------------
 
-_LAX = {"sum": jax.lax.psum, "max": jax.lax.pmax, "min": jax.lax.pmin}
-_LOCAL = {"sum": jnp.sum, "max": jnp.max, "min": jnp.min}
+_LAX: dict[str, Callable[..., jax.Array]] = {"sum": jax.lax.psum, "max": jax.lax.pmax, "min": jax.lax.pmin}
+_LOCAL: dict[str, Callable[..., jax.Array]] = {"sum": jnp.sum, "max": jnp.max, "min": jnp.min}
 
 
 def _reduce_raw(a: jax.Array, fs: Frames, how: str) -> jax.Array:
@@ -230,9 +230,9 @@ def permute(a: jax.Array, fs: Frames, pairs: Sequence[tuple[int, int]]) -> jax.A
             picked = jax.lax.ppermute(moved, fs[0].vmap_name, _complete(src_of))
             has = jnp.asarray(src_of >= 0)[local]
         else:
-            src = jnp.asarray(table)[shard, local]
-            picked = _local_gather(moved, fs)[jnp.maximum(src, 0)]
-            has = src >= 0
+            src_local = jnp.asarray(table)[shard, local]
+            picked = _local_gather(moved, fs)[jnp.maximum(src_local, 0)]
+            has = src_local >= 0
         out = jnp.where(has, picked, out)
     return out
 
