@@ -144,7 +144,7 @@ def acknowledge(client: Any, rank: int) -> None:
     """Say that ``rank`` saw a failure notice (rank 0 waits for this before it leaves)."""
     try:
         client.key_value_set(_ACK_PREFIX + str(rank), "1", allow_overwrite=True)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - best effort: the service may be gone already
         pass
 
 
@@ -231,12 +231,12 @@ def flush() -> None:
     """Flush logging and the standard streams (before ``os._exit``)."""
     try:
         logging.shutdown()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - best effort at exit: a handler may fail to close
         pass
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a closed or broken stream
             pass
 
 
@@ -249,7 +249,7 @@ def _at_exit() -> None:
     wait_for = {str(r) for r in _STATE.after}
     try:  # ranks that failed before this one: this failure may be a consequence (a closed connection)
         earlier = [str(r) for r in failure_notices(client)] if client is not None else []
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - the service may be gone: wait for no earlier rank
         earlier = []
     if earlier:
         _STATE.after = tuple(int(r) for r in earlier)

@@ -357,7 +357,7 @@ def typed_part(spec: PartitionSpec, mesh: Any, *, explicit: bool) -> PartitionSp
     mesh that mixes both kinds needs the two parts applied one after the other.
     """
     kinds = dict(zip(mesh.axis_names, getattr(mesh, "axis_types", ())))
-    is_explicit = lambda a: kinds.get(a) == jax.sharding.AxisType.Explicit  # noqa: E731
+    is_explicit = lambda a: kinds.get(a) == jax.sharding.AxisType.Explicit  # noqa: E731 - a one-line predicate
     parts = []
     for p in spec:
         parts.append(spec_entry(tuple(a for a in entry_axes(p) if is_explicit(a) == explicit)))

@@ -140,7 +140,7 @@ def _haliax_options(what: str, default: Any, is_scanned: Any, checkpoint: Any, r
         raise errors.MappingError(f"{what}: pass default= or is_scanned= (Haliax's form), not both.")
     if isinstance(is_scanned, bool):
         flag = is_scanned
-        test = lambda leaf: flag  # noqa: E731
+        test = lambda leaf: flag  # noqa: E731 - the same shape as a callable is_scanned
     elif callable(is_scanned):
         test = is_scanned
     else:
