@@ -105,14 +105,14 @@ def test_sbatch_directives_refuse_what_sbatch_would_split(tmp_path):
 def test_each_rank_is_a_step_with_its_gpus_and_the_contract(tmp_path, monkeypatch):
     monkeypatch.setenv("DISTMAP_COORDINATOR", "stale-host:1")  # from an enclosing launch: must not leak in
     job = _job(tmp_path, [PY, CHILD, "env"], nodes=2, tasks_per_node=2, gpus_per_node=4, init_timeout=30,
-               cpus_per_task=3, coordinator_bind_host="0.0.0.0")
+               cpus_per_task=3, coordinator_bind_host="127.0.0.2")
     alloc = slurm.Allocation("77", ("n0", "n1"))
     ws = slurm.slurm_workers(job, alloc, attempt=1, port=23456, grace=9)
     assert [w.label for w in ws] == ["rank 0 n0", "rank 1 n0", "rank 2 n1", "rank 3 n1"]
     assert all(w.hold_stdin and "DISTMAP_COORDINATOR" not in w.env for w in ws)
     assert ws[2].argv[:4] == ["srun", "--nodes=1", "--ntasks=1", "--nodelist=n1"] and "--cpus-per-task=3" in ws[2].argv
     command = ws[3].argv[-1]
-    for text in ("distmap-rank 9 env", "DISTMAP_COORDINATOR=n0:23456", "DISTMAP_COORDINATOR_BIND=0.0.0.0:23456",
+    for text in ("distmap-rank 9 env", "DISTMAP_COORDINATOR=n0:23456", "DISTMAP_COORDINATOR_BIND=127.0.0.2:23456",
                  "DISTMAP_PROCESS_ID=3", "DISTMAP_NUM_PROCESSES=4", "DISTMAP_LOCAL_DEVICE_IDS=2,3", "DISTMAP_ATTEMPT=1",
                  "SLURM_PROCID=3", "SLURM_NTASKS=4", "SLURM_LOCALID=1", "JAX_COORDINATOR_PORT=23456"):
         assert text in command, text
