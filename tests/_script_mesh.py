@@ -323,6 +323,27 @@ for kind, mesh in MESHES.items():
               lambda: jax.grad(lambda a: mapped(lambda u: u * u, mesh)(distmap.named(a, (B, F))).sum().array)(x.array),
               f"{kind} eager grad without set_mesh")
 
+# A Module as fn, and its bound method: the globals its class's methods read are fn's own.
+MODULE_SCALE, MODULE_SHIFT = 2.0, distmap.zeros(F)
+
+
+class Shifted(eqx.Module):
+    w: jax.Array
+
+    def __call__(self, r):
+        return r * self.w * MODULE_SCALE + MODULE_SHIFT
+
+    def halved(self, r):
+        return self(r) / 2
+
+
+shifted = Shifted(jnp.float32(3.0))
+for kind, mesh in MESHES.items():
+    mesh_module, mesh_method = mapped(shifted, mesh), mapped(shifted.halved, mesh)
+    for MODULE_SCALE, MODULE_SHIFT in ((2.0, distmap.zeros(F)), (5.0, distmap.ones(F))):
+        agree(lambda: mapped(shifted)(x), lambda: mesh_module(x), f"{kind} Module reading globals, {MODULE_SCALE}")
+        agree(lambda: mapped(shifted.halved)(x), lambda: mesh_method(x), f"{kind} its bound method, {MODULE_SCALE}")
+
 # Stacked.vmap under a context mapping: a layer reading a global.
 L = distmap.Axis("layer", 4)
 LAYER_SCALE = 2.0

@@ -273,6 +273,11 @@ def take_apart(fn: Callable[..., Any], *more: Any) -> tuple[Skeleton, list[Any]]
     """
     walk = _Walk()
     top = walk.value(fn)
+    # The code fn runs when it is an object (an equinox Module, a plain callable) or a Module's bound method:
+    # the globals its class's method reads count as fn's own.
+    for code in (getattr(type(fn), "__call__", None), getattr(fn, "__func__", None)):
+        if type(code) is types.FunctionType:
+            walk.visit(code)
     for value in more:
         walk.visit(value)
         walk.keys.append(static_key(value))
