@@ -340,7 +340,7 @@ class Shifted(eqx.Module):
 shifted = Shifted(jnp.float32(3.0))
 for kind, mesh in MESHES.items():
     mesh_module, mesh_method = mapped(shifted, mesh), mapped(shifted.halved, mesh)
-    for MODULE_SCALE, MODULE_SHIFT in ((2.0, distmap.zeros(F)), (5.0, distmap.ones(F))):
+    for MODULE_SCALE, MODULE_SHIFT in ((2.0, distmap.zeros(F)), (5.0, distmap.ones(F))):  # noqa: B007 - globals Shifted reads
         agree(lambda: mapped(shifted)(x), lambda: mesh_module(x), f"{kind} Module reading globals, {MODULE_SCALE}")
         agree(lambda: mapped(shifted.halved)(x), lambda: mesh_method(x), f"{kind} its bound method, {MODULE_SCALE}")
 

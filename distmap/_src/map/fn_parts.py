@@ -62,8 +62,9 @@ _LIBRARY_DIRS = _library_dirs()
 
 
 def _is_user_file(filename: str) -> bool:
-    """Written by the user (a script, a notebook, the user's project), not by an installed library."""
-    return not filename.startswith((*_LIBRARY_DIRS, "<frozen"))
+    """Written by the user (a script, a notebook, the user's project), not by an installed library, nor
+    generated from a string (a dataclass's ``__init__``)."""
+    return not (filename.startswith((*_LIBRARY_DIRS, "<frozen")) or filename == "<string>")
 
 
 def _is_user_function(f: types.FunctionType) -> bool:
@@ -217,10 +218,28 @@ class _Walk:
             self._seen(obj)
             for name in sorted(vars(obj)):
                 self.slot(_Slot("attr", obj, name))
+            for method in _methods(type(obj)):
+                self.visit(method)
 
     def _seen(self, obj: Any) -> None:
         self.seen.add(id(obj))
         self.hold.append(obj)
+
+
+_METHODS: dict[type, tuple[types.FunctionType, ...]] = {}
+
+
+def _methods(cls: type) -> tuple[types.FunctionType, ...]:
+    """The plain functions the user's own classes in ``cls``'s MRO define (what its instances run)."""
+    found = _METHODS.get(cls)
+    if found is None:
+        found = tuple(
+            f for c in cls.__mro__ for f in vars(c).values()
+            if type(f) is types.FunctionType and _is_user_function(f)
+        )
+        if len(_METHODS) < 4096:
+            _METHODS[cls] = found
+    return found
 
 
 def _fill(treedef: Any, statics: tuple[Any, ...], it: Any) -> Any:
@@ -273,11 +292,13 @@ def take_apart(fn: Callable[..., Any], *more: Any) -> tuple[Skeleton, list[Any]]
     """
     walk = _Walk()
     top = walk.value(fn)
-    # The code fn runs when it is an object (an equinox Module, a plain callable) or a Module's bound method:
-    # the globals its class's method reads count as fn's own.
-    for code in (getattr(type(fn), "__call__", None), getattr(fn, "__func__", None)):
-        if type(code) is types.FunctionType:
-            walk.visit(code)
+    # fn as an object (an equinox Module, a plain callable) or a Module's bound method runs its class's code:
+    # the globals those methods read count as fn's own.
+    func = getattr(fn, "__func__", None)
+    if type(func) is types.FunctionType:
+        walk.visit(func)
+    for method in _methods(type(getattr(fn, "__self__", fn))):
+        walk.visit(method)
     for value in more:
         walk.visit(value)
         walk.keys.append(static_key(value))
